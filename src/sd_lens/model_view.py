@@ -1,0 +1,300 @@
+"""One coordinate system for the linear pieces of every block, whatever the architecture.
+
+The analyses need, per block: the value/output weights of every head (grouped-query heads
+expanded), the pre-attention and pre-FFN norm scales (or the fact that they are folded into the
+following weights), the FFN weights and activation, extra norms after attention and FFN
+(Gemma-3's sandwich norms) and whether attention and FFN run in parallel (GPT-NeoX).
+
+Everything here is read from TransformerLens attribute names (``W_V``, ``W_O``, ``W_in``,
+``W_gate``, ``W_out``, ``ln1``, ``ln2``, ``ln1_post``, ``ln2_post``), which a
+``TransformerBridge`` in compatibility mode and a TL 2.x ``HookedTransformer`` share, and copied
+to float32 tensors: a view never aliases, and so can never modify, the model's weights.
+
+Conventions: weights are stored the TransformerLens way (row vectors: ``v = n @ W_V[h]``);
+matrices returned by methods act on column vectors the way the papers write them
+(``attn_out = A @ n``), so a left singular vector is an output direction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from sd_lens.errors import InputError, UnsupportedArchitectureError
+
+Family = Literal["llama", "gemma3", "gpt2", "neox"]
+
+#: Hugging Face architecture class -> block family. Extend this to add an adapter.
+ARCHITECTURES: dict[str, Family] = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "llama",
+    "Gemma3ForCausalLM": "gemma3",
+    "GPT2LMHeadModel": "gpt2",
+    "GPTNeoXForCausalLM": "neox",
+}
+
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "silu": F.silu,
+    "swish": F.silu,
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_new": lambda z: F.gelu(z, approximate="tanh"),
+    "gelu_fast": lambda z: F.gelu(z, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda z: F.gelu(z, approximate="tanh"),
+    "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
+}
+
+
+def architecture_of(model: Any) -> str:
+    """The Hugging Face architecture class name behind a TransformerLens model."""
+    original = getattr(model, "original_model", None)
+    if original is not None:
+        return type(original).__name__
+    arch = getattr(model.cfg, "original_architecture", None)
+    if arch:
+        return str(arch)
+    return type(model).__name__
+
+
+def family_of(model: Any) -> Family:
+    arch = architecture_of(model)
+    if arch not in ARCHITECTURES:
+        raise UnsupportedArchitectureError(
+            f"sd_lens has no adapter for the architecture {arch!r}. Supported: "
+            f"{', '.join(sorted(ARCHITECTURES))} (families: Llama-style, Gemma-3, GPT-2, GPT-NeoX)."
+        )
+    return ARCHITECTURES[arch]
+
+
+def _f32(t: Any) -> Tensor | None:
+    if t is None or not isinstance(t, Tensor):
+        return None
+    return t.detach().to(torch.float32).clone()
+
+
+def _norm_params(ln: Any, d_model: int) -> tuple[Tensor, Tensor | None]:
+    """(effective scale γ, bias β or None) of a norm module of either TL flavour."""
+    # A bridge wraps the Hugging Face norm (and aliases `w` to its raw weight): read the module.
+    original = getattr(ln, "original_component", None)
+    weight = getattr(original, "weight", None)
+    if isinstance(weight, Tensor):
+        scale = weight.detach().to(torch.float32).clone()
+        if "Gemma" in type(original).__name__:  # Gemma RMSNorm computes x * (1 + w)
+            scale = scale + 1.0
+        return scale, _f32(getattr(original, "bias", None))
+    w = getattr(ln, "w", None)  # HookedTransformer LayerNorm/RMSNorm (Gemma's +1 already applied)
+    if isinstance(w, Tensor):
+        return _f32(w), _f32(getattr(ln, "b", None))  # type: ignore[return-value]
+    return torch.ones(d_model), None  # LNPre / RMSNormPre: scale folded away
+
+
+def _is_identity_norm(scale: Tensor, bias: Tensor | None) -> bool:
+    return bool(torch.all(scale == 1)) and (bias is None or not bool(torch.any(bias != 0)))
+
+
+def _expand_heads(t: Tensor | None, n_heads: int) -> Tensor | None:
+    if t is None or t.shape[0] == n_heads:
+        return t
+    if n_heads % t.shape[0]:
+        raise UnsupportedArchitectureError(f"{n_heads} query heads cannot share {t.shape[0]} value heads")
+    return t.repeat_interleave(n_heads // t.shape[0], dim=0)
+
+
+@dataclass(frozen=True, eq=False)
+class BlockView:
+    """The linear pieces of one block, float32 copies, grouped-query heads expanded."""
+
+    layer: int
+    family: Family
+    norm: Literal["rms", "layer"]
+    eps: float
+    parallel: bool
+    ln1_scale: Float[Tensor, "d_model"]
+    ln1_bias: Float[Tensor, "d_model"] | None
+    W_V: Float[Tensor, "n_heads d_model d_head"]
+    b_V: Float[Tensor, "n_heads d_head"] | None
+    W_O: Float[Tensor, "n_heads d_head d_model"]
+    b_O: Float[Tensor, "d_model"] | None
+    ln2_scale: Float[Tensor, "d_model"]
+    ln2_bias: Float[Tensor, "d_model"] | None
+    W_in: Float[Tensor, "d_model d_mlp"]
+    b_in: Float[Tensor, "d_mlp"] | None
+    W_gate: Float[Tensor, "d_model d_mlp"] | None
+    b_gate: Float[Tensor, "d_mlp"] | None
+    W_out: Float[Tensor, "d_mlp d_model"]
+    b_out: Float[Tensor, "d_model"] | None
+    act_fn: str
+    attn_post_scale: Float[Tensor, "d_model"] | None = None
+    mlp_post_scale: Float[Tensor, "d_model"] | None = None
+
+    @property
+    def d_model(self) -> int:
+        return self.W_O.shape[-1]
+
+    @property
+    def ln1_folded(self) -> bool:
+        """True when the pre-attention norm scale lives inside W_V (TransformerLens fold_ln)."""
+        return _is_identity_norm(self.ln1_scale, self.ln1_bias)
+
+    @property
+    def ln2_folded(self) -> bool:
+        return _is_identity_norm(self.ln2_scale, self.ln2_bias)
+
+    # -- elementwise pieces -------------------------------------------------------------
+    def act(self, z: Tensor) -> Tensor:
+        return _ACTIVATIONS[self.act_fn](z)
+
+    def normalize(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """The norm without its scale: x / rms(x) (RMSNorm) or (x - mean) / std (LayerNorm)."""
+        x = x.to(torch.float32)
+        if self.norm == "layer":
+            x = x - x.mean(-1, keepdim=True)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+
+    def centering(self) -> Float[Tensor, "d_model d_model"]:
+        """The linear part of the normalisation's mean removal (identity for RMSNorm)."""
+        d = self.d_model
+        eye = torch.eye(d)
+        return eye - torch.full((d, d), 1.0 / d) if self.norm == "layer" else eye
+
+    # -- attention ------------------------------------------------------------------------
+    def attn_ov_per_head(self) -> Float[Tensor, "n_heads d_model d_model"]:
+        """A_h with attn_out_h = A_h @ n for a token attending only to itself (column form)."""
+        ov = torch.einsum("hdk,hke->hed", self.W_V, self.W_O)  # (W_V W_O)^T per head
+        return ov * self.ln1_scale[None, None, :] @ self.centering()
+
+    def attn_ov(self) -> Float[Tensor, "d_model d_model"]:
+        """A = sum_h W_O^h W_V^h diag(gamma_1), the attention update of a self-attending token."""
+        return self.attn_ov_per_head().sum(0)
+
+    def self_attention_out(self, n: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """Exact attention output (before any post-norm) of a token that attends only to itself."""
+        h = n.to(torch.float32) * self.ln1_scale
+        if self.ln1_bias is not None:
+            h = h + self.ln1_bias
+        v = torch.einsum("...d,hdk->...hk", h, self.W_V)
+        if self.b_V is not None:
+            v = v + self.b_V
+        out = torch.einsum("...hk,hkd->...d", v, self.W_O)
+        return out + self.b_O if self.b_O is not None else out
+
+    # -- FFN ---------------------------------------------------------------------------------
+    def ffn_input(self, n: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        h = n.to(torch.float32) * self.ln2_scale
+        return h + self.ln2_bias if self.ln2_bias is not None else h
+
+    def ffn_hidden(self, n: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_mlp"]:
+        """Hidden activation (the input of the down-projection) for normalised inputs n."""
+        h = self.ffn_input(n)
+        pre = h @ self.W_in + (self.b_in if self.b_in is not None else 0.0)
+        if self.W_gate is None:
+            return self.act(pre)
+        gate = h @ self.W_gate + (self.b_gate if self.b_gate is not None else 0.0)
+        return self.act(gate) * pre
+
+    def ffn_out(self, n: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """FFN output before any post-FFN norm."""
+        out = self.ffn_hidden(n) @ self.W_out
+        return out + self.b_out if self.b_out is not None else out
+
+    def post_norm(self, y: Tensor, scale: Tensor | None) -> Tensor:
+        """Gemma-style post-norm (RMSNorm times its scale); identity when the block has none."""
+        if scale is None:
+            return y
+        return y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps) * scale
+
+
+def _block_view(model: Any, layer: int, family: Family) -> BlockView:
+    cfg = model.cfg
+    blk = model.blocks[layer]
+    d = cfg.d_model
+    attn, mlp = blk.attn, blk.mlp
+    ln1_scale, ln1_bias = _norm_params(blk.ln1, d)
+    ln2_scale, ln2_bias = _norm_params(blk.ln2, d) if hasattr(blk, "ln2") else (torch.ones(d), None)
+    n_heads = cfg.n_heads
+    post1 = _norm_params(blk.ln1_post, d)[0] if hasattr(blk, "ln1_post") else None
+    post2 = _norm_params(blk.ln2_post, d)[0] if hasattr(blk, "ln2_post") else None
+    act_fn = str(cfg.act_fn)
+    if act_fn not in _ACTIVATIONS:
+        raise UnsupportedArchitectureError(
+            f"activation {act_fn!r} has no sd_lens implementation; known: {', '.join(sorted(_ACTIVATIONS))}"
+        )
+    gated = bool(getattr(cfg, "gated_mlp", False))
+    parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
+    hf_cfg = getattr(getattr(model, "original_model", None), "config", None)
+    if family == "neox" and hf_cfg is not None:
+        parallel = bool(getattr(hf_cfg, "use_parallel_residual", parallel))
+    norm = "layer" if str(cfg.normalization_type).upper().startswith("LN") else "rms"
+    with torch.no_grad():
+        return BlockView(
+            layer=layer,
+            family=family,
+            norm=norm,  # type: ignore[arg-type]
+            eps=float(getattr(cfg, "eps", 1e-5)),
+            parallel=parallel,
+            ln1_scale=ln1_scale,
+            ln1_bias=ln1_bias,
+            W_V=_expand_heads(_f32(attn.W_V), n_heads),  # type: ignore[arg-type]
+            b_V=_expand_heads(_f32(getattr(attn, "b_V", None)), n_heads),
+            W_O=_f32(attn.W_O),  # type: ignore[arg-type]
+            b_O=_f32(getattr(attn, "b_O", None)),
+            ln2_scale=ln2_scale,
+            ln2_bias=ln2_bias,
+            W_in=_f32(mlp.W_in),  # type: ignore[arg-type]
+            b_in=_f32(getattr(mlp, "b_in", None)),
+            W_gate=_f32(mlp.W_gate) if gated else None,
+            b_gate=_f32(getattr(mlp, "b_gate", None)) if gated else None,
+            W_out=_f32(mlp.W_out),  # type: ignore[arg-type]
+            b_out=_f32(getattr(mlp, "b_out", None)),
+            act_fn=act_fn,
+            attn_post_scale=post1,
+            mlp_post_scale=post2,
+        )
+
+
+class ModelView:
+    """Per-block linear pieces of a TransformerLens model, built lazily and cached.
+
+    The cache is keyed on the view object, so make a new view after editing weights.
+    """
+
+    def __init__(self, model: Any):
+        self.family: Family = family_of(model)
+        self.architecture = architecture_of(model)
+        cfg = model.cfg
+        self.n_layers: int = int(cfg.n_layers)
+        self.d_model: int = int(cfg.d_model)
+        self.n_heads: int = int(cfg.n_heads)
+        self.d_mlp: int = int(cfg.d_mlp)
+        self._model = model
+        self._block = lru_cache(maxsize=None)(self._build)
+
+    def _build(self, layer: int) -> BlockView:
+        return _block_view(self._model, layer, self.family)
+
+    def block(self, layer: int) -> BlockView:
+        if not isinstance(layer, int) or not -self.n_layers <= layer < self.n_layers:
+            raise InputError(f"block {layer!r} does not exist: the model has blocks 0..{self.n_layers - 1}")
+        return self._block(layer % self.n_layers)
+
+    def __iter__(self):
+        return (self.block(layer) for layer in range(self.n_layers))
+
+    def __len__(self) -> int:
+        return self.n_layers
+
+    @property
+    def parallel(self) -> bool:
+        return self.block(0).parallel
+
+
+def model_view(model: Any) -> ModelView:
+    """Build the :class:`ModelView` of a model (raises for architectures without an adapter)."""
+    return ModelView(model)
