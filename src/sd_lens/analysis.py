@@ -1,0 +1,235 @@
+"""One call for everything: probe, defects, spectra, decay checks, explosion subspace, causal checks.
+
+:func:`run_analysis` composes the analyses of the other modules and returns an
+:class:`AnalysisResult` holding each typed result, plus :meth:`AnalysisResult.to_dict`, the JSON
+contract of ``sd-lens analyze``. Every field is a function of (model, texts, options, seed) except
+``timings_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from sd_lens.causal import CausalCheck, verify_trigger
+from sd_lens.corpus import read_texts
+from sd_lens.defects import DefectReport, find_defects
+from sd_lens.explosion import (
+    ExplosionSubspace,
+    NoninitialPathway,
+    VocabCoefficients,
+    explosion_subspace,
+    noninitial_pathway,
+    vocab_coefficients,
+)
+from sd_lens.ffn_fit import collect_ffn_inputs
+from sd_lens.loading import model_name
+from sd_lens.model_view import model_view
+from sd_lens.probe import NormProbe, probe_norms
+from sd_lens.spectra import DecayCheck, LayerSpectra, decay_check, layer_spectra
+
+SCHEMA_VERSION = 1
+DEFAULT_TRIGGER_TEXT = "The cat sat on the mat because it was warm."
+
+
+@dataclass
+class DefectFindings:
+    """Everything measured about one defect."""
+
+    predicted_angle_deg: float  # u0 of L at the explosion block vs the direction
+    ffn_angle_deg: float  # u0 of F there
+    closest_block: int  # block whose u0 of L is nearest the direction
+    decay_checks: list[DecayCheck]
+    subspace: ExplosionSubspace
+    causal: CausalCheck
+    vocab: VocabCoefficients | None = None
+    pathway: NoninitialPathway | None = None
+
+
+@dataclass
+class AnalysisResult:
+    """Typed results of :func:`run_analysis`; ``to_dict()`` is the JSON contract."""
+
+    model: str
+    architecture: str
+    n_layers: int
+    d_model: int
+    texts: list[str]
+    seed: int
+    fit_method: str
+    probe: NormProbe
+    defects: DefectReport
+    spectra: LayerSpectra
+    findings: list[DefectFindings]
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        defects = []
+        for d, f in zip(self.defects, self.findings):
+            entry = d.to_dict()
+            causal = f.causal.to_dict()
+            entry.update(
+                predicted_angle_deg=round(f.predicted_angle_deg, 3),
+                ffn_angle_deg=round(f.ffn_angle_deg, 3),
+                closest_block=f.closest_block,
+                decay_checks=[c.to_dict() for c in f.decay_checks],
+                explosion_subspace=f.subspace.to_dict(),
+                ablation=causal["ablation"],
+                patching=causal["patching"],
+            )
+            if f.vocab is not None:
+                entry["vocab_coefficients"] = f.vocab.to_dict()
+            if f.pathway is not None:
+                entry["noninitial_pathway"] = f.pathway.to_dict()
+            defects.append(entry)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "architecture": self.architecture,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "seed": self.seed,
+            "fit_method": self.fit_method,
+            "corpus": {"n_texts": len(self.texts), "n_tokens": self.probe.n_tokens},
+            "threshold": self.defects.threshold,
+            "typical_norm": [round(float(x), 3) for x in self.defects.typical_norm],
+            "defects": defects,
+            "layers": self.spectra.to_dict(),
+            "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=1, ensure_ascii=False)
+        if path is not None:
+            Path(path).write_text(text + "\n", encoding="utf-8")
+        return text
+
+    def sentences(self) -> list[str]:
+        """Each defect's findings in plain sentences."""
+        out = []
+        if not self.defects.defects:
+            out.append(
+                f"No state rose above {self.defects.threshold}x its block's median norm on this corpus: "
+                "no singular defect found."
+            )
+        for d, f in zip(self.defects, self.findings):
+            before = float(self.defects.typical_norm[max(d.explosion_layer - 1, 0)])
+            c = f.causal
+            s = (
+                f"Defect D{d.index} is carried by {d.carriers()}. Its norm rises to {d.peak_norm:,.0f} "
+                f"(typical {d.typical_norm:,.0f}) in block {d.explosion_layer} (typical norm before it: "
+                f"{before:,.0f}) and stays high through block {d.last_layer}"
+            )
+            s += f"; it decays in block(s) {', '.join(map(str, d.decay_layers))}." if d.decay_layers else "; it does not decay within the model."
+            s += (
+                f" The block's leading singular direction is {f.predicted_angle_deg:.1f} deg from it "
+                f"(FFN alone: {f.ffn_angle_deg:.1f} deg); the nearest of all blocks is block {f.closest_block}"
+                f"{' (the explosion block)' if f.closest_block == d.explosion_layer else ''}."
+            )
+            s += (
+                f" Removing v0 from the FFN input of block {c.layer} takes the initial token from "
+                f"{c.norm_before:,.0f} to {c.norm_after:,.0f} (a random direction: {c.random_control_after:,.0f}); "
+                f"setting token {c.position} ({c.tokens[c.position]!r})'s v0 coefficient to the initial token's "
+                f"takes it from {float(c.norms_clean[c.position]):,.0f} to {float(c.norms_patched[c.position]):,.0f}."
+            )
+            for k in f.decay_checks:
+                sign = "negative, as claim (ii) predicts" if k.rayleigh < 0 else "positive, against claim (ii)"
+                s += f" At decay block {k.layer} the Rayleigh quotient along the direction is {k.rayleigh:.1f} ({sign})."
+            out.append(s)
+        return out
+
+
+def run_analysis(
+    model: Any,
+    texts: Sequence[str] | None = None,
+    *,
+    seed: int = 0,
+    fit_method: str = "gaussian",
+    vocab: bool = False,
+    vocab_limit: int | None = None,
+    trigger_text: str = DEFAULT_TRIGGER_TEXT,
+    threshold: float = 4.0,
+    batch_size: int = 16,
+    max_tokens_per_text: int | None = 64,
+    progress: bool = False,
+) -> AnalysisResult:
+    """Run analyses 1–7 of the SPEC on ``model`` over ``texts`` (default corpus when None).
+
+    Args:
+        model: a TransformerLens model (:func:`sd_lens.load_model`).
+        texts: the corpus; ``None`` for :func:`sd_lens.corpus.default_corpus`.
+        seed: seeds every random choice (Monte-Carlo fit, random control direction).
+        fit_method: FFN linearisation for the spectra (``"gaussian"``, ``"monte_carlo"``, ``"real"``).
+        vocab: also run the vocabulary sweeps at each explosion block (slow: the whole vocabulary).
+        vocab_limit: sweep only the first ``vocab_limit`` token ids (for quick looks and tests).
+        trigger_text: the text of the causal checks.
+        threshold: high-norm threshold, in multiples of the block's median norm.
+    """
+    timings: dict[str, float] = {}
+    torch.manual_seed(seed)
+
+    def tick(name: str, t0: float) -> float:
+        now = time.perf_counter()
+        timings[name] = timings.get(name, 0.0) + now - t0
+        return now
+
+    t = time.perf_counter()
+    texts = read_texts(texts)
+    probe = probe_norms(model, texts, batch_size=batch_size, max_tokens_per_text=max_tokens_per_text, progress=progress)
+    t = tick("probe", t)
+    report = find_defects(model, probe, threshold=threshold)
+    t = tick("defects", t)
+    view = model_view(model)
+    keep = sorted({layer for d in report for layer in [d.explosion_layer, *d.decay_layers]})
+    inputs = None
+    fit_kwargs: dict[str, Any] = {"seed": seed}
+    if fit_method == "real":
+        inputs = collect_ffn_inputs(model, probe.sequences, list(range(view.n_layers)))
+        t = tick("collect_ffn_inputs", t)
+    spectra = layer_spectra(
+        view, [d.direction for d in report], method=fit_method, keep=keep, inputs_by_layer=inputs, **fit_kwargs
+    )
+    t = tick("spectra", t)
+    findings = []
+    for k, d in enumerate(report):
+        lin = spectra.linearizations[d.explosion_layer]
+        checks = [decay_check(view, layer, d.direction, lin=spectra.linearizations[layer]) for layer in d.decay_layers]
+        t = tick("decay_checks", t)
+        sub = explosion_subspace(view, d.explosion_layer, fit=lin.ffn_fit, seed=seed)
+        t = tick("explosion_subspace", t)
+        causal = verify_trigger(model, d.explosion_layer, lin.ffn_fit.v0, trigger_text, seed=seed)
+        t = tick("causal", t)
+        finding = DefectFindings(
+            predicted_angle_deg=spectra.blocks[d.explosion_layer].angles_deg[k],
+            ffn_angle_deg=spectra.blocks[d.explosion_layer].ffn_angles_deg[k],
+            closest_block=spectra.closest_block(k),
+            decay_checks=checks,
+            subspace=sub,
+            causal=causal,
+        )
+        if vocab:
+            finding.vocab = vocab_coefficients(model, d.explosion_layer, lin.ffn_fit.v0, limit=vocab_limit)
+            finding.pathway = noninitial_pathway(
+                model, d.explosion_layer, threshold * float(report.typical_norm[d.explosion_layer]), limit=vocab_limit
+            )
+            t = tick("vocab", t)
+        findings.append(finding)
+    return AnalysisResult(
+        model=model_name(model),
+        architecture=view.architecture,
+        n_layers=view.n_layers,
+        d_model=view.d_model,
+        texts=list(texts),
+        seed=seed,
+        fit_method=fit_method,
+        probe=probe,
+        defects=report,
+        spectra=spectra,
+        findings=findings,
+        timings_s=timings,
+    )

@@ -1,0 +1,211 @@
+"""Explosion subspace (analysis 6): what input makes the FFN of the explosion block explode.
+
+* :func:`explosion_subspace`: FFN output norm (the real, nonlinear FFN) for normalised inputs
+  ``±√d · v_k`` along each right singular vector of the linearised FFN ``F``, against random
+  unit directions. Claim (iv) predicts that v₀ dominates.
+* :func:`vocab_coefficients`: the v₀ coefficient of the FFN input of every vocabulary token, as
+  the initial token (alone, position 0) and as the second token (after BOS, position 1).
+* :func:`noninitial_pathway`: with every attention update up to the block zeroed, run every
+  vocabulary token alone and list those that still explode (claim iii: no attention needed).
+
+The vocabulary sweeps run the model up to the block only, batched, and report their throughput
+against a bare forward of the same depth.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sd_lens.attention_matrix import resolve_block
+from sd_lens.causal import ffn_input_hook_name
+from sd_lens.ffn_fit import FFNFit, fit_ffn
+from sd_lens.geometry import unit
+from sd_lens.tokens import temporary_hooks
+
+
+@dataclass
+class ExplosionSubspace:
+    """FFN output norms along the right singular vectors of ``F`` at one block."""
+
+    layer: int
+    singular_values: Tensor  # [k] of F
+    plus_norms: Tensor  # [k] ‖f(+√d v_k)‖
+    minus_norms: Tensor  # [k] ‖f(−√d v_k)‖
+    random_norms: Tensor  # [n_random] ‖f(√d r)‖ for random unit r
+    v: Tensor  # [k, d] the right singular vectors
+
+    @property
+    def dominant(self) -> int:
+        """Index k of the singular vector with the largest output norm (either sign)."""
+        return int(torch.maximum(self.plus_norms, self.minus_norms).argmax())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "singular_values": [round(float(x), 4) for x in self.singular_values],
+            "plus_norms": [round(float(x), 3) for x in self.plus_norms],
+            "minus_norms": [round(float(x), 3) for x in self.minus_norms],
+            "random_norm_mean": round(float(self.random_norms.mean()), 3),
+            "random_norm_max": round(float(self.random_norms.max()), 3),
+            "dominant": self.dominant,
+        }
+
+
+def explosion_subspace(
+    model_or_view: Any, layer: int, *, fit: FFNFit | None = None, k: int = 8, n_random: int = 64, seed: int = 0
+) -> ExplosionSubspace:
+    """Output norm of the block's real FFN along ``±v_k`` (k = 0..k-1) and random directions."""
+    view = resolve_block(model_or_view, layer)
+    fit = fit or fit_ffn(view, layer, n_eval=0)
+    _, S, Vh = fit.svd()
+    k = min(k, Vh.shape[0])
+    scale = math.sqrt(Vh.shape[1])  # a normalised input has RMS 1, i.e. norm √d
+    v = Vh[:k]
+    with torch.no_grad():
+        plus = view.ffn_out(scale * v).norm(dim=-1)
+        minus = view.ffn_out(-scale * v).norm(dim=-1)
+        gen = torch.Generator().manual_seed(seed)
+        r = unit(torch.randn(n_random, Vh.shape[1], generator=gen))
+        rand = view.ffn_out(scale * r).norm(dim=-1)
+    return ExplosionSubspace(layer, S[:k].clone(), plus, minus, rand, v.clone())
+
+
+@dataclass
+class VocabCoefficients:
+    """v₀ coefficient of every vocabulary token's FFN input at one block."""
+
+    layer: int
+    initial: Tensor  # [vocab] token alone at position 0
+    second: Tensor  # [vocab] token at position 1, after BOS
+    seconds: float
+    tokens_per_second: float
+    bare_tokens_per_second: float
+
+    def top(self, k: int = 10, which: str = "initial") -> list[tuple[int, float]]:
+        vals = self.initial if which == "initial" else self.second
+        idx = vals.abs().argsort(descending=True)[:k]
+        return [(int(i), float(vals[i])) for i in idx]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "initial_mean_abs": round(float(self.initial.abs().mean()), 4),
+            "second_mean_abs": round(float(self.second.abs().mean()), 4),
+            "initial_median_abs": round(float(self.initial.abs().median()), 4),
+            "second_median_abs": round(float(self.second.abs().median()), 4),
+            "seconds": round(self.seconds, 2),
+            "tokens_per_second": round(self.tokens_per_second, 1),
+            "bare_tokens_per_second": round(self.bare_tokens_per_second, 1),
+        }
+
+
+def _vocab_size(model: Any) -> int:
+    return int(model.cfg.d_vocab)
+
+
+def _sweep(model: Any, layer: int, batch_size: int, prefix: list[int], hooks_for, limit: int | None) -> Tensor:
+    """Run every vocabulary token (after ``prefix``) up to block ``layer``; collect per-token values."""
+    vocab = _vocab_size(model) if limit is None else min(limit, _vocab_size(model))
+    device = getattr(model.cfg, "device", None) or "cpu"
+    out = torch.empty(vocab)
+    for start in range(0, vocab, batch_size):
+        ids = torch.arange(start, min(start + batch_size, vocab))
+        tokens = torch.cat([torch.tensor(prefix, dtype=torch.long).expand(len(ids), len(prefix)), ids[:, None]], 1)
+        store: dict[str, Tensor] = {}
+        with warnings.catch_warnings(), temporary_hooks(model, hooks_for(store)):
+            warnings.simplefilter("ignore")
+            model(tokens.to(device), return_type=None, stop_at_layer=layer + 1)
+        out[start : start + len(ids)] = store["value"]
+    return out
+
+
+def _bare_rate(model: Any, layer: int, batch_size: int, seq_len: int) -> float:
+    device = getattr(model.cfg, "device", None) or "cpu"
+    tokens = torch.randint(0, _vocab_size(model), (batch_size, seq_len))
+    with torch.no_grad():
+        model(tokens.to(device), return_type=None, stop_at_layer=layer + 1)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(3):
+            model(tokens.to(device), return_type=None, stop_at_layer=layer + 1)
+    return 3 * batch_size * seq_len / (time.perf_counter() - t0)
+
+
+def vocab_coefficients(
+    model: Any, layer: int, v0: Tensor, *, batch_size: int = 1024, limit: int | None = None
+) -> VocabCoefficients:
+    """v₀ coefficient of the FFN input at block ``layer`` for every vocabulary token (see module doc)."""
+    v = unit(v0.detach().float().cpu())
+    bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+    if bos is None:
+        bos = 0
+
+    def hooks_for(store: dict[str, Tensor]):
+        def grab(act: Tensor, hook: Any) -> None:
+            store["value"] = (act[:, -1].detach().float() @ v.to(act.device)).cpu()
+
+        return [(ffn_input_hook_name(layer), grab)]
+
+    t0 = time.perf_counter()
+    initial = _sweep(model, layer, batch_size, [], hooks_for, limit)
+    second = _sweep(model, layer, batch_size, [int(bos)], hooks_for, limit)
+    seconds = time.perf_counter() - t0
+    n_tok = len(initial) * 1 + len(second) * 2
+    bare = (_bare_rate(model, layer, batch_size, 1) + _bare_rate(model, layer, batch_size, 2)) / 2
+    return VocabCoefficients(layer, initial, second, seconds, n_tok / seconds, bare)
+
+
+@dataclass
+class NoninitialPathway:
+    """Tokens that explode at block ``layer`` alone and with all attention up to it zeroed."""
+
+    layer: int
+    norms: Tensor  # [vocab] resid_post norm of each token alone, attention zeroed
+    threshold: float
+    exploding: list[tuple[int, str, float]]  # (id, string, norm), largest first
+    seconds: float
+    tokens_per_second: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "threshold": round(self.threshold, 3),
+            "n_exploding": len(self.exploding),
+            "exploding": [{"token": s, "norm": round(n, 2)} for _, s, n in self.exploding[:50]],
+            "seconds": round(self.seconds, 2),
+            "tokens_per_second": round(self.tokens_per_second, 1),
+        }
+
+
+def noninitial_pathway(
+    model: Any, layer: int, threshold: float, *, batch_size: int = 1024, limit: int | None = None
+) -> NoninitialPathway:
+    """Every vocabulary token alone with attention zeroed in blocks ``0..layer``; norm > ``threshold`` explodes.
+
+    ``threshold`` is an absolute norm, e.g. ``4 × typical norm`` of the block from the probe.
+    """
+
+    def zero(act: Tensor, hook: Any) -> Tensor:
+        return torch.zeros_like(act)
+
+    def hooks_for(store: dict[str, Tensor]):
+        def grab(act: Tensor, hook: Any) -> None:
+            store["value"] = act[:, -1].detach().float().norm(dim=-1).cpu()
+
+        hooks: list = [(f"blocks.{b}.hook_attn_out", zero) for b in range(layer + 1)]
+        return hooks + [(f"blocks.{layer}.hook_resid_post", grab)]
+
+    t0 = time.perf_counter()
+    norms = _sweep(model, layer, batch_size, [], hooks_for, limit)
+    seconds = time.perf_counter() - t0
+    idx = torch.nonzero(norms > threshold).flatten()
+    idx = idx[norms[idx].argsort(descending=True)]
+    tok = getattr(model, "tokenizer", None)
+    exploding = [(int(i), tok.decode([int(i)]) if tok else str(int(i)), float(norms[i])) for i in idx]
+    return NoninitialPathway(layer, norms, threshold, exploding, seconds, len(norms) / seconds)

@@ -1,0 +1,197 @@
+"""Layer-wise singular directions (analysis 4) and the decay eigen-check (analysis 5).
+
+Each block is replaced by its linear approximation acting on the (normalised) residual state:
+``L = (I + F)(I + A)`` for sequential blocks and ``L = I + A + F`` for parallel ones, with ``A``
+the attention update of a self-attending token (:mod:`sd_lens.attention_matrix`) and ``F`` the
+linearised FFN (:mod:`sd_lens.ffn_fit`). Blocks with post-norms (Gemma-3's sandwich norms) see
+each update through ``diag(γ_post) / ρ``, where ``ρ = ‖A‖_F / √d`` is the RMS that the update takes
+for a standard-normal normalised input: the post-norm's division by the RMS of its input,
+linearised at that typical input. This is an approximation of ours; the papers do not cover it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from sd_lens.attention_matrix import attention_matrix, resolve_block, svd_signed
+from sd_lens.ffn_fit import FFNFit, fit_ffn
+from sd_lens.geometry import acute_angle_deg, unit
+from sd_lens.model_view import BlockView, ModelView, model_view
+
+
+def _post_scaled(m: Tensor, scale: Tensor | None) -> Tensor:
+    if scale is None:
+        return m
+    rho = float(torch.linalg.matrix_norm(m)) / math.sqrt(m.shape[0])
+    return scale[:, None] * m / max(rho, 1e-12)
+
+
+@dataclass
+class BlockLinearization:
+    """``A``, ``F`` and ``L`` of one block (column form, float32)."""
+
+    layer: int
+    A: Tensor
+    F: Tensor
+    L: Tensor
+    parallel: bool
+    ffn_fit: FFNFit
+
+    def residual(self) -> Tensor:
+        """``R = L − I``: what the block adds to a state."""
+        return self.L - torch.eye(self.L.shape[0])
+
+
+def linearize_block(
+    model_or_view: Any, layer: int, *, fit: FFNFit | None = None, method: str = "gaussian", **fit_kwargs: Any
+) -> BlockLinearization:
+    """The block's linear approximation ``L`` (see the module docstring)."""
+    view: BlockView = resolve_block(model_or_view, layer)
+    fit = fit or fit_ffn(view, layer, method=method, **fit_kwargs)  # type: ignore[arg-type]
+    A = _post_scaled(attention_matrix(view).A, view.attn_post_scale)
+    F = _post_scaled(fit.F, view.mlp_post_scale)
+    eye = torch.eye(A.shape[0])
+    L = eye + A + F if view.parallel else (eye + F) @ (eye + A)
+    return BlockLinearization(layer, A, F, L, view.parallel, fit)
+
+
+@dataclass
+class BlockSpectrum:
+    """Leading singular triplet of ``L`` and of ``F`` for one block, and angles to directions."""
+
+    layer: int
+    s0: float
+    u0: Tensor
+    v0: Tensor
+    ffn_s0: float
+    ffn_u0: Tensor
+    ffn_v0: Tensor
+    angles_deg: list[float]  # u0 of L vs each direction
+    ffn_angles_deg: list[float]  # u0 of F vs each direction
+    ffn_r2: float
+
+
+@dataclass
+class LayerSpectra:
+    """Per-block spectra for a model, with angles to the given directions."""
+
+    blocks: list[BlockSpectrum]
+    method: str
+    seconds: float
+    n_directions: int
+    linearizations: dict[int, BlockLinearization] = field(default_factory=dict, repr=False)
+
+    def angles(self, k: int = 0, ffn: bool = False) -> Tensor:
+        """Angle (deg) of u0 (of L, or of F) to direction ``k`` at every block: [n_layers]."""
+        return torch.tensor([(b.ffn_angles_deg if ffn else b.angles_deg)[k] for b in self.blocks])
+
+    def closest_block(self, k: int = 0) -> int:
+        return int(self.angles(k).argmin())
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "layer": b.layer,
+                "top_singular_value": round(b.s0, 4),
+                "ffn_top_singular_value": round(b.ffn_s0, 4),
+                "angles_deg": [round(a, 3) for a in b.angles_deg],
+                "ffn_angles_deg": [round(a, 3) for a in b.ffn_angles_deg],
+                "ffn_r2": round(b.ffn_r2, 5),
+            }
+            for b in self.blocks
+        ]
+
+
+def layer_spectra(
+    model_or_view: Any,
+    directions: Sequence[Tensor] = (),
+    *,
+    method: str = "gaussian",
+    layers: Sequence[int] | None = None,
+    keep: Sequence[int] = (),
+    inputs_by_layer: dict[int, Tensor] | None = None,
+    **fit_kwargs: Any,
+) -> LayerSpectra:
+    """Leading singular direction of every block's ``L`` (and ``F``) and its angle to ``directions``.
+
+    Args:
+        model_or_view: model or :class:`~sd_lens.model_view.ModelView`.
+        directions: unit vectors (e.g. each defect's ``direction``).
+        method: FFN fit (``"gaussian"``, ``"monte_carlo"``, ``"real"``; see :func:`~sd_lens.ffn_fit.fit_ffn`).
+        layers: blocks to analyse (default all).
+        keep: blocks whose :class:`BlockLinearization` is kept in the result (for eigen-checks).
+        inputs_by_layer: real normalised FFN inputs per block for ``method="real"`` (see
+            :func:`~sd_lens.ffn_fit.collect_ffn_inputs`, which returns this dict for a list of blocks).
+    """
+    t0 = time.perf_counter()
+    fit_kwargs.setdefault("n_eval", 2048)  # held-out samples for R²: plenty, and 10x cheaper than the default
+    view: ModelView = model_or_view if isinstance(model_or_view, ModelView) else model_view(model_or_view)
+    dirs = [unit(d.detach().float().cpu()) for d in directions]
+    blocks, kept = [], {}
+    for layer in layers if layers is not None else range(view.n_layers):
+        extra = {"inputs": inputs_by_layer[layer]} if inputs_by_layer is not None else {}
+        lin = linearize_block(view.block(layer), layer, method=method, **fit_kwargs, **extra)
+        U, S, Vh = svd_signed(lin.L)
+        Uf, Sf, Vhf = svd_signed(lin.F)
+        blocks.append(
+            BlockSpectrum(
+                layer=layer,
+                s0=float(S[0]),
+                u0=U[:, 0],
+                v0=Vh[0],
+                ffn_s0=float(Sf[0]),
+                ffn_u0=Uf[:, 0],
+                ffn_v0=Vhf[0],
+                angles_deg=[float(acute_angle_deg(U[:, 0], d)) for d in dirs],
+                ffn_angles_deg=[float(acute_angle_deg(Uf[:, 0], d)) for d in dirs],
+                ffn_r2=float(lin.ffn_fit.r2),
+            )
+        )
+        if layer in keep:
+            kept[layer] = lin
+    return LayerSpectra(blocks, method, time.perf_counter() - t0, len(dirs), kept)
+
+
+@dataclass
+class DecayCheck:
+    """Claim (ii) at one block: does ``R = L − I`` send the direction back on itself (R u ≈ −u)?"""
+
+    layer: int
+    eigenvalue: float  # real part of the eigenvalue whose eigenvector is nearest the direction
+    eigenvalue_imag: float
+    eigvec_angle_deg: float
+    rayleigh: float  # uᵀ R u along the direction itself
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "eigenvalue": round(self.eigenvalue, 4),
+            "eigenvalue_imag": round(self.eigenvalue_imag, 4),
+            "eigvec_angle_deg": round(self.eigvec_angle_deg, 3),
+            "rayleigh": round(self.rayleigh, 4),
+        }
+
+
+def decay_check(
+    model_or_view: Any, layer: int, direction: Tensor, *, lin: BlockLinearization | None = None, method: str = "gaussian"
+) -> DecayCheck:
+    """Eigen-decomposition of ``R = L − I`` at ``layer`` against a defect direction (analysis 5)."""
+    lin = lin or linearize_block(resolve_block(model_or_view, layer), layer, method=method)
+    R = lin.residual().double()
+    u = unit(direction.detach().double().cpu())
+    vals, vecs = torch.linalg.eig(R)
+    angles = acute_angle_deg(vecs.real.T, u)
+    k = int(torch.nan_to_num(angles, nan=90.0).argmin())
+    return DecayCheck(
+        layer=layer,
+        eigenvalue=float(vals[k].real),
+        eigenvalue_imag=float(vals[k].imag),
+        eigvec_angle_deg=float(angles[k]),
+        rayleigh=float(u @ R @ u),
+    )
