@@ -1,0 +1,144 @@
+"""Analysis 2: the attention update of a self-attending token as one matrix per block.
+
+A token that attends only to itself (always the first token; the "self" path of any other token)
+gets the attention update ``attn_out = A @ n + c``, linear in its normalised input ``n``
+(``n = x / rms(x)`` for RMSNorm, ``(x - mean) / std`` for LayerNorm, before the norm's scale γ₁):
+
+    A = Σ_h W_O^hᵀ W_V^hᵀ diag(γ₁) [· P]        (column form: A acts on column vectors)
+
+with value heads repeated for grouped-query attention, γ₁ the pre-attention norm scale (all ones
+when TransformerLens folded it into W_V) and, for LayerNorm models, ``P = I − 11ᵀ/d`` the norm's
+centring (a no-op on the already-centred ``n``). The constant ``c`` collects the biases (β₁, b_V,
+b_O). Neither includes a post-attention norm (Gemma-3's ``ln1_post``), which is not linear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from sd_lens.errors import InputError
+from sd_lens.model_view import BlockView, ModelView, model_view
+
+__all__ = ["AttentionMatrix", "attention_matrix", "resolve_block", "svd_signed"]
+
+
+def resolve_block(model_or_view: Any, layer: int | None) -> BlockView:
+    """The :class:`~sd_lens.model_view.BlockView` of ``layer``.
+
+    ``model_or_view`` is a TransformerLens model, a :class:`~sd_lens.model_view.ModelView` (reuse
+    one across calls: its blocks are cached) or a ``BlockView`` itself (then ``layer`` may be
+    ``None``; if given it must match the view's layer).
+    """
+    if isinstance(model_or_view, BlockView):
+        if layer is not None and layer != model_or_view.layer:
+            raise InputError(f"a BlockView of block {model_or_view.layer} was given with layer={layer}")
+        return model_or_view
+    if layer is None:
+        raise InputError("layer is required unless a BlockView is given")
+    view = model_or_view if isinstance(model_or_view, ModelView) else model_view(model_or_view)
+    return view.block(layer)
+
+
+def svd_signed(m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """SVD ``m = U diag(S) Vh`` computed in float64, returned as float32 on the CPU.
+
+    Singular vectors are only defined up to a joint sign flip of ``(u_k, v_k)``; this fixes the
+    sign so that the largest-magnitude entry of every ``u_k`` is positive, which makes results
+    reproducible across runs and methods (angles are sign-free anyway).
+    """
+    U, S, Vh = torch.linalg.svd(m.detach().to("cpu", torch.float64), full_matrices=False)
+    idx = U.abs().argmax(0)
+    sign = torch.sign(U[idx, torch.arange(U.shape[1])])
+    sign[sign == 0] = 1
+    U = U * sign
+    Vh = Vh * sign[:, None]
+    return U.float(), S.float(), Vh.float()
+
+
+@dataclass(eq=False)
+class AttentionMatrix:
+    """The self-attention update of block ``layer`` as a matrix (column form, float32, CPU).
+
+    Attributes:
+        layer: 0-based block index.
+        A: ``[d_model, d_model]``, the sum of ``per_head``: ``attn_out = A @ n + bias``.
+        per_head: ``[n_heads, d_model, d_model]``, one matrix per query head (GQA value heads
+            repeated, so there are always ``n_heads`` of them).
+        bias: ``[d_model]``, the input-independent part of the update (zeros without biases).
+    """
+
+    layer: int
+    A: Float[Tensor, "d_model d_model"]
+    per_head: Float[Tensor, "n_heads d_model d_model"]
+    bias: Float[Tensor, "d_model"]
+    _svd: tuple[Tensor, Tensor, Tensor] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def n_heads(self) -> int:
+        """Number of (query) heads, i.e. ``per_head.shape[0]``."""
+        return int(self.per_head.shape[0])
+
+    def apply(self, n: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """``A @ n + bias`` for a batch of normalised inputs (row vectors, shape ``[..., d]``)."""
+        return n.to(torch.float32) @ self.A.T + self.bias
+
+    def svd(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(U, S, Vh)`` of ``A`` (cached; see :func:`svd_signed` for the sign convention)."""
+        if self._svd is None:
+            self._svd = svd_signed(self.A)
+        return self._svd
+
+    @property
+    def singular_values(self) -> Tensor:
+        """Singular values of ``A``, descending."""
+        return self.svd()[1]
+
+    @property
+    def u0(self) -> Tensor:
+        """Leading left singular vector: the output direction ``A`` amplifies most."""
+        return self.svd()[0][:, 0]
+
+    @property
+    def s0(self) -> float:
+        """Largest singular value of ``A``."""
+        return float(self.svd()[1][0])
+
+    @property
+    def v0(self) -> Tensor:
+        """Leading right singular vector: the input direction ``A`` amplifies most."""
+        return self.svd()[2][0]
+
+    @cached_property
+    def ov_rank(self) -> int:
+        """Numerical rank of ``A``: at most ``n_kv_heads · d_head`` (and ``d_model``).
+
+        ``A`` is a float32 product, so singular values below ``σ_max · d · eps_float32`` count as
+        zero (torch's default tolerance for float32).
+        """
+        return int(torch.linalg.matrix_rank(self.A.to(torch.float32)))
+
+
+def attention_matrix(model_or_view: Any, layer: int | None = None) -> AttentionMatrix:
+    """Extract the attention matrix ``A`` of block ``layer`` (analysis 2 of the SPEC).
+
+    Args:
+        model_or_view: a TransformerLens model, a ``ModelView`` or a ``BlockView``.
+        layer: 0-based block index (optional when a ``BlockView`` is given).
+
+    Returns:
+        An :class:`AttentionMatrix` with ``A`` (summed over heads), ``per_head`` and ``bias`` such
+        that, for a normalised input ``n`` of a token attending only to itself,
+        ``view.self_attention_out(n) == A @ n + bias`` (before any post-attention norm).
+        The weights are read from float32 copies: nothing in the model is touched.
+    """
+    view = resolve_block(model_or_view, layer)
+    with torch.no_grad():
+        per_head = view.attn_ov_per_head().contiguous()
+        bias = view.self_attention_out(torch.zeros(view.d_model))
+    return AttentionMatrix(layer=view.layer, A=per_head.sum(0), per_head=per_head, bias=bias)

@@ -1,0 +1,621 @@
+"""Analysis 3: the FFN of one block replaced by its best linear map.
+
+The FFN's hidden activation (the input of the down-projection) is a non-linear function
+``h(n)`` of the block's normalised FFN input ``n`` (``n = x / rms(x)`` for RMSNorm,
+``(x − mean) / std`` for LayerNorm, *before* the norm's scale γ₂, which ``h`` applies itself; with
+TransformerLens' folded norms γ₂ lives inside ``W_in``/``W_gate``). A least-squares fit gives
+
+    h(n) ≈ M n + b          M: [d_mlp, d_model]
+    ffn_out(n) ≈ F n + c    F = W_outᵀ M: [d_model, d_model]  (column form)
+
+The analyses use only the linear parts ``M`` and ``F``: the intercept ``b``, ``b_out`` and the
+ln₂ bias go into ``b_hidden`` (kept for evaluation) and never into ``F``. ``F`` excludes a
+post-FFN norm (Gemma-3's ``ln2_post``), which is not linear.
+
+Three ways to choose the inputs of the fit (``method``):
+
+``"monte_carlo"``
+    The reference method of the singular-defects paper: ``n ~ N(0, I)``, least squares of ``h`` on
+    ``n`` without intercept. Computed in chunks with the normal equations (``XᵀX`` and ``XᵀY``
+    accumulated in float64), never holding the ``n_samples × d_mlp`` matrix, solved by Cholesky.
+    Note: the reference samples isotropically the input of the MLP *after* γ₂ (then multiplies
+    the fit by diag(γ₂)); here ``n`` itself is isotropic, the scale real normalised inputs have.
+    The two agree when γ₂ = 1 and differ otherwise (see ``benchmarks/bench_ffn_fit.py``).
+``"gaussian"``
+    The closed form of the same fit for infinitely many samples. For ``n ~ N(0, I)`` Stein's lemma
+    gives ``E[h(n) nᵀ] = E[∇h(n)]``, so the least-squares map is the expected Jacobian, and for
+    every hidden unit it reduces to one-dimensional Gaussian integrals of the activation and its
+    derivative. One-dimensional Stein identities turn those into integrals of the activation
+    itself (``E[act'(a)] = E[act(a)·t]/s`` for ``a = b + s·t``), so any activation works, kinks
+    included, and no derivative is needed. The integrals use the trapezoidal rule on a dense
+    grid, spectrally accurate for smooth activations (silu, gelu) and second-order for relu.
+    ``b_hidden`` is ``E[h(n)]``, the intercept of the population fit.
+``"real"``
+    Least squares with intercept on normalised inputs collected from real text
+    (:func:`collect_ffn_inputs`), solved with the normal equations and an eigen-decomposition
+    pseudo-inverse (real inputs can be rank-deficient). The intercept absorbs the non-zero mean of
+    real inputs and activations, so ``M`` is the slope; ``b_hidden`` is the intercept.
+
+Every method reports R² of the FFN *output* (and of the hidden activation) on held-out inputs:
+fresh Gaussian samples for the Gaussian methods, a held-out split of the real inputs for
+``"real"``. R² is pooled over output coordinates and centred:
+``1 − Σ‖y − ŷ‖² / Σ‖y − ȳ‖²`` with ``ŷ = W_outᵀ(M n + b_hidden)`` (the output bias cancels);
+it lies in (−∞, 1].
+
+LayerNorm models (GPT-2, GPT-NeoX): normalised inputs are centred, so ``n`` lives in the
+(d − 1)-dimensional subspace orthogonal to the all-ones vector. The Gaussian methods use
+``n ~ N(0, P)`` with ``P = I − 11ᵀ/d`` (sampled in an orthonormal basis of that subspace) and the
+fits are the minimum-norm ones: ``M = M P``, ``M 1 = 0``, for every method.
+
+Nothing here modifies the model: :class:`~sd_lens.model_view.BlockView` holds float32 copies, and
+:func:`collect_ffn_inputs` removes its hook whatever happens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from sd_lens.attention_matrix import resolve_block, svd_signed
+from sd_lens.errors import InputError
+from sd_lens.model_view import BlockView
+
+__all__ = ["FFNFit", "Method", "collect_ffn_inputs", "fit_ffn", "ffn_hook_name"]
+
+Method = Literal["gaussian", "monte_carlo", "real"]
+METHODS: tuple[str, ...] = ("gaussian", "monte_carlo", "real")
+_GAUSSIAN_N_EVAL = 8192  # default held-out samples for the closed form (R² standard error ~0.01)
+
+
+@dataclass(eq=False)
+class FFNFit:
+    """A linear fit of one block's FFN (float32, CPU). See the module docstring for definitions.
+
+    Attributes:
+        method: ``"gaussian"``, ``"monte_carlo"`` or ``"real"``.
+        layer: 0-based block index.
+        M: ``[d_mlp, d_model]``, hidden activation ≈ ``M @ n + b_hidden``.
+        F: ``[d_model, d_model]`` = ``W_outᵀ M``, FFN output ≈ ``F @ n`` + constant (column form).
+        b_hidden: ``[d_mlp]``, the hidden intercept: ``E[h]`` for ``"gaussian"``, the fitted
+            intercept for fits with one (``"real"`` by default), and for intercept-free fits
+            (``"monte_carlo"`` by default, as in the reference) the mean training residual,
+            used only to evaluate R².
+        r2: R² of the FFN output on held-out inputs (NaN if ``n_eval`` was 0).
+        r2_hidden: R² of the hidden activation on the same inputs.
+        n_samples: number of inputs the fit used (0 for the closed form).
+        n_eval: number of held-out inputs R² was computed on.
+        seconds: wall time of the whole call; ``fit_seconds``: of the fit alone (without R²).
+        seed: seed of the sampling / split.
+    """
+
+    method: str
+    layer: int
+    M: Float[Tensor, "d_mlp d_model"]
+    F: Float[Tensor, "d_model d_model"]
+    b_hidden: Float[Tensor, "d_mlp"]
+    r2: float
+    r2_hidden: float
+    n_samples: int
+    n_eval: int
+    seconds: float
+    fit_seconds: float
+    seed: int
+    _svd: tuple[Tensor, Tensor, Tensor] | None = field(default=None, init=False, repr=False)
+
+    def svd(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(U, S, Vh)`` of ``F`` (cached; float64 SVD, float32 results, sign convention of
+        :func:`~sd_lens.attention_matrix.svd_signed`)."""
+        if self._svd is None:
+            self._svd = svd_signed(self.F)
+        return self._svd
+
+    @property
+    def u0(self) -> Tensor:
+        """Leading left singular vector of ``F``: the output direction the FFN amplifies most."""
+        return self.svd()[0][:, 0]
+
+    @property
+    def s0(self) -> float:
+        """Largest singular value of ``F``."""
+        return float(self.svd()[1][0])
+
+    @property
+    def v0(self) -> Tensor:
+        """Leading right singular vector of ``F``: the input direction that triggers it most."""
+        return self.svd()[2][0]
+
+    def predict_hidden(self, n: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_mlp"]:
+        """The linear model's hidden activation ``M n + b_hidden`` for normalised inputs (rows)."""
+        return n.to(torch.float32) @ self.M.T + self.b_hidden
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _sample_basis(view: BlockView, device: torch.device) -> Tensor | None:
+    """Orthonormal basis ``Q [d, d-1]`` of the centred subspace for LayerNorm, else ``None``.
+
+    Columns 1.. of the Householder reflection that maps e₀ to 1/√d: exact and deterministic.
+    """
+    if view.norm != "layer":
+        return None
+    d = view.d_model
+    w = -torch.full((d,), 1.0 / math.sqrt(d), dtype=torch.float64)
+    w[0] += 1.0
+    H = torch.eye(d, dtype=torch.float64) - 2.0 * torch.outer(w, w) / (w @ w)
+    return H[:, 1:].to(device=device, dtype=torch.float32).contiguous()
+
+
+def _center_rows(view: BlockView, M: Tensor) -> Tensor:
+    """``M P`` for LayerNorm models (rows made orthogonal to the all-ones vector)."""
+    if view.norm != "layer":
+        return M
+    return M - M.mean(-1, keepdim=True)
+
+
+def _view_on(view: BlockView, device: torch.device) -> BlockView:
+    if device.type == "cpu":
+        return view
+    import dataclasses
+
+    moved = {
+        f.name: getattr(view, f.name).to(device)
+        for f in dataclasses.fields(view)
+        if isinstance(getattr(view, f.name), Tensor)
+    }
+    return dataclasses.replace(view, **moved)
+
+
+class _R2:
+    """Streaming, pooled, centred R² of hidden and output (sums in float64)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sums: dict[str, Any] = {}
+
+    def add(self, key: str, y: Tensor, y_hat: Tensor) -> None:
+        y64, r64 = y.double(), (y - y_hat).double()
+        s = self.sums.setdefault(key, [0.0, 0.0, 0.0])  # Σy (vector), Σ‖y‖², Σ‖y − ŷ‖²
+        s[0] = s[0] + y64.sum(0)
+        s[1] += float(y64.pow(2).sum())
+        s[2] += float(r64.pow(2).sum())
+
+    def value(self, key: str, n: int) -> float:
+        s = self.sums.get(key)
+        if s is None or n == 0:
+            return float("nan")
+        ss_tot = s[1] - float((s[0] * s[0]).sum()) / n
+        if ss_tot <= 0:
+            return float("nan") if s[2] > 0 else 1.0
+        return 1.0 - s[2] / ss_tot
+
+
+def _evaluate(view: BlockView, M: Tensor, b: Tensor, batches: Iterable[Tensor]) -> tuple[float, float, int]:
+    """(R² of output, R² of hidden, count) of ``h ≈ M n + b`` over batches of inputs."""
+    acc, count = _R2(), 0
+    for n in batches:
+        h = view.ffn_hidden(n)
+        h_hat = n @ M.T + b
+        acc.add("hidden", h, h_hat)
+        acc.add("out", h @ view.W_out, h_hat @ view.W_out)
+        count += n.shape[0]
+    return acc.value("out", count), acc.value("hidden", count), count
+
+
+def _gaussian_batches(
+    n: int, k: int, Q: Tensor | None, gen: torch.Generator, chunk: int, device: torch.device
+) -> Iterable[Tensor]:
+    done = 0
+    while done < n:
+        c = min(chunk, n - done)
+        w = torch.randn(c, k, generator=gen, device=device)
+        yield w if Q is None else w @ Q.T
+        done += c
+
+
+def _solve_spd(G: Tensor, C: Tensor) -> Tensor:
+    """``G⁻¹ C`` for a symmetric positive definite Gram matrix (Cholesky; pinv if not SPD)."""
+    L, info = torch.linalg.cholesky_ex(G)
+    if int(info) == 0:
+        return torch.cholesky_solve(C, L)
+    return _solve_pinv(G, C)
+
+
+def _solve_pinv(G: Tensor, C: Tensor) -> Tensor:
+    """Minimum-norm ``G⁺ C`` for a symmetric PSD Gram matrix of float32 data.
+
+    Eigenvalues below ``λ_max · k · eps_float32²`` are treated as zero: the data were float32,
+    so directions with less relative variance than that are rounding noise.
+    """
+    evals, evecs = torch.linalg.eigh(G)
+    k = G.shape[0]
+    cutoff = float(evals.max().clamp_min(0)) * k * torch.finfo(torch.float32).eps ** 2
+    inv = torch.where(evals > cutoff, 1.0 / evals.clamp_min(cutoff if cutoff > 0 else 1e-300), torch.zeros_like(evals))
+    return evecs @ (inv[:, None] * (evecs.T @ C))
+
+
+# --------------------------------------------------------------------------------------------
+# the three fits
+
+
+def _fit_gaussian(view: BlockView, *, grid_points: int, grid_half_width: float, unit_chunk: int) -> tuple[Tensor, Tensor]:
+    """Closed-form (Stein) least-squares map for n ~ N(0, I) (or N(0, P) for LayerNorm)."""
+    f64 = torch.float64
+    gamma = view.ln2_scale.to(f64)
+    beta = view.ln2_bias.to(f64) if view.ln2_bias is not None else None
+
+    def proj(W: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Weights acting on n (γ₂ applied, centred for LayerNorm) and the constant term."""
+        W = W.to(f64)
+        c = torch.zeros(W.shape[1], dtype=f64, device=W.device)
+        if beta is not None:
+            c = c + beta @ W
+        if bias is not None:
+            c = c + bias.to(f64)
+        Wn = gamma[:, None] * W
+        if view.norm == "layer":
+            Wn = Wn - Wn.mean(0, keepdim=True)
+        return Wn, c
+
+    U, cu = proj(view.W_in, view.b_in)  # [d, d_mlp]
+    gated = view.W_gate is not None
+    if gated:
+        G, cg = proj(view.W_gate, view.b_gate)
+    else:
+        G, cg = U, cu
+    # Trapezoidal rule on [-L, L] for E[f(t)], t ~ N(0, 1): spectrally accurate for analytic f.
+    t = torch.linspace(-grid_half_width, grid_half_width, grid_points, dtype=f64, device=U.device)
+    w = torch.exp(-0.5 * t * t)
+    w[0] *= 0.5
+    w[-1] *= 0.5
+    w = w / w.sum()  # normalising absorbs the step and 1/√(2π) (error below 1e-30 at L ≥ 12)
+    t1, t2 = w * t, w * (t * t - 1.0)
+
+    d_mlp = U.shape[1]
+    M = torch.empty(d_mlp, U.shape[0], dtype=f64, device=U.device)
+    b = torch.empty(d_mlp, dtype=f64, device=U.device)
+    for lo in range(0, d_mlp, unit_chunk):
+        sl = slice(lo, min(lo + unit_chunk, d_mlp))
+        g, bg = G[:, sl], cg[sl]
+        s = g.norm(dim=0)  # a = g·n + bg = bg + s·t, t ~ N(0, 1)
+        s_safe = torch.where(s > 0, s, torch.ones_like(s))
+        y = view.act(bg[:, None] + s[:, None] * t[None, :])
+        # Only integrals of act itself (continuous even for relu), via 1-D Stein identities:
+        # E[act'(a)] = E[act(a) t] / s,   E[act'(a) t] = E[act(a) (t² − 1)] / s.
+        # Where s = 0 the unit's g is zero and the derivative terms are multiplied by zero.
+        E_act, E_act_t, E_act_t2 = y @ w, y @ t1, y @ t2
+        E_dact = torch.where(s > 0, E_act_t / s_safe, torch.zeros_like(s))
+        if not gated:
+            M[sl] = E_dact[:, None] * g.T
+            b[sl] = E_act
+            continue
+        u, cu_ = U[:, sl], cu[sl]
+        E_dact_t = torch.where(s > 0, E_act_t2 / s_safe, torch.zeros_like(s))
+        # u·n = ρ (a − bg) + (a part independent of a), ρ = (g·u)/s², a − bg = s t
+        rho = torch.where(s > 0, (g * u).sum(0) / s_safe**2, torch.zeros_like(s))
+        # E[∇(act(a) (u·n + cu))] = E[act'(a)(u·n + cu)] g + E[act(a)] u
+        coef_g = rho * s * E_dact_t + cu_ * E_dact
+        M[sl] = coef_g[:, None] * g.T + E_act[:, None] * u.T
+        b[sl] = rho * s * E_act_t + cu_ * E_act  # E[act(a)(u·n + cu)]
+    return M.float(), b.float()
+
+
+def _fit_monte_carlo(
+    view: BlockView,
+    *,
+    n_samples: int,
+    gen: torch.Generator,
+    chunk: int,
+    Q: Tensor | None,
+    device: torch.device,
+    intercept: bool = False,
+    gemm_dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    """Least squares of h on n ~ N(0, I) via the normal equations (intercept-free by default).
+
+    Each chunk's ``XᵀX`` and ``XᵀY`` is one ``gemm_dtype`` matrix product (float32: at most
+    ``chunk`` terms per sum, relative error ~1e-6, far below the Monte-Carlo noise); the running
+    sums over chunks are float64.
+    """
+    k = view.d_model if Q is None else Q.shape[1]
+    d_mlp = view.W_out.shape[0]
+    XtX = torch.zeros(k, k, dtype=torch.float64, device=device)
+    XtY = torch.zeros(k, d_mlp, dtype=torch.float64, device=device)
+    sum_w = torch.zeros(k, dtype=torch.float64, device=device)
+    sum_y = torch.zeros(d_mlp, dtype=torch.float64, device=device)
+    for w in _gaussian_batches(n_samples, k, None, gen, chunk, device):
+        n = w if Q is None else w @ Q.T
+        y = view.ffn_hidden(n)
+        wg, yg = w.to(gemm_dtype), y.to(gemm_dtype)
+        XtX += (wg.T @ wg).double()
+        XtY += (wg.T @ yg).double()
+        sum_w += w.double().sum(0)
+        sum_y += y.double().sum(0)
+    if intercept:  # centred normal equations
+        XtX = XtX - torch.outer(sum_w, sum_w) / n_samples
+        XtY = XtY - torch.outer(sum_w, sum_y) / n_samples
+    B = _solve_spd(XtX, XtY)  # [k, d_mlp]: h ≈ w B
+    b = (sum_y - sum_w @ B) / n_samples  # the intercept, or the best constant given the slope
+    M = B.T if Q is None else B.T @ Q.double().T
+    return M.float(), b.float()
+
+
+def _fit_real(view: BlockView, X: Tensor, *, chunk: int, intercept: bool = True) -> tuple[Tensor, Tensor]:
+    """Least squares (with intercept by default) of h on the rows of X (normal equations, pinv)."""
+    d, d_mlp = view.d_model, view.W_out.shape[0]
+    N = X.shape[0]
+    mean_x = X.double().mean(0)
+    if not intercept:
+        mean_x = torch.zeros_like(mean_x)
+    G = torch.zeros(d, d, dtype=torch.float64, device=X.device)
+    C = torch.zeros(d, d_mlp, dtype=torch.float64, device=X.device)
+    sum_y = torch.zeros(d_mlp, dtype=torch.float64, device=X.device)
+    for lo in range(0, N, chunk):
+        x = X[lo : lo + chunk]
+        y = view.ffn_hidden(x).double()
+        xc = x.double() - mean_x
+        G += xc.T @ xc
+        C += xc.T @ y
+        sum_y += y.sum(0)
+    B = _solve_pinv(G, C)
+    M = B.T
+    b = sum_y / N - M @ X.double().mean(0)  # the intercept, or the best constant given the slope
+    return M.float(), b.float()
+
+
+def fit_ffn(
+    model_or_view: Any,
+    layer: int | None = None,
+    method: Method = "gaussian",
+    *,
+    n_samples: int = 100_000,
+    inputs: Tensor | None = None,
+    seed: int = 0,
+    holdout: float = 0.2,
+    n_eval: int | None = None,
+    device: str | torch.device = "cpu",
+    chunk_size: int = 4096,
+    grid_points: int = 4001,
+    intercept: bool | None = None,
+) -> FFNFit:
+    """Fit the FFN of block ``layer`` by a linear map (analysis 3 of the SPEC).
+
+    Args:
+        model_or_view: a TransformerLens model, a ``ModelView`` or a ``BlockView``.
+        layer: 0-based block index (optional when a ``BlockView`` is given).
+        method: ``"gaussian"`` (closed form, the default: fast and noise-free),
+            ``"monte_carlo"`` (the paper's sampled fit) or ``"real"`` (fit on ``inputs``).
+        n_samples: Gaussian samples of the Monte-Carlo fit (ignored otherwise).
+        inputs: ``[N, d_model]`` real normalised FFN inputs (required for ``"real"``), e.g. from
+            :func:`collect_ffn_inputs`.
+        seed: seeds the Gaussian samples and the real-data split (results are deterministic).
+        holdout: fraction of ``inputs`` held out for R² (``"real"``); for ``"monte_carlo"`` the
+            default number of fresh held-out Gaussian samples is ``round(holdout · n_samples)``.
+        n_eval: number of fresh held-out Gaussian samples for R² (default: as above for
+            ``"monte_carlo"``, 8192 for ``"gaussian"``; 0 skips R², which is then NaN, and makes
+            the closed form take well under a second). Ignored for ``"real"``.
+        device: where to compute (float64 accumulations need a device that has float64).
+        chunk_size: inputs per chunk (memory: ``chunk_size · d_mlp`` floats at a time).
+        grid_points: points of the quadrature grid of the closed form.
+        intercept: fit an intercept (``None``: the method's default — no for ``"monte_carlo"``,
+            as in the reference, yes for ``"real"``; the closed form needs none, its inputs have
+            mean zero). An intercept-free fit leaks the hidden activation's mean into the slope
+            by O(|mean| · √(d / n_samples)); with an intercept that noise term is gone.
+
+    Returns:
+        An :class:`FFNFit` (tensors float32 on the CPU).
+
+    Raises:
+        InputError: unknown method, missing or malformed ``inputs``, too few inputs.
+    """
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise InputError(f"unknown FFN fit method {method!r}; choose one of {', '.join(METHODS)}")
+    if not 0.0 <= holdout < 1.0:
+        raise InputError(f"holdout must be in [0, 1), got {holdout}")
+    view = resolve_block(model_or_view, layer)
+    dev = torch.device(device)
+    view_d = _view_on(view, dev)
+    Q = _sample_basis(view, dev)
+    k = view.d_model if Q is None else Q.shape[1]
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    eval_gen = torch.Generator(device=dev).manual_seed(seed + 0x5D1E75)  # held-out stream
+
+    with torch.no_grad():
+        if method == "real":
+            if inputs is None:
+                raise InputError('method="real" needs inputs: normalised FFN inputs [N, d_model], see collect_ffn_inputs')
+            X = torch.as_tensor(inputs).detach().to(dev, torch.float32)
+            if X.ndim != 2 or X.shape[1] != view.d_model:
+                raise InputError(f"inputs must have shape [N, {view.d_model}], got {tuple(X.shape)}")
+            if not bool(torch.isfinite(X).all()):
+                raise InputError("inputs contain NaN or inf")
+            n_hold = int(round(holdout * X.shape[0]))
+            perm = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(seed)).to(dev)
+            X_eval, X_fit = X[perm[:n_hold]], X[perm[n_hold:]]
+            if X_fit.shape[0] < 2:
+                raise InputError(f"too few inputs to fit: {X_fit.shape[0]} after holding out {n_hold}")
+            if X_fit.shape[0] <= view.d_model:
+                warnings.warn(
+                    f"fit_ffn(method='real') on {X_fit.shape[0]} inputs of dimension {view.d_model}: the fit is "
+                    "under-determined (it interpolates its inputs) and its held-out R² is not meaningful; "
+                    "collect more tokens",
+                    stacklevel=2,
+                )
+            M, b = _fit_real(view_d, X_fit, chunk=chunk_size, intercept=True if intercept is None else intercept)
+            n_fit = X_fit.shape[0]
+            fit_s = time.perf_counter() - t0
+            batches: Iterable[Tensor] = (X_eval[i : i + chunk_size] for i in range(0, n_hold, chunk_size))
+        else:
+            if method == "monte_carlo":
+                if n_samples < k:
+                    raise InputError(f"n_samples={n_samples} is below the input dimension {k}")
+                M, b = _fit_monte_carlo(
+                    view_d, n_samples=n_samples, gen=gen, chunk=chunk_size, Q=Q, device=dev, intercept=bool(intercept)
+                )
+                n_fit = n_samples
+            else:
+                M, b = _fit_gaussian(view_d, grid_points=grid_points, grid_half_width=12.0, unit_chunk=256)
+                n_fit = 0
+            fit_s = time.perf_counter() - t0
+            if n_eval is not None:
+                ne = int(n_eval)
+            else:
+                ne = int(round(holdout * n_samples)) if method == "monte_carlo" else _GAUSSIAN_N_EVAL
+            batches = _gaussian_batches(ne, k, Q, eval_gen, chunk_size, dev)
+        M = _center_rows(view, M)
+        r2, r2_hidden, count = _evaluate(view_d, M, b, batches)
+        M_cpu = M.cpu()
+        F = (view.W_out.T.double() @ M_cpu.double()).float()
+    return FFNFit(
+        method=method,
+        layer=view.layer,
+        M=M_cpu,
+        F=F,
+        b_hidden=b.cpu(),
+        r2=r2,
+        r2_hidden=r2_hidden,
+        n_samples=n_fit,
+        n_eval=count,
+        seconds=time.perf_counter() - t0,
+        fit_seconds=fit_s,
+        seed=seed,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# real inputs
+
+
+def ffn_hook_name(layer: int) -> str:
+    """The hook whose output is the normalised FFN input ``n`` of block ``layer``."""
+    return f"blocks.{layer}.ln2.hook_normalized"
+
+
+def _as_sequences(model: Any, texts_or_tokens: Any) -> list[Tensor]:
+    """A list of 1-D token tensors (no padding) from text(s), a token tensor or token lists."""
+    if isinstance(texts_or_tokens, str):
+        texts_or_tokens = [texts_or_tokens]
+    if isinstance(texts_or_tokens, Tensor):
+        t = texts_or_tokens
+        if t.ndim == 1:
+            t = t[None]
+        if t.ndim != 2:
+            raise InputError(f"token tensor must be [batch, pos], got shape {tuple(t.shape)}")
+        return [row.long() for row in t]
+    seqs: list[Tensor] = []
+    for item in texts_or_tokens:
+        if isinstance(item, str):
+            if not item:
+                continue
+            seqs.append(model.to_tokens(item, move_to_device=False)[0].cpu())
+        else:
+            seqs.append(torch.as_tensor(item, dtype=torch.long).reshape(-1))
+    return [s for s in seqs if s.numel() > 0]
+
+
+def collect_ffn_inputs(
+    model: Any,
+    texts_or_tokens: str | Sequence[str] | Tensor | Sequence[Sequence[int]],
+    layer: int | Sequence[int],
+    *,
+    max_tokens: int | None = 20_000,
+    batch_size: int = 16,
+    exclude_positions: Sequence[int] = (0,),
+) -> Float[Tensor, "N d_model"] | dict[int, Float[Tensor, "N d_model"]]:
+    """Normalised FFN inputs ``n`` of block ``layer`` on real text, one row per token.
+
+    Runs the model in batches with a forward hook on ``blocks.{layer}.ln2.hook_normalized``
+    (which equals ``BlockView.normalize`` of the FFN's residual input: ``resid_mid``, or
+    ``resid_pre`` for parallel blocks) and ``stop_at_layer = layer + 1``, so no deeper block and
+    no unembedding runs. The hook is removed when the call ends, also on errors; hooks attached
+    to the model beforehand are left alone.
+
+    Args:
+        model: a TransformerLens model.
+        texts_or_tokens: a string, a list of strings (each tokenized on its own with the model's
+            BOS convention), a ``[batch, pos]`` token tensor (every position is real) or a list of
+            token-id sequences of any lengths. Sequences are batched by length and right-padded
+            with an attention mask; padding positions are never returned.
+        layer: 0-based block index, or several (one forward pass collects them all, stopping
+            after the deepest).
+        max_tokens: use only as many leading sequences as give this many rows, and truncate to
+            it (``None``: no limit).
+        batch_size: sequences per forward pass.
+        exclude_positions: positions (within each sequence; negative counts from the end) to
+            drop. The default drops the initial token, whose state is an outlier (a singular
+            defect) in most models; pass ``()`` to keep everything.
+
+    Returns:
+        ``[N, d_model]`` float32 tensor on the CPU in input order (sequences, then positions);
+        for a sequence of layers, a dict ``{layer: tensor}``.
+
+    Raises:
+        InputError: a block that does not exist, or no tokens.
+    """
+    single = isinstance(layer, int)
+    layers = [layer] if single else [int(x) for x in layer]  # type: ignore[union-attr]
+    n_layers = int(model.cfg.n_layers)
+    for lay in layers:
+        if not 0 <= lay < n_layers:
+            raise InputError(f"block {lay!r} does not exist: the model has blocks 0..{n_layers - 1}")
+    if not layers:
+        raise InputError("no layer given")
+    seqs = _as_sequences(model, texts_or_tokens)
+    if not seqs:
+        raise InputError("no tokens to run: give at least one non-empty text or token sequence")
+    excluded = {int(p) for p in exclude_positions}
+    tok = getattr(model, "tokenizer", None)
+    pad_id = getattr(tok, "pad_token_id", None)
+    pad_id = 0 if pad_id is None else int(pad_id)
+    device = getattr(model.cfg, "device", None) or "cpu"
+
+    # keep[i] = positions of sequence i to return
+    keep: list[Tensor] = []
+    total = 0
+    for s in seqs:
+        mask = torch.ones(s.numel(), dtype=torch.bool)
+        for p in excluded:
+            if -s.numel() <= p < s.numel():
+                mask[p] = False
+        keep.append(torch.arange(s.numel())[mask])
+        total += int(mask.sum())
+        if max_tokens is not None and total >= max_tokens:
+            break  # the sequences after this one are not needed
+    needed = [i for i in range(len(keep)) if keep[i].numel() > 0]
+    order = sorted(needed, key=lambda i: -seqs[i].numel())  # batch similar lengths together
+    results: dict[int, dict[int, Tensor]] = {lay: {} for lay in layers}
+    current: list[int] = []
+
+    def make_hook(lay: int) -> Callable[[Tensor, Any], None]:
+        def grab(t: Tensor, hook: Any) -> None:
+            for row, i in enumerate(current):
+                results[lay][i] = t[row, keep[i].to(t.device)].detach().to("cpu", torch.float32).clone()
+
+        return grab
+
+    fwd_hooks = [(ffn_hook_name(lay), make_hook(lay)) for lay in sorted(set(layers))]
+    with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
+        for lo in range(0, len(order), batch_size):
+            current[:] = order[lo : lo + batch_size]
+            T = max(seqs[i].numel() for i in current)
+            tokens = torch.full((len(current), T), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(current), T), dtype=torch.long)
+            for row, i in enumerate(current):
+                tokens[row, : seqs[i].numel()] = seqs[i]
+                attention_mask[row, : seqs[i].numel()] = 1
+            model(tokens.to(device), attention_mask=attention_mask.to(device), stop_at_layer=max(layers) + 1)
+    out: dict[int, Tensor] = {}
+    for lay in layers:
+        rows = [results[lay][i] for i in needed]
+        x = torch.cat(rows, 0) if rows else torch.empty(0, int(model.cfg.d_model))
+        out[lay] = x[:max_tokens] if max_tokens is not None else x
+    return out[layers[0]] if single else out
