@@ -4,7 +4,7 @@ The default corpus is English prose that ships with every CPython (``pydoc_data.
 reference manual's topics), so it is always present and identical on every machine with the same
 Python minor version: lines longer than 40 characters, grammar lines (containing ``::=``) and
 code-like lines (no space, or starting with ``>>>``) dropped, topics in sorted order, then every
-``stride``-th line until ``n_lines`` are taken.
+``stride``-th line (then the lines after those) until ``n_lines`` are taken.
 """
 
 from __future__ import annotations
@@ -32,12 +32,11 @@ def _prose_lines() -> list[str]:
 def default_corpus(n_lines: int = DEFAULT_N_LINES, stride: int = 37) -> list[str]:
     """``n_lines`` prose lines from ``pydoc_data.topics`` (deterministic; see module doc)."""
     lines = _prose_lines()
-    if n_lines < 1:
-        raise InputError(f"n_lines must be at least 1, got {n_lines}")
-    picked = lines[::stride]
-    if len(picked) < n_lines:  # wrap around with an offset so lines do not repeat
-        picked += [ln for i, ln in enumerate(lines) if i % stride == stride // 2]
-    return picked[:n_lines]
+    if not 1 <= n_lines <= len(lines):
+        raise InputError(f"n_lines must be in 1..{len(lines)} (the prose lines available), got {n_lines}")
+    # every stride-th line, then the next offset, ...: spread over all topics, never repeating
+    order = sorted(range(len(lines)), key=lambda i: (i % stride, i))
+    return [lines[i] for i in order[:n_lines]]
 
 
 def read_texts(source: str | Path | Iterable[str] | None = None, n_lines: int = DEFAULT_N_LINES) -> list[str]:

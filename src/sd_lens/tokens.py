@@ -52,9 +52,10 @@ def tokenize(
     texts: Sequence[str],
     *,
     max_tokens_per_text: int | None = 64,
-    prepend_bos: bool = True,
+    prepend_bos: bool | None = None,
 ) -> Tokenized:
-    """Tokenise each text (BOS prepended by default), truncating to ``max_tokens_per_text``.
+    """Tokenise each text with the model's BOS convention (``prepend_bos=None``), truncating to
+    ``max_tokens_per_text``.
 
     Raises:
         InputError: empty input, or (with ``max_tokens_per_text=None``) a text longer than the
