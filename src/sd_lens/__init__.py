@@ -14,10 +14,56 @@ from sd_lens.errors import (
 )
 from sd_lens.loading import DEFAULT_MODEL, cache_root, known_models, load_model
 from sd_lens.model_view import BlockView, ModelView, model_view
+from sd_lens.corpus import default_corpus, read_texts
+from sd_lens.probe import NormProbe, probe_norms
+from sd_lens.defects import Defect, DefectReport, find_defects
+from sd_lens.attention_matrix import AttentionMatrix, attention_matrix
+from sd_lens.ffn_fit import FFNFit, collect_ffn_inputs, fit_ffn
+from sd_lens.spectra import DecayCheck, LayerSpectra, decay_check, layer_spectra, linearize_block
+from sd_lens.explosion import explosion_subspace, noninitial_pathway, vocab_coefficients
+from sd_lens.causal import (
+    CausalCheck,
+    ablation_hooks,
+    intervene,
+    patching_hooks,
+    project_out,
+    set_coefficient,
+    verify_trigger,
+)
+from sd_lens.analysis import AnalysisResult, run_analysis
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnalysisResult",
+    "AttentionMatrix",
+    "CausalCheck",
+    "DecayCheck",
+    "Defect",
+    "DefectReport",
+    "FFNFit",
+    "LayerSpectra",
+    "NormProbe",
+    "ablation_hooks",
+    "attention_matrix",
+    "collect_ffn_inputs",
+    "decay_check",
+    "default_corpus",
+    "explosion_subspace",
+    "find_defects",
+    "fit_ffn",
+    "intervene",
+    "layer_spectra",
+    "linearize_block",
+    "noninitial_pathway",
+    "patching_hooks",
+    "probe_norms",
+    "project_out",
+    "read_texts",
+    "run_analysis",
+    "set_coefficient",
+    "verify_trigger",
+    "vocab_coefficients",
     "DEFAULT_MODEL",
     "BlockView",
     "InputError",
