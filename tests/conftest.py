@@ -79,10 +79,26 @@ def _counted(mod: torch.nn.Module, fn: Any) -> bool:
     return _is_hook_point(mod) or not str(getattr(fn, "__module__", "") or "").startswith(_INTERNAL_HOOK_MODULES)
 
 
+_module_lists: "weakref.WeakKeyDictionary[torch.nn.Module, list]" = weakref.WeakKeyDictionary()
+
+
+def _modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """All (name, module) pairs, aliases included; cached (a bridge has thousands)."""
+    if model not in _module_lists:
+        _module_lists[model] = list(model.named_modules(remove_duplicate=False))
+    return _module_lists[model]
+
+
 def _hook_state(model: torch.nn.Module) -> dict[str, tuple]:
     """Every hook attached anywhere in the model, by module name, as comparable ids."""
     state: dict[str, tuple] = {}
-    for name, mod in model.named_modules(remove_duplicate=False):
+    for name, mod in _modules(model):
+        if not (
+            mod._forward_hooks or mod._forward_pre_hooks or mod._backward_hooks
+            or getattr(mod, "_backward_pre_hooks", None) or getattr(mod, "fwd_hooks", None)
+            or getattr(mod, "bwd_hooks", None)
+        ):
+            continue
         entry = tuple(
             tuple(k for k, fn in getattr(mod, attr, {}).items() if _counted(mod, fn)) for attr in _HOOK_DICTS
         ) + (
@@ -102,7 +118,7 @@ def _hook_state(model: torch.nn.Module) -> dict[str, tuple]:
 def _remove_hooks_not_in(model: torch.nn.Module, before: dict[str, tuple]) -> None:
     """Detach the counted hooks that were not there in ``before`` (cleanup after a detected leak)."""
     empty = ((),) * (len(_HOOK_DICTS) + 2)
-    for name, mod in model.named_modules(remove_duplicate=False):
+    for name, mod in _modules(model):
         old = before.get(name or "<root>", empty)
         for i, attr in enumerate(_HOOK_DICTS):
             d = getattr(mod, attr, None) or {}

@@ -17,7 +17,8 @@ from sd_lens.loading import BundledModel, _cache_is_valid, cache_root, known_mod
 from sd_lens.norm_table import first_token_norms
 from sd_lens.tiny import char_tokenizer, tiny_hf_config, tiny_model
 
-DEMO_TEXT = "The quick brown fox jumps over the lazy dog."
+# `sd-lens demo`'s default sentence, and another one.
+DEMO_TEXTS = ["The cat sat on the mat because it was warm.", "The quick brown fox jumps over the lazy dog."]
 
 
 @pytest.fixture
@@ -252,10 +253,11 @@ def test_bundled_models_have_the_expected_shapes(smollm2, gemma3):
 
 
 @pytest.mark.real_model
-def test_demo_norm_table_numbers(smollm2):
+@pytest.mark.parametrize("text", DEMO_TEXTS)
+def test_demo_norm_table_numbers(smollm2, text):
     """SPEC: SmolLM2's first token has norm ~25 000 from block 11 until the decay blocks 28-29;
     every other state of the demo sentence stays below 1 000."""
-    table = first_token_norms(smollm2, DEMO_TEXT)
+    table = first_token_norms(smollm2, text)
     print("\n" + table.format())
     first, others = table.norms[:, 0], table.norms[:, 1:]
     assert table.norms.shape == (30, 8)
