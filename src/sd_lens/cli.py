@@ -69,7 +69,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     model = sd_lens.load_model(args.model)
     table = first_token_norms(model, args.text)
-    print(f"Residual-stream norm of the first tokens at the output of every block ({args.model}):")
     print(table.format())
     if args.report:
         args.text_file, args.seed, args.fit, args.vocab, args.vocab_limit = None, 0, "gaussian", False, None

@@ -164,6 +164,8 @@ def _cache_is_valid(target: Path, gguf: Path) -> bool:
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("format") != _CACHE_FORMAT or manifest.get("source_size") != gguf.stat().st_size:
             return False
+        if not (target / "config.json").is_file() or not any(target.glob("tokenizer*.json")):
+            return False
         sums = manifest["weights_sha256"]
         return bool(sums) and all(_sha256(target / name) == digest for name, digest in sums.items())
     except (OSError, ValueError, KeyError):
@@ -245,7 +247,8 @@ def _boot(model_dir: Path, label: str, *, device: Any, dtype: torch.dtype, compa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-        tok = AutoTokenizer.from_pretrained(model_dir)
+        # add_bos_token=True up front: TransformerLens would otherwise load the tokenizer a second time
+        tok = AutoTokenizer.from_pretrained(model_dir, add_bos_token=True)
     return bridge_from_hf(hf, tok, name=label, device=device, dtype=dtype, compatibility_mode=compatibility_mode)
 
 
@@ -280,7 +283,11 @@ def bridge_from_hf(
             ) from exc
         raise
     if compatibility_mode:
-        bridge.enable_compatibility_mode(disable_warnings=True)
+        # Folding value biases copies every weight once more; skip it when there are none.
+        has_v_bias = any(
+            getattr(m, "bias", None) is not None for n, m in hf_model.named_modules() if n.endswith(("v_proj", "c_attn", "query_key_value"))
+        )
+        bridge.enable_compatibility_mode(disable_warnings=True, fold_value_biases=has_v_bias)
     bridge.eval()
     bridge.sd_lens_name = name  # the label analyses report as `model`
     return bridge
