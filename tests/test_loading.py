@@ -136,6 +136,8 @@ def test_local_hugging_face_directory(tmp_path):
 def write_fake_conversion(target: Path, gguf: Path, payload: bytes = b"weights" * 100) -> None:
     target.mkdir(parents=True, exist_ok=True)
     (target / "model.safetensors").write_bytes(payload)
+    (target / "config.json").write_text("{}")
+    (target / "tokenizer.json").write_text("{}")
     manifest = {
         "format": loading._CACHE_FORMAT,
         "source": str(gguf),
@@ -169,7 +171,10 @@ def test_cache_is_invalid_after_corruption(tmp_path, fake_gguf):
 
 @pytest.mark.parametrize(
     "damage",
-    ["no manifest", "bad json", "old format", "other source size", "no sums", "missing weights", "missing key"],
+    [
+        "no manifest", "bad json", "old format", "other source size", "no sums", "missing weights", "missing key",
+        "missing config", "missing tokenizer",
+    ],
 )
 def test_cache_is_invalid_when_damaged(tmp_path, fake_gguf, damage):
     target = tmp_path / "c"
@@ -190,6 +195,10 @@ def test_cache_is_invalid_when_damaged(tmp_path, fake_gguf, damage):
         (target / "model.safetensors").unlink()
     elif damage == "missing key":
         del manifest["weights_sha256"]
+    elif damage == "missing config":
+        (target / "config.json").unlink()
+    elif damage == "missing tokenizer":
+        (target / "tokenizer.json").unlink()
     if damage in ("old format", "no sums", "missing key"):
         manifest_path.write_text(json.dumps(manifest))
     assert not _cache_is_valid(target, fake_gguf)
