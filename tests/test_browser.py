@@ -8,83 +8,19 @@ without it these tests are skipped.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from html.parser import HTMLParser
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from chromium import ARTIFACTS, DomSummary, requires_chromium, run_chromium
 from sd_lens.figures import decay_eigen_figure, defect_angle_figure, norm_lines_figure
 from sd_lens.html_page import Page
 from sd_lens.views import attention_view, coefficient_view, intervention_view, norm_view
 
 pytestmark = pytest.mark.browser
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
 # A token that, were it ever inserted as markup, would mark the page as compromised.
 # No spaces: circuitsvis turns whitespace into &nbsp;, which would defuse a spaced payload.
 HOSTILE = "</script><img/src/onerror=document.body.dataset.pwned=1>"
-
-requires_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="headless Chromium not installed (run 'make browser' or 'apt-get install chromium')"
-)
-
-# Void elements never get an end tag: the DOM walker must not push them.
-_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
-
-
-def run_chromium(url: str, tmp: Path, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run headless Chromium on ``url`` with the network cut off (DNS fails, proxy is a dead port)."""
-    cmd = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9",
-        f"--user-data-dir={tmp}", "--virtual-time-budget=10000", *extra, url,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
-
-
-class DomSummary(HTMLParser):
-    """Per ``sd-view-*`` element: the tags rendered inside it; plus page-wide img/body facts."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stack: list[str | None] = []
-        self.inside: dict[str, dict[str, int]] = {}
-        self.classes: dict[str, str] = {}
-        self.imgs: list[dict[str, str | None]] = []
-        self.body_attrs: dict[str, str | None] = {}
-
-    def _count(self, tag: str) -> None:
-        for vid in {v for v in self.stack if v}:
-            self.inside[vid][tag] = self.inside[vid].get(tag, 0) + 1
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "body":
-            self.body_attrs = a
-        if tag == "img":
-            self.imgs.append(a)
-        self._count(tag)
-        if tag in _VOID:
-            return
-        vid = a.get("id") if (a.get("id") or "").startswith("sd-view-") else None
-        if vid:
-            self.inside[vid] = {}
-            self.classes[vid] = a.get("class") or ""
-        self.stack.append(vid)
-
-    def handle_startendtag(self, tag, attrs):
-        self.handle_starttag(tag, attrs)
-        if tag not in _VOID:
-            self.stack.pop()
-
-    def handle_endtag(self, tag):
-        if tag not in _VOID and self.stack:
-            self.stack.pop()
 
 
 def synthetic_page() -> tuple[Page, dict[str, tuple[str, int]]]:
