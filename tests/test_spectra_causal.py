@@ -136,3 +136,15 @@ def test_explosion_subspace_and_sweeps_on_tiny(tiny, unchanged):
     assert vc.initial.shape == (64,) and vc.second.shape == (64,)
     assert len(pw.exploding) == 64  # negative threshold: every token "explodes"
     assert [n for _, _, n in pw.exploding] == sorted((n for _, _, n in pw.exploding), reverse=True)
+
+
+def test_top_singular_matches_full_svd():
+    from sd_lens.spectra import top_singular
+
+    torch.manual_seed(1)
+    m = torch.randn(40, 40) + 5 * torch.outer(torch.randn(40), torch.randn(40))
+    s0, u0, v0 = top_singular(m)
+    U, S, Vh = torch.linalg.svd(m.double())
+    assert s0 == pytest.approx(float(S[0]), rel=1e-9)
+    assert float(acute_angle_deg(u0, U[:, 0])) < 1e-3 and float(acute_angle_deg(v0, Vh[0])) < 1e-3
+    torch.testing.assert_close((m @ v0.double().float()), s0 * u0, rtol=1e-4, atol=1e-4)
