@@ -66,6 +66,7 @@ class AnalysisResult:
     defects: DefectReport
     spectra: LayerSpectra
     findings: list[DefectFindings]
+    trigger_text: str = DEFAULT_TRIGGER_TEXT
     timings_s: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,6 +97,7 @@ class AnalysisResult:
             "seed": self.seed,
             "fit_method": self.fit_method,
             "corpus": {"n_texts": len(self.texts), "n_tokens": self.probe.n_tokens},
+            "trigger_text": self.trigger_text,
             "threshold": self.defects.threshold,
             "typical_norm": [round(float(x), 3) for x in self.defects.typical_norm],
             "defects": defects,
@@ -131,12 +133,15 @@ class AnalysisResult:
                 f"(FFN alone: {f.ffn_angle_deg:.1f} deg); the nearest of all blocks is block {f.closest_block}"
                 f"{' (the explosion block)' if f.closest_block == d.explosion_layer else ''}."
             )
-            s += (
-                f" Removing v0 from the FFN input of block {c.layer} takes the initial token from "
-                f"{c.norm_before:,.0f} to {c.norm_after:,.0f} (a random direction: {c.random_control_after:,.0f}); "
-                f"setting token {c.position} ({c.tokens[c.position]!r})'s v0 coefficient to the initial token's "
-                f"takes it from {float(c.norms_clean[c.position]):,.0f} to {float(c.norms_patched[c.position]):,.0f}."
-            )
+            if not d.initial_token:
+                s += " The causal check acts on the initial token, which does not carry this defect, so it does not test it."
+            else:
+                s += (
+                    f" Removing v0 from the FFN input of block {c.layer} takes the initial token from "
+                    f"{c.norm_before:,.0f} to {c.norm_after:,.0f} (a random direction: {c.random_control_after:,.0f}); "
+                    f"setting token {c.position} ({c.tokens[c.position]!r})'s v0 coefficient to the initial token's "
+                    f"takes it from {float(c.norms_clean[c.position]):,.0f} to {float(c.norms_patched[c.position]):,.0f}."
+                )
             for k in f.decay_checks:
                 sign = "negative, as claim (ii) predicts" if k.rayleigh < 0 else "positive, against claim (ii)"
                 s += f" At decay block {k.layer} the Rayleigh quotient along the direction is {k.rayleigh:.1f} ({sign})."
@@ -231,5 +236,6 @@ def run_analysis(
         defects=report,
         spectra=spectra,
         findings=findings,
+        trigger_text=trigger_text,
         timings_s=timings,
     )
