@@ -61,8 +61,30 @@ def svd_signed(m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return U.float(), S.float(), Vh.float()
 
 
+class LeadingTriplet:
+    """``u0``, ``s0``, ``v0`` of a matrix whose class provides ``svd() -> (U, S, Vh)``."""
+
+    def svd(self) -> tuple[Tensor, Tensor, Tensor]:  # pragma: no cover - provided by subclasses
+        raise NotImplementedError
+
+    @property
+    def u0(self) -> Tensor:
+        """Leading left singular vector: the output direction the matrix amplifies most."""
+        return self.svd()[0][:, 0]
+
+    @property
+    def s0(self) -> float:
+        """Largest singular value."""
+        return float(self.svd()[1][0])
+
+    @property
+    def v0(self) -> Tensor:
+        """Leading right singular vector: the input direction amplified most (the trigger)."""
+        return self.svd()[2][0]
+
+
 @dataclass(eq=False)
-class AttentionMatrix:
+class AttentionMatrix(LeadingTriplet):
     """The self-attention update of block ``layer`` as a matrix (column form, float32, CPU).
 
     Attributes:
@@ -98,21 +120,6 @@ class AttentionMatrix:
     def singular_values(self) -> Tensor:
         """Singular values of ``A``, descending."""
         return self.svd()[1]
-
-    @property
-    def u0(self) -> Tensor:
-        """Leading left singular vector: the output direction ``A`` amplifies most."""
-        return self.svd()[0][:, 0]
-
-    @property
-    def s0(self) -> float:
-        """Largest singular value of ``A``."""
-        return float(self.svd()[1][0])
-
-    @property
-    def v0(self) -> Tensor:
-        """Leading right singular vector: the input direction ``A`` amplifies most."""
-        return self.svd()[2][0]
 
     @cached_property
     def ov_rank(self) -> int:

@@ -68,7 +68,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sd_lens.attention_matrix import resolve_block, svd_signed
+from sd_lens.attention_matrix import LeadingTriplet, resolve_block, svd_signed
 from sd_lens.errors import InputError
 from sd_lens.model_view import BlockView
 
@@ -80,7 +80,7 @@ _GAUSSIAN_N_EVAL = 8192  # default number of held-out Gaussian samples for the c
 
 
 @dataclass(eq=False)
-class FFNFit:
+class FFNFit(LeadingTriplet):
     """A linear fit of one block's FFN (float32, CPU). See the module docstring for definitions.
 
     Attributes:
@@ -120,21 +120,6 @@ class FFNFit:
         if self._svd is None:
             self._svd = svd_signed(self.F)
         return self._svd
-
-    @property
-    def u0(self) -> Tensor:
-        """Leading left singular vector of ``F``: the output direction the FFN amplifies most."""
-        return self.svd()[0][:, 0]
-
-    @property
-    def s0(self) -> float:
-        """Largest singular value of ``F``."""
-        return float(self.svd()[1][0])
-
-    @property
-    def v0(self) -> Tensor:
-        """Leading right singular vector of ``F``: the input direction that triggers it most."""
-        return self.svd()[2][0]
 
     def predict_hidden(self, n: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_mlp"]:
         """The linear model's hidden activation ``M n + b_hidden`` for normalised inputs (rows)."""

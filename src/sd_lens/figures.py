@@ -51,6 +51,13 @@ def _label(text: str) -> str:
     return text.replace("$", r"\$")
 
 
+def _finish(fig: Figure, ax: Any, title: str | None) -> Figure:
+    if title:
+        ax.set_title(_label(title), fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
 def _token_label(tokens: Sequence[str] | None, pos: int) -> str:
     if tokens is None:
         return f"position {pos}"
@@ -145,10 +152,7 @@ def norm_lines_figure(
     _block_axis(ax, n_blocks, block_labels)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="best", fontsize=8, framealpha=0.85)
-    if title:
-        ax.set_title(_label(title), fontsize=11)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def defect_angle_figure(
@@ -205,10 +209,7 @@ def defect_angle_figure(
     _block_axis(ax, n_blocks, block_labels)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8, framealpha=0.85, title="dotted: explosion block", title_fontsize=7)
-    if title:
-        ax.set_title(_label(title), fontsize=11)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def decay_eigen_figure(
@@ -264,10 +265,7 @@ def decay_eigen_figure(
     ax.set_ylabel("value (negative = cancels)")
     ax.legend(fontsize=8, framealpha=0.85)
     ax.grid(True, axis="y", alpha=0.3)
-    if title:
-        ax.set_title(_label(title), fontsize=11)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
 
 
 def ffn_singular_figure(
@@ -324,7 +322,4 @@ def ffn_singular_figure(
     ax.set_ylabel("FFN output norm")
     ax.legend(fontsize=8, framealpha=0.85)
     ax.grid(True, axis="y", alpha=0.3)
-    if title:
-        ax.set_title(_label(title), fontsize=11)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, title)
