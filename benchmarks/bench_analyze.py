@@ -67,7 +67,10 @@ def main() -> None:
         if not k.startswith("_"):
             print(f"  {k:<22} {v:8.2f} s")
     target = 30.0
-    print(f"  target: total <= {target:.0f} s -> {'OK' if res['total'] <= target else 'MISSED'}")
+    if args.vocab:
+        print(f"  (the {target:.0f} s target is for default settings; --vocab adds the opt-in sweeps)")
+    else:
+        print(f"  target: total <= {target:.0f} s -> {'OK' if res['total'] <= target else 'MISSED'}")
     for d in res["_defects"]:
         for key in ("vocab_coefficients", "noninitial_pathway"):
             if key in d:

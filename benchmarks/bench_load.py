@@ -43,6 +43,11 @@ CHILD = textwrap.dedent(
     t0 = time.perf_counter()
     import sd_lens
     t1 = time.perf_counter()
+    libs = None
+    if sys.argv[2] == "libs":
+        sd_lens.loading._import_backends()
+        libs = time.perf_counter() - t1
+        t1 = time.perf_counter()
     c1 = time.process_time()
     model = sd_lens.load_model(sys.argv[1])
     t2 = time.perf_counter()
@@ -51,15 +56,15 @@ CHILD = textwrap.dedent(
     if sys.argv[2] == "again":
         model = sd_lens.load_model(sys.argv[1])
         again = time.perf_counter() - t2
-    print("BENCH " + json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "cpu_s": cpu, "again_s": again}))
+    print("BENCH " + json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "cpu_s": cpu, "again_s": again, "libs_s": libs}))
     """
 )
 
 
-def run_child(name: str, cache: Path, again: bool) -> dict:
+def run_child(name: str, cache: Path, mode: str) -> dict:
     env = dict(os.environ, SD_LENS_CACHE=str(cache), TQDM_DISABLE="1")
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, name, "again" if again else "once"],
+        [sys.executable, "-c", CHILD, name, mode],
         env=env,
         capture_output=True,
         text=True,
@@ -93,10 +98,13 @@ def main() -> int:
         for name in args.models:
             cache = root / name
             fresh = not cache.exists()
-            first = run_child(name, cache, again=False)
+            first = run_child(name, cache, "once")
             if not fresh:
                 first["load_s"] = float("nan")  # --keep with an existing cache: no first load to time
-            warm = [run_child(name, cache, again=True) for _ in range(args.repeat)]
+            warm = [run_child(name, cache, "again") for _ in range(args.repeat)]
+            pre = [run_child(name, cache, "libs") for _ in range(args.repeat)]
+            libs_s = statistics.median(w["libs_s"] for w in pre)
+            after_libs_s = statistics.median(w["load_s"] for w in pre)
             size = du(cache)
             converted = sum(du(p) for p in cache.iterdir() if p.is_dir() and p.name.startswith(name))
             warm_s = statistics.median(w["load_s"] for w in warm)
@@ -107,7 +115,8 @@ def main() -> int:
                 missed.append(name)
             cpu_s = statistics.median(w["cpu_s"] for w in warm)
             rows.append((name, first["load_s"], warm_s, min(w["load_s"] for w in warm), cpu_s, again_s,
-                         statistics.median(w["import_s"] for w in warm), target, ok, size, converted))
+                         statistics.median(w["import_s"] for w in warm), libs_s, after_libs_s, target, ok, size,
+                         converted))
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
@@ -116,20 +125,22 @@ def main() -> int:
         f"sd_lens load benchmark ({os.cpu_count()} CPUs, load average {load_before:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after)"
     )
-    header = f"{'model':<24}{'first':>9}{'warm':>9}{'warm min':>10}{'warm cpu':>10}{'again':>9}{'import':>9}{'target':>9}  {'cache on disk':>14}"
+    header = f"{'model':<24}{'first':>9}{'warm':>9}{'warm min':>10}{'warm cpu':>10}{'again':>9}{'import':>9}{'libs':>7}{'w/o libs':>10}{'target':>9}  {'cache on disk':>14}"
     print(header)
     print("-" * len(header))
-    for name, first_s, warm_s, warm_min, cpu_s, again_s, imp, target, ok, size, converted in rows:
+    for name, first_s, warm_s, warm_min, cpu_s, again_s, imp, libs_s, after_s, target, ok, size, converted in rows:
         tgt = f"{target:.0f} s" if target else "-"
         print(
-            f"{name:<24}{first_s:>8.1f}s{warm_s:>8.1f}s{warm_min:>9.1f}s{cpu_s:>9.1f}s{again_s:>8.1f}s{imp:>8.1f}s{tgt:>9}"
+            f"{name:<24}{first_s:>8.1f}s{warm_s:>8.1f}s{warm_min:>9.1f}s{cpu_s:>9.1f}s{again_s:>8.1f}s{imp:>8.1f}s{libs_s:>6.1f}s{after_s:>9.1f}s{tgt:>9}"
             f"{'  ok ' if ok else ' MISS'}{fmt_bytes(size):>12}"
             + (f"  (converted model {fmt_bytes(converted)})" if converted != size else "")
         )
     print(
         "first: load into an empty cache (GGUF conversion); warm: new process, cache present (median of "
         f"{args.repeat}); warm cpu: CPU seconds of that load (all threads; contention-independent);\n"
-        "again: second load_model in the same process; import: `import sd_lens`."
+        "again: second load_model in the same process; import: `import sd_lens` (torch), not in warm;\n"
+        "libs: importing transformers + TransformerLens's bridge in a fresh process (part of warm); w/o libs: the\n"
+        "warm load in a new process that had already imported them (a notebook's case)."
     )
     if missed:
         print(f"warm load over target for: {', '.join(missed)}")

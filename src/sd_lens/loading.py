@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -172,12 +173,27 @@ def _cache_is_valid(target: Path, gguf: Path) -> bool:
         return False
 
 
+def _import_backends() -> None:
+    """Import transformers and TransformerLens's bridge (several seconds in a fresh process)."""
+    import transformers  # noqa: F401
+    from transformer_lens.model_bridge import TransformerBridge  # noqa: F401
+
+
 def converted_model_dir(name: str) -> Path:
-    """Return the cached float32 HF directory of a bundled model, converting it on first use."""
+    """Return the cached float32 HF directory of a bundled model, converting it on first use.
+
+    The cache's checksum is verified on every call. It runs in a worker thread while the main
+    thread imports transformers and TransformerLens (hashing releases the GIL), so on a machine with
+    two cores verification adds almost nothing to a warm load.
+    """
     spec = BUNDLED[name]
     gguf = spec.gguf_path()
     target = cache_root() / f"{name}-v{_CACHE_FORMAT}"
-    if not _cache_is_valid(target, gguf):
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        check = pool.submit(_cache_is_valid, target, gguf)
+        _import_backends()
+        valid = check.result()
+    if not valid:
         if target.exists():
             log.warning("sd_lens cache at %s failed its checksum; converting again", target)
         log.info("Converting %s from GGUF (first load only)...", name)
