@@ -217,11 +217,22 @@ def test_views_accept_torch_and_lists(data):
         lambda t, n, a: intervention_view(t, n[:, 0], n[:-1, 0]),
         lambda t, n, a: intervention_view(t, n[:, 0] - 100, n[:, 0], scale="log"),
         lambda t, n, a: CircuitsView("NoSuchComponent", {}),
+        lambda t, n, a: norm_view(t, n, block_labels=["only one"]),
+        lambda t, n, a: attention_view(t, a, 0, head_labels=["h"] * (a.shape[0] + 1)),
     ],
 )
 def test_bad_input_is_refused(data, make):
     with pytest.raises(InputError):
         make(*data)
+
+
+def test_labels_are_used(data):
+    tokens, norms, pattern = data
+    blocks = [f"b{i}" for i in range(norms.shape[1])]
+    heads = [f"head-{i}" for i in range(pattern.shape[0])]
+    assert norm_view(tokens, norms, block_labels=blocks, include_peak=False).props["labels"] == blocks
+    assert attention_view(tokens, pattern, 3, head_labels=heads).props["attentionHeadNames"] == heads
+    assert attention_view(tokens, pattern, 3).props["attentionHeadNames"][0] == "L3H0"
 
 
 def test_page_refuses_bad_ids_and_non_png(data):

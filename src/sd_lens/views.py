@@ -240,6 +240,16 @@ def _as_array(values: Any, name: str, ndim: int) -> np.ndarray:
     return arr
 
 
+def _labels(given: Sequence[Any] | None, default: list[str], what: str) -> list[str]:
+    """User-given labels as strings (one per item), or the default ones."""
+    if given is None:
+        return default
+    labels = [str(x) for x in given]
+    if len(labels) != len(default):
+        raise InputError(f"{len(labels)} {what} labels for {len(default)} {what}s")
+    return labels
+
+
 def _tokens(tokens: Sequence[str], n: int, name: str = "values") -> list[str]:
     tokens = [str(t) for t in tokens]
     if len(tokens) != n:
@@ -288,13 +298,7 @@ def norm_view(
     toks = _tokens(tokens, n_tokens, "norms")
     if n_blocks == 0:
         raise InputError("norms has no blocks")
-    labels = (
-        [str(b) for b in block_labels]
-        if block_labels is not None
-        else [f"block {b}" for b in range(n_blocks)]
-    )
-    if len(labels) != n_blocks:
-        raise InputError(f"{len(labels)} block labels for {n_blocks} blocks")
+    labels = _labels(block_labels, [f"block {b}" for b in range(n_blocks)], "block")
     if scale == "log":
         if np.any(arr < 0):
             raise InputError("norms must be non-negative for scale='log'")
@@ -369,13 +373,7 @@ def attention_view(
     shown = n_k if max_tokens is None else min(n_k, int(max_tokens))
     arr = arr[:, :shown, :shown] * np.tril(np.ones((shown, shown)))  # the masked half: exact zeros
     toks = toks[:shown]
-    names = (
-        [str(h) for h in head_labels]
-        if head_labels is not None
-        else [f"L{layer}H{h}" for h in range(n_heads)]
-    )
-    if len(names) != n_heads:
-        raise InputError(f"{len(names)} head labels for {n_heads} heads")
+    names = _labels(head_labels, [f"L{layer}H{h}" for h in range(n_heads)], "head")
     props = {
         "tokens": toks,
         "attention": _round(arr, 3),
