@@ -17,6 +17,7 @@ Definitions (all relative to the probed corpus, nothing tuned to a model):
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +104,7 @@ class DefectReport:
     typical_norm: Tensor
     n_high_states: int
     defects: list[Defect]
+    n_undirected_episodes: int = 0  # high-norm episodes left out: the probe kept none of their vectors
 
     def __len__(self) -> int:
         return len(self.defects)
@@ -114,8 +116,13 @@ class DefectReport:
         return self.defects[i]
 
     def summary(self) -> str:
-        if not self.defects:
+        if not self.defects and self.n_high_states == 0:
             return f"{self.model}: no state above {self.threshold}x its block's median norm: no defect."
+        if not self.defects:
+            return (
+                f"{self.model}: {self.n_high_states} state(s) above {self.threshold}x the block median, but the "
+                f"probe kept none of their vectors, so no defect could be formed; {_UNDIRECTED_FIX}"
+            )
         lines = [f"{self.model}: {len(self.defects)} defect(s) (threshold {self.threshold}x the block median)"]
         for d in self.defects:
             lines.append(
@@ -125,6 +132,11 @@ class DefectReport:
                 f"{d.mean_angle_deg:.1f} deg of its direction on average"
             )
         return "\n".join(lines)
+
+
+_UNDIRECTED_FIX = (
+    "run probe_norms with keep_vectors_ratio set (and a larger max_vectors_per_layer for a big corpus)"
+)
 
 
 def find_episodes(probe: NormProbe, threshold: float = 4.0) -> list[Episode]:
@@ -247,6 +259,13 @@ def find_defects(
     for ep in episodes:
         by_onset.setdefault(ep.onset, []).append(ep)
     groups = [g for onset in sorted(by_onset) for g in _cluster_by_direction(by_onset[onset], split_angle_deg)]
+    n_undirected = sum(ep.direction is None for ep in episodes)
+    if n_undirected:
+        warnings.warn(
+            f"{n_undirected} of {len(episodes)} high-norm episodes have no kept state vector and are left out "
+            f"of the defects; {_UNDIRECTED_FIX}",
+            stacklevel=2,
+        )
 
     defects = []
     for members in groups:
@@ -255,7 +274,7 @@ def find_defects(
     for i, d in enumerate(defects):
         d.index = i
     n_high = int((probe.ratio("resid_post") > threshold).sum())
-    return DefectReport(probe.model, probe.n_layers, threshold, typical, n_high, defects)
+    return DefectReport(probe.model, probe.n_layers, threshold, typical, n_high, defects, n_undirected)
 
 
 def _make_defect(
@@ -306,13 +325,14 @@ def _make_defect(
     weight = window.sum(0).clamp(min=1)
     update = (delta * window).sum(0) / weight
     component = (comp[:, 1:] * window).sum(0) / weight
-    explosion = int(update.argmax())
+    # only blocks some carrier's episode covers can be the explosion block
+    explosion = int(update.masked_fill(window.sum(0) == 0, float("-inf")).argmax())
     ratio = probe.ratio("resid_post")
     high = [
         layer for e in members for layer in range(e.start, e.end + 1) if float(ratio[e.row, layer]) > threshold
     ]
     first, last = (min(high), max(high)) if high else (members[0].start, members[0].end)
-    peak_comp = float(component[explosion : last + 1].max())
+    peak_comp = float(component[explosion : max(last, explosion) + 1].max())
     decay = [
         layer
         for layer in range(explosion + 1, min(last + 2, n_layers))

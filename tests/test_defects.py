@@ -1,0 +1,38 @@
+"""Defect finder edge cases on a tiny model with a planted high-norm BOS (no download)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sd_lens.defects import find_defects
+from sd_lens.probe import probe_norms
+from sd_lens.tiny import tiny_model
+
+TEXTS = ["the cat sat on the mat", "a dog ran far away", "hello there world", "one two three four"]
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """A 4-block tiny Llama whose BOS embedding is 40x larger: a high-norm initial token from block 0."""
+    model = tiny_model("llama", seed=1, n_layers=4)
+    emb = dict(model.named_parameters())["model.embed_tokens._original_component.weight"]
+    with torch.no_grad():
+        emb[model.tokenizer.bos_token_id] *= 40
+    return model
+
+
+def test_explosion_block_lies_inside_the_defect(planted):
+    report = find_defects(planted, probe_norms(planted, TEXTS))
+    assert len(report) >= 1 and report.n_undirected_episodes == 0
+    for d in report:
+        assert d.first_layer <= d.explosion_layer <= d.last_layer
+        assert d.initial_token
+
+
+def test_states_without_vectors_are_reported_not_hidden(planted):
+    probe = probe_norms(planted, TEXTS, keep_vectors_ratio=None)
+    with pytest.warns(UserWarning, match="keep_vectors_ratio"):
+        report = find_defects(planted, probe)
+    assert len(report) == 0 and report.n_high_states > 0 and report.n_undirected_episodes > 0
+    assert "keep_vectors_ratio" in report.summary() and "no state above" not in report.summary()
