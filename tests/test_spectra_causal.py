@@ -21,7 +21,7 @@ from sd_lens.ffn_fit import fit_ffn
 from sd_lens.geometry import acute_angle_deg, unit
 from sd_lens.model_view import model_view
 from sd_lens.probe import probe_norms
-from sd_lens.spectra import BlockLinearization, decay_check, layer_spectra, linearize_block
+from sd_lens.spectra import BlockLinearization, decay_check, layer_spectra, linearize_block, nearest_eigenvector
 
 
 def test_block_linearization_form(tiny):
@@ -61,6 +61,23 @@ def test_decay_check_finds_a_planted_cancelling_direction():
     assert check.eigvec_angle_deg < 1e-3
     assert check.rayleigh == pytest.approx(-0.97, abs=1e-5)
     assert decay_check(None, 5, -u, lin=fake).rayleigh == pytest.approx(-0.97, abs=1e-5)
+
+
+@pytest.mark.parametrize("phase", [0.0, 0.7, 2.0])
+def test_eigenvector_angle_is_phase_free_for_complex_pairs(phase):
+    # a rotation-scaling block on (e0, e1): eigenvectors (e0 -/+ i e1)/sqrt 2, 45 deg from e0 and e1
+    d = 6
+    R = torch.diag(torch.tensor([0.0, 0.0, 0.3, 0.5, 0.7, 0.9], dtype=torch.float64))
+    R[0, 0] = R[1, 1] = -0.5
+    R[0, 1], R[1, 0] = -0.8, 0.8
+    c, s = torch.cos(torch.tensor(phase)), torch.sin(torch.tensor(phase))
+    rot = torch.eye(d, dtype=torch.float64)  # a rotation inside the plane moves u, not the answer
+    rot[0, 0], rot[0, 1], rot[1, 0], rot[1, 1] = c, -s, s, c
+    value, angle = nearest_eigenvector(R, rot[:, 0])
+    assert angle == pytest.approx(45.0, abs=1e-6)
+    assert value.real == pytest.approx(-0.5) and abs(value.imag) == pytest.approx(0.8)
+    value, angle = nearest_eigenvector(R, unit(torch.tensor([0, 0, 1.0, 0, 0, 0], dtype=torch.float64)))
+    assert angle == pytest.approx(0.0, abs=1e-5) and value.real == pytest.approx(0.3)
 
 
 def test_project_out_and_set_coefficient_math():

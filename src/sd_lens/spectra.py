@@ -203,13 +203,25 @@ def decay_check(
     lin = lin or linearize_block(resolve_block(model_or_view, layer), layer, method=method)
     R = lin.residual().double()
     u = unit(direction.detach().double().cpu())
-    vals, vecs = torch.linalg.eig(R)
-    angles = acute_angle_deg(vecs.real.T, u)
-    k = int(torch.nan_to_num(angles, nan=90.0).argmin())
+    value, angle = nearest_eigenvector(R, u)
     return DecayCheck(
         layer=layer,
-        eigenvalue=float(vals[k].real),
-        eigenvalue_imag=float(vals[k].imag),
-        eigvec_angle_deg=float(angles[k]),
+        eigenvalue=float(value.real),
+        eigenvalue_imag=float(value.imag),
+        eigvec_angle_deg=angle,
         rayleigh=float(u @ R @ u),
     )
+
+
+def nearest_eigenvector(R: Tensor, u: Tensor) -> tuple[complex, float]:
+    """The eigenvalue of ``R`` whose eigenvector is nearest the unit vector ``u``, and that angle (degrees).
+
+    Eigenvectors of a real matrix may be complex and carry an arbitrary phase, so the angle is
+    taken from the phase-free overlap ``|vᴴu| / ‖v‖`` (for a real eigenvector: the acute angle).
+    """
+    vals, vecs = torch.linalg.eig(R.double())
+    u = u.double().to(vecs.dtype)
+    cos = ((vecs.conj().T @ u).abs() / torch.linalg.vector_norm(vecs, dim=0)).clamp(max=1.0)
+    angles = torch.rad2deg(torch.arccos(torch.nan_to_num(cos, nan=0.0)))
+    k = int(angles.argmin())
+    return complex(vals[k]), float(angles[k])
