@@ -94,6 +94,18 @@ def test_inner_html_components_get_escaped_tokens(data):
     assert attention_view(tokens, attn, 0).props["tokens"][2] == EVIL
 
 
+@pytest.mark.parametrize("component", ["ColoredTokens", "ColoredTokensMulti", "TextNeuronActivations"])
+def test_views_built_directly_are_escaped_too(component):
+    """A notebook shows a view without the page's CSP: escaping must not depend on the helpers."""
+    nested = component == "TextNeuronActivations"
+    tokens = [[EVIL, "ok"]] if nested else [EVIL, "ok"]
+    view = CircuitsView(component, {"tokens": tokens, "values": [1.0, 2.0]})
+    flat = view.props["tokens"][0] if nested else view.props["tokens"]
+    assert flat == ["&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;", "ok"]
+    assert "<img" not in view.to_html(include_bundle=False)
+    assert tokens[0] == ([EVIL, "ok"] if nested else EVIL)  # the caller's list is left alone
+
+
 def test_page_has_no_raw_user_markup(data):
     page = _page(data)
     assert "<img src=x" not in page

@@ -123,6 +123,15 @@ def _escape_token(token: str) -> str:
     return token.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _escape_tokens(tokens: Any) -> Any:
+    """Escape a token string, or every string of a (nested) list of them."""
+    if isinstance(tokens, str):
+        return _escape_token(tokens)
+    if isinstance(tokens, (list, tuple)):
+        return [_escape_tokens(t) for t in tokens]
+    return tokens
+
+
 @dataclass(frozen=True)
 class CircuitsView:
     """A circuitsvis component and its props: one interactive view.
@@ -150,6 +159,10 @@ class CircuitsView:
                 f"unknown circuitsvis component {self.component!r}; the bundle exports "
                 f"{sorted(BUNDLE_COMPONENTS)}"
             )
+        if self.component in _INNER_HTML_COMPONENTS and "tokens" in self.props:
+            # these components insert tokens with innerHTML: token text is user data, escape it here
+            # so that a view built directly (not by an sd_lens helper) is safe in a notebook too
+            object.__setattr__(self, "props", {**self.props, "tokens": _escape_tokens(self.props["tokens"])})
         script_json(self.props)  # fail now, not in the browser, on NaN or unserialisable props
 
     def props_json(self) -> str:
@@ -319,7 +332,7 @@ def norm_view(
     bound = max(float(np.abs(values).max()), 1e-6)
     k = values.shape[1]
     props = {
-        "tokens": [_escape_token(t) for t in toks],
+        "tokens": list(toks),  # escaped by CircuitsView
         "values": _round(values),
         "labels": labels,
         "positiveBounds": [bound] * k,
@@ -416,7 +429,7 @@ def coefficient_view(
     toks = _tokens(tokens, arr.shape[0], "coefs")
     b = float(bound) if bound is not None else max(float(np.abs(arr).max()), 1e-12)
     props = {
-        "tokens": [_escape_token(t) for t in toks],
+        "tokens": list(toks),  # escaped by CircuitsView
         "values": _round(arr),
         "minValue": -b,
         "maxValue": b,
@@ -474,7 +487,7 @@ def intervention_view(
         raise InputError(f"scale must be 'log' or 'linear', got {scale!r}")
     bound = max(float(np.abs(values).max()), 1e-12)
     props = {
-        "tokens": [_escape_token(t) for t in toks],
+        "tokens": list(toks),  # escaped by CircuitsView
         "values": _round(values),
         "labels": [str(labels[0]), str(labels[1])],
         "positiveBounds": [bound, bound],
