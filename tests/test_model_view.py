@@ -187,6 +187,15 @@ def test_attn_ov_is_the_linear_part(tiny):
             assert constant.norm() > 0  # these families have biases: the subtraction was not vacuous
 
 
+def test_attn_ov_centring_matches_its_matrix_form(tiny_variant):
+    """A_h = (W_V W_O)^T diag(gamma_1) (I - 11^T/d for LayerNorm), with the mean removal done in place."""
+    for blk in model_view(tiny_variant):
+        ov = torch.einsum("hdk,hke->hed", blk.W_V, blk.W_O) * blk.ln1_scale
+        torch.testing.assert_close(blk.attn_ov_per_head(), ov @ blk.centering(), rtol=1e-5, atol=1e-6)
+        if blk.norm == "layer":  # the mean removal annihilates the all-ones direction
+            assert blk.attn_ov().sum(-1).abs().max() < 1e-5 * blk.attn_ov().abs().max()
+
+
 def test_block_index_errors(tiny):
     view = model_view(tiny)
     assert view.block(-1) is view.block(view.n_layers - 1)

@@ -167,8 +167,9 @@ class BlockView:
     # -- attention ------------------------------------------------------------------------
     def attn_ov_per_head(self) -> Float[Tensor, "n_heads d_model d_model"]:
         """A_h with attn_out_h = A_h @ n for a token attending only to itself (column form)."""
-        ov = torch.einsum("hdk,hke->hed", self.W_V, self.W_O)  # (W_V W_O)^T per head
-        return ov * self.ln1_scale[None, None, :] @ self.centering()
+        ov = torch.einsum("hdk,hke->hed", self.W_V, self.W_O) * self.ln1_scale  # (W_V W_O)^T diag(gamma)
+        # LayerNorm's mean removal is the linear map I - 11^T/d: right-multiplying by it removes row means
+        return ov - ov.mean(-1, keepdim=True) if self.norm == "layer" else ov
 
     def attn_ov(self) -> Float[Tensor, "d_model d_model"]:
         """A = sum_h W_O^h W_V^h diag(gamma_1), the attention update of a self-attending token."""
