@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from sd_lens.errors import SdLensError
 from sd_lens.loading import DEFAULT_MODEL, known_models
@@ -24,14 +24,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", action="store_true", help="show progress bars")
 
 
-def _analyze(args: argparse.Namespace):
+def _analyze(args: argparse.Namespace, loaded: tuple[Any, float] | None = None):
+    """Load the model (or take ``loaded``: a model and the seconds its load took) and analyse it."""
     import sd_lens
     from sd_lens.analysis import run_analysis
     from sd_lens.corpus import read_texts
 
     t0 = time.perf_counter()
-    model = sd_lens.load_model(args.model, device=args.device)
-    load_s = time.perf_counter() - t0
+    if loaded is None:
+        model = sd_lens.load_model(args.model, device=args.device)
+        load_s = time.perf_counter() - t0
+    else:
+        model, load_s = loaded
+        t0 -= load_s
     texts = read_texts(args.text_file) if args.text_file else None
     result = run_analysis(
         model, texts, seed=args.seed, fit_method=args.fit, vocab=args.vocab, vocab_limit=args.vocab_limit,
@@ -52,10 +57,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def cmd_report(args: argparse.Namespace, loaded: tuple[Any, float] | None = None) -> int:
     from sd_lens.report import write_report
 
-    model, result = _analyze(args)
+    model, result = _analyze(args, loaded)
     path = write_report(model, result, args.out)
     print(result.defects.summary())
     print(f"Report written to {path.resolve()}")
@@ -67,13 +72,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import sd_lens
     from sd_lens.norm_table import first_token_norms
 
+    t0 = time.perf_counter()
     model = sd_lens.load_model(args.model)
+    load_s = time.perf_counter() - t0
     table = first_token_norms(model, args.text)
     print(table.format())
     if args.report:
         args.text_file, args.seed, args.fit, args.vocab, args.vocab_limit = None, 0, "gaussian", False, None
         args.device, args.progress = "cpu", False
-        return cmd_report(args)
+        return cmd_report(args, (model, load_s))  # the model loaded above, not a second load
     return 0
 
 

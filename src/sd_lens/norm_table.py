@@ -127,10 +127,13 @@ def first_token_norms(model: Any, text: str, n_tokens: int = 8) -> NormTable:
 
     names = [(f"blocks.{layer}.hook_resid_post", keep_norm) for layer in range(n_layers)]
     with torch.no_grad():
-        model.run_with_hooks(tokens, fwd_hooks=names, return_type=None)
+        model.run_with_hooks(tokens, fwd_hooks=names, return_type=None, stop_at_layer=n_layers)
     if len(seen) != n_layers:
         missing = sorted(set(range(n_layers)) - seen)
-        raise RuntimeError(f"hook_resid_post did not fire for blocks {missing}; is compatibility mode on?")
+        raise UnsupportedArchitectureError(
+            f"hook_resid_post did not fire for blocks {missing}: the model lacks HookedTransformer hook names. "
+            "Load it with sd_lens.load_model (compatibility mode on) or call model.enable_compatibility_mode()."
+        )
     if not torch.isfinite(norms).all():
         bad = sorted({int(i) for i in torch.nonzero(~torch.isfinite(norms))[:, 0]})
         raise NonFiniteActivationError(f"non-finite residual norms at blocks {bad} for text {text[:60]!r}")
