@@ -120,12 +120,13 @@ class AnalysisResult:
                 "no singular defect found."
             )
         for d, f in zip(self.defects, self.findings):
-            before = float(self.defects.typical_norm[max(d.explosion_layer - 1, 0)])
+            # a typical token's norm entering the explosion block (the embedding's for block 0)
+            before = float(self.probe.typical_norm("resid_pre")[d.explosion_layer])
             c = f.causal
             s = (
-                f"Defect D{d.index} is carried by {d.carriers()}. Its norm rises to {d.peak_norm:,.0f} "
-                f"(typical {d.typical_norm:,.0f}) in block {d.explosion_layer} (typical norm before it: "
-                f"{before:,.0f}) and stays high through block {d.last_layer}"
+                f"Defect D{d.index} is carried by {d.carriers()}. It explodes in block {d.explosion_layer} "
+                f"(typical norm entering the block: {before:,.0f}), peaks at {d.peak_norm:,.0f} in block "
+                f"{d.peak_layer} (typical there: {d.typical_norm:,.0f}) and stays high through block {d.last_layer}"
             )
             s += f"; it decays in block(s) {', '.join(map(str, d.decay_layers))}." if d.decay_layers else "; it does not decay within the model."
             s += (
