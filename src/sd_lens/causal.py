@@ -23,15 +23,16 @@ import torch
 from torch import Tensor
 
 from sd_lens.errors import InputError
+from sd_lens.ffn_fit import ffn_hook_name
 from sd_lens.geometry import unit
-from sd_lens.tokens import temporary_hooks, tokenize
+from sd_lens.tokens import model_device, temporary_hooks, tokenize
 
 HookFn = Callable[[Tensor, Any], Tensor]
 Positions = int | Sequence[int] | None
 
 
-def ffn_input_hook_name(layer: int) -> str:
-    return f"blocks.{layer}.ln2.hook_normalized"
+# the hook whose output is block ``layer``'s normalised FFN input (where v0 is ablated or patched)
+ffn_input_hook_name = ffn_hook_name
 
 
 def _select(positions: Positions) -> Any:
@@ -149,7 +150,7 @@ def _norms_and_coefs(model: Any, tokens: Tensor, layer: int, v0: Tensor, extra: 
         out["coef"] = (act[0].detach().float() @ v0.to(act.device)).cpu()
 
     hooks = extra + [(ffn_input_hook_name(layer), grab_coef), (f"blocks.{layer}.hook_resid_post", grab_norm)]
-    device = getattr(model.cfg, "device", None) or "cpu"
+    device = model_device(model)
     with warnings.catch_warnings(), temporary_hooks(model, hooks):
         warnings.filterwarnings("ignore", message=".*edited hook_scale/hook_normalized.*")
         model(tokens.to(device), return_type=None, stop_at_layer=layer + 1)

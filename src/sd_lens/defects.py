@@ -27,7 +27,7 @@ from torch import Tensor
 
 from sd_lens.geometry import acute_angle_deg, unit
 from sd_lens.probe import NormProbe
-from sd_lens.tokens import pad, temporary_hooks
+from sd_lens.tokens import model_device, pad, temporary_hooks
 
 
 @dataclass
@@ -202,7 +202,7 @@ def residual_trajectories(model: Any, prefixes: list[Tensor]) -> Tensor:
 
     hooks = [("blocks.0.hook_resid_pre", make_hook(0))]
     hooks += [(f"blocks.{layer}.hook_resid_post", make_hook(layer + 1)) for layer in range(n_layers)]
-    device = getattr(model.cfg, "device", None) or "cpu"
+    device = model_device(model)
     with temporary_hooks(model, hooks):
         model(tokens.to(device), return_type=None, stop_at_layer=n_layers)
     return out

@@ -27,7 +27,7 @@ from sd_lens.attention_matrix import resolve_block
 from sd_lens.causal import ffn_input_hook_name
 from sd_lens.ffn_fit import FFNFit, fit_ffn
 from sd_lens.geometry import unit
-from sd_lens.tokens import temporary_hooks
+from sd_lens.tokens import model_device, temporary_hooks
 
 
 @dataclass
@@ -113,7 +113,7 @@ def _vocab_size(model: Any) -> int:
 def _sweep(model: Any, layer: int, batch_size: int, prefix: list[int], hooks_for, limit: int | None) -> Tensor:
     """Run every vocabulary token (after ``prefix``) up to block ``layer``; collect per-token values."""
     vocab = _vocab_size(model) if limit is None else min(limit, _vocab_size(model))
-    device = getattr(model.cfg, "device", None) or "cpu"
+    device = model_device(model)
     out = torch.empty(vocab)
     for start in range(0, vocab, batch_size):
         ids = torch.arange(start, min(start + batch_size, vocab))
@@ -127,7 +127,7 @@ def _sweep(model: Any, layer: int, batch_size: int, prefix: list[int], hooks_for
 
 
 def _bare_rate(model: Any, layer: int, batch_size: int, seq_len: int) -> float:
-    device = getattr(model.cfg, "device", None) or "cpu"
+    device = model_device(model)
     tokens = torch.randint(0, _vocab_size(model), (batch_size, seq_len))
     with torch.no_grad():
         model(tokens.to(device), return_type=None, stop_at_layer=layer + 1)  # warm-up

@@ -71,6 +71,7 @@ from torch import Tensor
 from sd_lens.attention_matrix import LeadingTriplet, resolve_block, svd_signed
 from sd_lens.errors import InputError
 from sd_lens.model_view import BlockView
+from sd_lens.tokens import model_device
 
 __all__ = ["FFNFit", "Method", "collect_ffn_inputs", "fit_ffn", "ffn_hook_name"]
 
@@ -577,7 +578,7 @@ def collect_ffn_inputs(
     tok = getattr(model, "tokenizer", None)
     pad_id = getattr(tok, "pad_token_id", None)
     pad_id = 0 if pad_id is None else int(pad_id)
-    device = getattr(model.cfg, "device", None) or "cpu"
+    device = model_device(model)
 
     # keep[i] = positions of sequence i to return
     keep: list[Tensor] = []

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from sd_lens.errors import InputError, NonFiniteActivationError
 from sd_lens.loading import model_name
-from sd_lens.tokens import Tokenized, run_hooked, tokenize
+from sd_lens.tokens import Tokenized, model_device, run_hooked, tokenize
 
 HOOK_POINTS = ("resid_pre", "resid_mid", "resid_post")
 
@@ -121,7 +121,7 @@ def probe_norms(
     n_tokens = int(offsets[-1])
     norms = torch.full((n_tokens, n_layers, len(HOOK_POINTS)), float("nan"), dtype=torch.float32)
     t0 = time.perf_counter()
-    device = getattr(model.cfg, "device", None) or "cpu"
+    device = model_device(model)
     state: dict[str, Any] = {}
 
     kept: dict[int, list[tuple[Tensor, Tensor]]] = {}

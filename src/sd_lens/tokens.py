@@ -35,6 +35,11 @@ class Tokenized:
             yield idx, *pad([self.sequences[i] for i in idx])
 
 
+def model_device(model: Any) -> Any:
+    """The device a model's inputs go to (``model.cfg.device``; CPU when unset)."""
+    return getattr(model.cfg, "device", None) or "cpu"
+
+
 def pad(seqs: Sequence[Tensor], pad_id: int = 0) -> tuple[Tensor, Tensor]:
     lengths = torch.tensor([len(s) for s in seqs])
     out = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long)
@@ -88,6 +93,6 @@ def temporary_hooks(model: Any, fwd_hooks: list[tuple[Any, Callable]]) -> Iterat
 
 def run_hooked(model: Any, tokens: Tensor, fwd_hooks: list[tuple[Any, Callable]], stop_at_layer: int | None) -> None:
     """One forward with temporary hooks, stopping before block ``stop_at_layer`` (no unembedding)."""
-    device = getattr(model.cfg, "device", None) or "cpu"
+    device = model_device(model)
     with temporary_hooks(model, fwd_hooks):
         model(tokens.to(device), return_type=None, stop_at_layer=stop_at_layer)
