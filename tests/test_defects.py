@@ -36,3 +36,27 @@ def test_states_without_vectors_are_reported_not_hidden(planted):
         report = find_defects(planted, probe)
     assert len(report) == 0 and report.n_high_states > 0 and report.n_undirected_episodes > 0
     assert "keep_vectors_ratio" in report.summary() and "no state above" not in report.summary()
+
+
+def test_defects_born_in_one_block_share_the_block_analyses(planted, monkeypatch):
+    """Subspace and causal checks depend on the explosion block only: computed once per block."""
+    import copy
+
+    import sd_lens.analysis as analysis
+
+    real_find, real_verify = analysis.find_defects, analysis.verify_trigger
+    calls = []
+
+    def two_defects(*args, **kwargs):
+        report = real_find(*args, **kwargs)
+        twin = copy.copy(report.defects[0])
+        twin.index = 1
+        report.defects.append(twin)
+        return report
+
+    monkeypatch.setattr(analysis, "find_defects", two_defects)
+    monkeypatch.setattr(analysis, "verify_trigger", lambda *a, **k: calls.append(a[1]) or real_verify(*a, **k))
+    result = analysis.run_analysis(planted, TEXTS)
+    assert len(result.findings) == 2 and len(calls) == 1
+    assert result.findings[0].causal is result.findings[1].causal
+    assert result.findings[0].subspace is result.findings[1].subspace

@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -202,13 +202,23 @@ def run_analysis(
     )
     t = tick("spectra", t)
     findings = []
+    # the subspace, causal and vocabulary analyses depend on the explosion block only, not on the
+    # defect's direction: defects born in the same block share them
+    by_block: dict[tuple[str, int], Any] = {}
+
+    def once(what: str, layer: int, compute: Callable[[], Any]) -> Any:
+        if (what, layer) not in by_block:
+            by_block[(what, layer)] = compute()
+        return by_block[(what, layer)]
+
     for k, d in enumerate(report):
-        lin = spectra.linearizations[d.explosion_layer]
-        checks = [decay_check(view, layer, d.direction, lin=spectra.linearizations[layer]) for layer in d.decay_layers]
+        layer = d.explosion_layer
+        lin = spectra.linearizations[layer]
+        checks = [decay_check(view, b, d.direction, lin=spectra.linearizations[b]) for b in d.decay_layers]
         t = tick("decay_checks", t)
-        sub = explosion_subspace(view, d.explosion_layer, fit=lin.ffn_fit, seed=seed)
+        sub = once("subspace", layer, lambda: explosion_subspace(view, layer, fit=lin.ffn_fit, seed=seed))
         t = tick("explosion_subspace", t)
-        causal = verify_trigger(model, d.explosion_layer, lin.ffn_fit.v0, trigger_text, seed=seed)
+        causal = once("causal", layer, lambda: verify_trigger(model, layer, lin.ffn_fit.v0, trigger_text, seed=seed))
         t = tick("causal", t)
         finding = DefectFindings(
             predicted_angle_deg=spectra.blocks[d.explosion_layer].angles_deg[k],
@@ -219,9 +229,13 @@ def run_analysis(
             causal=causal,
         )
         if vocab:
-            finding.vocab = vocab_coefficients(model, d.explosion_layer, lin.ffn_fit.v0, limit=vocab_limit)
-            finding.pathway = noninitial_pathway(
-                model, d.explosion_layer, threshold * float(report.typical_norm[d.explosion_layer]), limit=vocab_limit
+            finding.vocab = once(
+                "vocab", layer, lambda: vocab_coefficients(model, layer, lin.ffn_fit.v0, limit=vocab_limit)
+            )
+            finding.pathway = once(
+                "pathway",
+                layer,
+                lambda: noninitial_pathway(model, layer, threshold * float(report.typical_norm[layer]), limit=vocab_limit),
             )
             t = tick("vocab", t)
         findings.append(finding)
