@@ -21,6 +21,7 @@ from sd_lens.ffn_fit import fit_ffn
 from sd_lens.geometry import acute_angle_deg, unit
 from sd_lens.model_view import model_view
 from sd_lens.probe import probe_norms
+from sd_lens.attention_matrix import svd_signed
 from sd_lens.spectra import BlockLinearization, decay_check, layer_spectra, linearize_block, nearest_eigenvector
 
 
@@ -42,6 +43,11 @@ def test_spectra_angles_are_sign_free_and_bounded(tiny):
         # u0 of L is what it says: the top left singular vector of L
         lin = linearize_block(tiny, b.layer, n_eval=0)
         assert float(acute_angle_deg(lin.L @ b.v0, b.u0)) < 1e-2
+        # the same triplet with the same signs as a full SVD (svd_signed, used by FFNFit)
+        U, S, Vh = svd_signed(lin.F)
+        assert b.ffn_s0 == pytest.approx(float(S[0]), rel=1e-4)
+        torch.testing.assert_close(b.ffn_u0, U[:, 0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(b.ffn_v0, Vh[0], atol=1e-4, rtol=0)
     # the direction u0 itself has angle 0 at its block
     b0 = a.blocks[0]
     assert layer_spectra(tiny, [b0.u0], layers=[0], n_eval=0).blocks[0].angles_deg[0] < 1e-3

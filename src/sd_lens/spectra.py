@@ -66,13 +66,14 @@ def top_singular(m: Tensor) -> tuple[float, Tensor, Tensor]:
 
     From the symmetric eigenproblem of ``m mᵀ`` (u0 its top eigenvector, ``s0 = √λ``,
     ``v0 = mᵀ u0 / s0``): several times cheaper than a full SVD and exact for the top triplet.
-    Signs follow :func:`~sd_lens.attention_matrix.svd_signed`'s spirit: ``u0`` has a
-    non-negative sum (angles are sign-free anyway).
+    Signs follow :func:`~sd_lens.attention_matrix.svd_signed`: the largest-magnitude entry of
+    ``u0`` is positive, so ``u0``/``v0`` agree with those of ``FFNFit``/``AttentionMatrix``
+    (angles are sign-free anyway).
     """
     m64 = m.detach().double()
     vals, vecs = torch.linalg.eigh(m64 @ m64.T)
     u0 = vecs[:, -1]
-    if float(u0.sum()) < 0:
+    if float(u0[u0.abs().argmax()]) < 0:
         u0 = -u0
     s0 = float(vals[-1].clamp(min=0).sqrt())
     v0 = m64.T @ u0 / max(s0, 1e-300)
