@@ -225,6 +225,22 @@ def test_converted_model_dir_converts_once_and_again_after_corruption(monkeypatc
     assert _cache_is_valid(first, fake_gguf)
 
 
+def test_local_gguf_is_converted_once_per_content(monkeypatch, tmp_cache, fake_gguf):
+    calls: list[Path] = []
+
+    def fake_convert(gguf: Path, target: Path) -> None:
+        calls.append(target)
+        write_fake_conversion(target, gguf)
+
+    monkeypatch.setattr(loading, "_convert_gguf", fake_convert)
+    first = loading._local_gguf_dir(fake_gguf)
+    assert first.parent == tmp_cache / "local" and first.name.startswith("m-") and calls == [first]
+    assert loading._local_gguf_dir(fake_gguf) == first and len(calls) == 1  # warm: no conversion
+    fake_gguf.write_bytes(b"GGUF" + bytes(999) + b"!")  # same size, new content: a new entry
+    second = loading._local_gguf_dir(fake_gguf)
+    assert second != first and calls == [first, second]
+
+
 # ----------------------------------------------------------------------------- real conversion
 @pytest.mark.real_model
 def test_first_load_converts_into_a_fresh_cache(smollm2, tmp_cache, monkeypatch, caplog):

@@ -192,22 +192,32 @@ def converted_model_dir(name: str) -> Path:
     releases the GIL), so on a machine with two cores verification adds almost nothing to a warm load.
     """
     spec = BUNDLED[name]
-    target = cache_root() / f"{name}-v{_CACHE_FORMAT}"
+    # Gemma-3's gguf_path verifies (or assembles) the GGUF from its chunk packages
+    return _cached_conversion(lambda: (spec.gguf_path(), cache_root() / f"{name}-v{_CACHE_FORMAT}"), name)
 
-    def locate_and_check() -> tuple[Path, bool]:
-        gguf = spec.gguf_path()  # Gemma-3: verifies (or assembles) the GGUF from its chunks
-        return gguf, _cache_is_valid(target, gguf)
+
+def _local_gguf_dir(path: Path) -> Path:
+    """The cache directory of a local .gguf file: keyed by its content, so an edited file converts anew."""
+    return _cached_conversion(lambda: (path, cache_root() / "local" / f"{path.stem}-{_sha256(path)[:16]}"), path.name)
+
+
+def _cached_conversion(locate: Callable[[], tuple[Path, Path]], label: str) -> Path:
+    """Find ``(gguf, cache dir)`` and verify the cache in a thread while the libraries import; convert if needed."""
+
+    def locate_and_check() -> tuple[Path, Path, bool]:
+        gguf, target = locate()
+        return gguf, target, _cache_is_valid(target, gguf)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         check = pool.submit(locate_and_check)
         try:
             _import_backends()
         finally:
-            gguf, valid = check.result()
+            gguf, target, valid = check.result()
     if not valid:
         if target.exists():
             log.warning("sd_lens cache at %s failed its checksum; converting again", target)
-        log.info("Converting %s from GGUF (first load only)...", name)
+        log.info("Converting %s from GGUF (first load only)...", label)
         _convert_gguf(gguf, target)
     return target
 
@@ -253,10 +263,7 @@ def load_model(
         model_dir = converted_model_dir(key)
         label = BUNDLED[key].hf_name
     elif path.is_file() and path.suffix == ".gguf":
-        model_dir = cache_root() / "local" / f"{path.stem}-{_sha256(path)[:16]}"
-        if not _cache_is_valid(model_dir, path):
-            _convert_gguf(path, model_dir)
-        label = path.stem
+        model_dir, label = _local_gguf_dir(path), path.stem
     elif path.is_dir() and (path / "config.json").is_file():
         model_dir, label = path, path.name
     else:
