@@ -25,7 +25,7 @@ import torch
 from chromium import ARTIFACTS, DomSummary, png_size, requires_chromium, run_chromium, screenshot
 from conftest import assert_model_unchanged
 from sd_lens.analysis import run_analysis
-from sd_lens.errors import InputError
+from sd_lens.errors import InputError, NonFiniteActivationError
 from sd_lens.report import (
     attention_layers_for,
     attention_view_for_text,
@@ -150,6 +150,14 @@ def test_views_for_a_text(planted, unchanged):
     assert nv.component == "ColoredTokensMulti" and len(nv.props["tokens"]) == n
     assert len(nv.props["labels"]) == 4 + 1  # peak + one per block
     assert av.component == "AttentionHeads" and av.props["attentionHeadNames"][0] == "L2H0"
+
+
+def test_non_finite_text_run_is_named(unchanged):
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.original_model.model.embed_tokens.weight[model.to_tokens("x")[0, 1]] = float("nan")
+    with unchanged(model, "abc"), pytest.raises(NonFiniteActivationError, match="blocks \\[0, 1\\]"):
+        run_text(model, "x")
 
 
 def test_bad_block_leaves_no_hook(planted, unchanged):

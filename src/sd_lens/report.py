@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import Tensor
 
-from sd_lens.errors import InputError
+from sd_lens.errors import InputError, NonFiniteActivationError
 from sd_lens.figures import (
     decay_eigen_figure,
     defect_angle_figure,
@@ -118,6 +118,7 @@ def run_text(
 
     Raises:
         InputError: empty text, a block that does not exist, or a model without pattern hooks.
+        NonFiniteActivationError: the model produced NaN or inf activations.
     """
     n_layers = int(model.cfg.n_layers)
     layers = sorted({int(layer) for layer in attention_layers})
@@ -146,7 +147,10 @@ def run_text(
     hooks += [(f"blocks.{layer}.attn.hook_pattern", pattern_hook(layer)) for layer in layers]
     run_hooked(model, ids[None], hooks, stop_at_layer=n_layers)
     if not torch.isfinite(norms).all():
-        raise InputError("the forward produced non-finite residual norms; load the model in float32")
+        bad = sorted({int(b) for b in torch.nonzero(~torch.isfinite(norms))[:, 1]})
+        raise NonFiniteActivationError(
+            f"non-finite residual norms at blocks {bad} for text {text[:60]!r}; load the model in float32"
+        )
     missing = [layer for layer in layers if layer not in patterns]
     if missing:
         raise InputError(f"no attention pattern was produced for block(s) {missing}")
