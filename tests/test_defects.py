@@ -60,3 +60,11 @@ def test_defects_born_in_one_block_share_the_block_analyses(planted, monkeypatch
     assert len(result.findings) == 2 and len(calls) == 1
     assert result.findings[0].causal is result.findings[1].causal
     assert result.findings[0].subspace is result.findings[1].subspace
+
+
+def test_a_probe_of_the_first_blocks_gives_defects_within_them(planted):
+    probe = probe_norms(planted, TEXTS, layers=2)
+    report = find_defects(planted, probe)
+    assert probe.n_layers == 2 and len(report) >= 1
+    for d in report:
+        assert d.last_layer <= 1 and all(b <= 1 for b in d.decay_layers) and d.explosion_layer <= 1

@@ -182,14 +182,14 @@ def _state_lookup(probe: NormProbe) -> dict[tuple[int, int], Tensor]:
     return out
 
 
-def residual_trajectories(model: Any, prefixes: list[Tensor]) -> Tensor:
+def residual_trajectories(model: Any, prefixes: list[Tensor], n_layers: int | None = None) -> Tensor:
     """Residual stream of the last token of each prefix: [K, n_layers + 1, d_model] float32.
 
-    Index 0 is resid_pre of block 0, index l + 1 is resid_post of block l. Right-padded batches;
-    the unembedding never runs.
+    Index 0 is resid_pre of block 0, index l + 1 is resid_post of block l, for the first
+    ``n_layers`` blocks (default all). Right-padded batches; the forward stops there (no unembedding).
     """
     tokens, lengths = pad(prefixes)
-    n_layers = int(model.cfg.n_layers)
+    n_layers = int(model.cfg.n_layers) if n_layers is None else int(n_layers)
     out = torch.zeros(len(prefixes), n_layers + 1, int(model.cfg.d_model))
     last = lengths - 1
     rows = torch.arange(len(prefixes))
@@ -314,7 +314,7 @@ def _make_defect(
             traced.append((e, prefix))
         if len(traced) >= max_traces:
             break
-    traj = residual_trajectories(model, [p for _, p in traced])  # [K, L+1, d]
+    traj = residual_trajectories(model, [p for _, p in traced], probe.n_layers)  # [K, L+1, d], the probe's blocks
     comp = traj @ direction  # [K, L+1]
     n_layers = probe.n_layers
     delta = comp[:, 1:] - comp[:, :-1]  # update of block l
