@@ -235,6 +235,14 @@ def unchanged() -> Callable[..., contextlib.AbstractContextManager]:
 _loaded: dict[str, Any] = {}
 
 
+def nan_token_model(text: str = "x") -> Any:
+    """A private tiny Llama whose embedding of the first token of ``text`` after BOS is NaN."""
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.original_model.model.embed_tokens.weight[model.to_tokens(text)[0, 1]] = float("nan")
+    return model
+
+
 def _load_or_skip(name: str) -> Any:
     if name in _loaded:
         return _loaded[name]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import nan_token_model
 from sd_lens.errors import InputError, NonFiniteActivationError
 from sd_lens.norm_table import NormTable, first_token_norms
 from sd_lens.tiny import tiny_model
@@ -53,9 +54,7 @@ def test_bad_n_tokens_is_an_input_error(bad):
 
 
 def test_non_finite_activations_raise_and_leave_no_hook(unchanged):
-    model = tiny_model("llama")
-    with torch.no_grad():
-        model.original_model.model.embed_tokens.weight[model.to_tokens("x")[0, 1]] = float("nan")
+    model = nan_token_model("x")
     with unchanged(model, "abc"), pytest.raises(NonFiniteActivationError, match="blocks \\[0, 1\\]"):
         first_token_norms(model, "x")
 

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from chromium import ARTIFACTS, DomSummary, png_size, requires_chromium, run_chromium, screenshot
-from conftest import assert_model_unchanged
+from conftest import assert_model_unchanged, nan_token_model
 from sd_lens.analysis import run_analysis
 from sd_lens.errors import InputError, NonFiniteActivationError
 from sd_lens.report import (
@@ -153,9 +153,7 @@ def test_views_for_a_text(planted, unchanged):
 
 
 def test_non_finite_text_run_is_named(unchanged):
-    model = tiny_model("llama")
-    with torch.no_grad():
-        model.original_model.model.embed_tokens.weight[model.to_tokens("x")[0, 1]] = float("nan")
+    model = nan_token_model("x")
     with unchanged(model, "abc"), pytest.raises(NonFiniteActivationError, match="blocks \\[0, 1\\]"):
         run_text(model, "x")
 
