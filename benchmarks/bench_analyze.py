@@ -33,9 +33,9 @@ def bench_cli(model: str, vocab: bool) -> dict:
 
 def bench_probe(model_name: str, repeats: int) -> tuple[float, float, int]:
     import sd_lens
+    from sd_lens.analyses.probe import probe_norms
     from sd_lens.corpus import default_corpus
-    from sd_lens.probe import probe_norms
-    from sd_lens.tokens import tokenize
+    from sd_lens.runtime.tokens import tokenize
 
     model = sd_lens.load_model(model_name)
     tok = tokenize(model, default_corpus())

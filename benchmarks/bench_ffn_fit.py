@@ -113,10 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM
 
     import sd_lens
-    from sd_lens.ffn_fit import collect_ffn_inputs, fit_ffn
-    from sd_lens.geometry import acute_angle_deg
-    from sd_lens.loading import converted_model_dir
-    from sd_lens.model_view import model_view
+    from sd_lens.analyses.ffn_fit import fit_ffn
+    from sd_lens.analyses.ffn_inputs import collect_ffn_inputs
+    from sd_lens.linalg import acute_angle_deg
+    from sd_lens.models.loading import converted_model_dir
+    from sd_lens.models.view import model_view
 
     name = "smollm2-135m-instruct"
     t0 = time.perf_counter()

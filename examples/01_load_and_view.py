@@ -7,7 +7,7 @@ Run:  .venv/bin/python examples/01_load_and_view.py
 import torch
 
 import sd_lens
-from sd_lens.norm_table import first_token_norms
+from sd_lens.analyses.norm_table import first_token_norms
 
 model = sd_lens.load_model("smollm2-135m-instruct")
 
@@ -16,7 +16,7 @@ table = first_token_norms(model, "The cat sat on the mat because it was warm.", 
 print(table.format())
 
 # 2. Block 11 through the model view: float32 copies, grouped-query heads expanded.
-view = sd_lens.model_view(model)
+view = sd_lens.models.view(model)
 blk = view.block(11)
 print(f"\n{view.architecture} ({view.family}), {view.n_layers} blocks, d_model {view.d_model}")
 print(f"block 11: W_V {tuple(blk.W_V.shape)}, W_O {tuple(blk.W_O.shape)}, "

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 import sd_lens
-from sd_lens.analysis import run_analysis
+from sd_lens.pipeline import run_analysis
 from sd_lens.report import figures_for, views_for, write_report
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

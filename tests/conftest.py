@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from sd_lens.errors import MissingDependencyError
-from sd_lens.tiny import FAMILIES, tiny_model
+from sd_lens.models.tiny import FAMILIES, tiny_model
 
 #: Fixed input of the reference forward pass in ``unchanged``.
 REFERENCE_TEXT = "The cat sat on the mat. Then, it slept!"
@@ -310,7 +310,7 @@ def _shared_tiny(family: str, compat: bool) -> Iterator[Any]:
         del _tiny_cache[key], _tiny_digests[key]
         pytest.fail(
             f"the test modified the shared tiny {family} model (compat={compat}); "
-            "build a private one with sd_lens.tiny.tiny_model()"
+            "build a private one with sd_lens.models.tiny.tiny_model()"
         )
 
 
@@ -336,7 +336,7 @@ _analyses: dict[str, Any] = {}
 def smollm2_analysis(smollm2: Any) -> Any:
     """``run_analysis(smollm2)`` with default settings (shared, read-only)."""
     if "smollm2" not in _analyses:
-        from sd_lens.analysis import run_analysis
+        from sd_lens.pipeline import run_analysis
 
         _analyses["smollm2"] = run_analysis(smollm2, seed=0)
     return _analyses["smollm2"]

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from sd_lens.analysis import run_analysis
 from sd_lens.corpus import default_corpus
+from sd_lens.pipeline import run_analysis
 
 
 @pytest.fixture(scope="module")

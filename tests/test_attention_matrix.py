@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from sd_lens import model_view
-from sd_lens.attention_matrix import AttentionMatrix, attention_matrix, resolve_block, svd_signed
+from sd_lens.analyses.attention_matrix import AttentionMatrix, attention_matrix
 from sd_lens.errors import InputError
+from sd_lens.linalg import svd_signed
+from sd_lens.models.view import resolve_block
 
 
 def _self_attention_states(model, layer: int, text: str = "hello world") -> dict[str, torch.Tensor]:
@@ -64,7 +66,7 @@ def test_per_head_count_and_gqa_rank(tiny):
 
 def test_gqa_heads_share_value_weights():
     """Query heads of one group use the same value head: W_V repeated, not reshaped."""
-    from sd_lens.tiny import tiny_model
+    from sd_lens.models.tiny import tiny_model
 
     model = tiny_model("llama", compatibility_mode=False)  # 4 query heads, 2 value heads
     hf_attn = model.original_model.model.layers[0].self_attn

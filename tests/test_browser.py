@@ -12,9 +12,18 @@ import numpy as np
 import pytest
 
 from chromium import ARTIFACTS, DomSummary, requires_chromium, run_chromium
-from sd_lens.figures import decay_eigen_figure, defect_angle_figure, norm_lines_figure
-from sd_lens.html_page import Page
-from sd_lens.views import attention_view, coefficient_view, intervention_view, norm_view
+from sd_lens.report.figures import (
+    decay_eigen_figure,
+    defect_angle_figure,
+    norm_lines_figure,
+)
+from sd_lens.report.page import Page
+from sd_lens.report.views import (
+    attention_view,
+    coefficient_view,
+    intervention_view,
+    norm_view,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -111,9 +120,9 @@ def test_notebook_fragments_mount_side_by_side(tmp_path):
 @requires_chromium
 def test_csp_blocks_injected_handlers_even_without_escaping(tmp_path, monkeypatch):
     """Defence in depth: were token escaping ever lost, the page's CSP still stops the script."""
-    import sd_lens.views
+    import sd_lens.report.views
 
-    monkeypatch.setattr(sd_lens.views, "_escape_token", lambda token: token)
+    monkeypatch.setattr(sd_lens.report.views, "_escape_token", lambda token: token)
     page, _ = synthetic_page()
     path = page.write(tmp_path / "unescaped.html")
     summary = DomSummary()

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sd_lens import loading
 from sd_lens.cli import main
-from sd_lens.tiny import char_tokenizer, tiny_hf_config
+from sd_lens.models import loading
+from sd_lens.models.tiny import char_tokenizer, tiny_hf_config
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sd_lens.defects import find_defects
-from sd_lens.probe import probe_norms
-from sd_lens.tiny import tiny_model
+from sd_lens.analyses.defects import find_defects
+from sd_lens.analyses.probe import probe_norms
+from sd_lens.models.tiny import tiny_model
 
 TEXTS = ["the cat sat on the mat", "a dog ran far away", "hello there world", "one two three four"]
 
@@ -42,7 +42,7 @@ def test_defects_born_in_one_block_share_the_block_analyses(planted, monkeypatch
     """Subspace and causal checks depend on the explosion block only: computed once per block."""
     import copy
 
-    import sd_lens.analysis as analysis
+    import sd_lens.pipeline as analysis
 
     real_find, real_verify = analysis.find_defects, analysis.verify_trigger
     calls = []

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from sd_lens import model_view
+from sd_lens.analyses.ffn_fit import FFNFit, fit_ffn
+from sd_lens.analyses.ffn_inputs import collect_ffn_inputs, ffn_hook_name
 from sd_lens.errors import InputError
-from sd_lens.ffn_fit import FFNFit, collect_ffn_inputs, ffn_hook_name, fit_ffn
-from sd_lens.geometry import acute_angle_deg, unit
-from sd_lens.model_view import _ACTIVATIONS, BlockView
+from sd_lens.linalg import acute_angle_deg, unit
+from sd_lens.models.view import _ACTIVATIONS, BlockView
 
 METHODS = ("gaussian", "monte_carlo", "real")
 TEXTS = [
@@ -427,7 +428,7 @@ def test_smollm2_r2_in_measured_range(smollm2_fits):
     """Measured R² of the FFN output (own intercept, held out): Gaussian fits 0.26 (closed form)
     and 0.25 (Monte Carlo) on fresh N(0, I) inputs — the FFN is far from linear over N(0, I) —
     and the real fit 0.69 on held-out real inputs (0.1–0.8 depending on the corpus size: a few
-    exploding tokens dominate it, see the module docstring of sd_lens.ffn_fit)."""
+    exploding tokens dominate it, see the module docstring of sd_lens.analyses.ffn_fit)."""
     f = smollm2_fits
     assert 0.15 < f["gaussian"].r2 < 0.4
     assert abs(f["gaussian"].r2 - f["monte_carlo"].r2) < 0.03

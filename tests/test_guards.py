@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sd_lens.tiny import tiny_model
 from conftest import _hook_state  # tests/ is on sys.path (rootdir-relative conftest)
+from sd_lens.models.tiny import tiny_model
 
 
 @pytest.fixture

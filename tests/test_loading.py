@@ -11,11 +11,17 @@ import pytest
 import torch
 
 import sd_lens
-from sd_lens import loading
+from sd_lens.analyses.norm_table import first_token_norms
 from sd_lens.errors import MissingDependencyError, UnknownModelError
-from sd_lens.loading import BundledModel, _cache_is_valid, cache_root, known_models, load_model
-from sd_lens.norm_table import first_token_norms
-from sd_lens.tiny import char_tokenizer, tiny_hf_config, tiny_model
+from sd_lens.models import loading
+from sd_lens.models.loading import (
+    BundledModel,
+    _cache_is_valid,
+    cache_root,
+    known_models,
+    load_model,
+)
+from sd_lens.models.tiny import char_tokenizer, tiny_hf_config, tiny_model
 
 # `sd-lens demo`'s default sentence, and another one.
 DEMO_TEXTS = ["The cat sat on the mat because it was warm.", "The quick brown fox jumps over the lazy dog."]
@@ -29,7 +35,7 @@ def tmp_cache(tmp_path, monkeypatch) -> Path:
 
 
 def hide_modules(monkeypatch, *hidden: str) -> None:
-    """Make ``importlib.util.find_spec`` (as sd_lens.loading sees it) report modules as missing."""
+    """Make ``importlib.util.find_spec`` (as sd_lens.models.loading sees it) report modules as missing."""
     real = importlib.util.find_spec
 
     def find_spec(name, *args, **kwargs):
@@ -219,7 +225,7 @@ def test_converted_model_dir_converts_once_and_again_after_corruption(monkeypatc
     with open(first / "model.safetensors", "r+b") as f:
         f.seek(3)
         f.write(b"X")
-    with caplog.at_level(logging.WARNING, logger="sd_lens.loading"):
+    with caplog.at_level(logging.WARNING, logger="sd_lens.models.loading"):
         assert loading.converted_model_dir("fake") == first
     assert len(calls) == 2 and "failed its checksum" in caplog.text
     assert _cache_is_valid(first, fake_gguf)
@@ -263,7 +269,7 @@ def test_first_load_converts_into_a_fresh_cache(smollm2, tmp_cache, monkeypatch,
     with open(target / "model.safetensors", "r+b") as f:
         f.seek(-16, 2)
         f.write(bytes(16))
-    with caplog.at_level(logging.WARNING, logger="sd_lens.loading"):
+    with caplog.at_level(logging.WARNING, logger="sd_lens.models.loading"):
         loading.converted_model_dir("smollm2-135m-instruct")
     assert calls == [target] and "failed its checksum" in caplog.text
 
@@ -299,7 +305,7 @@ def test_damaged_gemma3_assembly_is_redone(tmp_cache, caplog):
     damaged = cache_root() / "gguf" / g.MODEL_NAME
     damaged.parent.mkdir(parents=True)
     damaged.write_bytes(b"GGUF" + bytes(100))
-    with caplog.at_level(logging.WARNING, logger="sd_lens.loading"):
+    with caplog.at_level(logging.WARNING, logger="sd_lens.models.loading"):
         path = loading._gemma3_gguf()
     assert path == damaged and path.stat().st_size > 100_000_000
     assert "assembling again" in caplog.text

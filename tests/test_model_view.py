@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from sd_lens.errors import InputError, UnsupportedArchitectureError
-from sd_lens.loading import bridge_from_hf
-from sd_lens.model_view import ARCHITECTURES, model_view
-from sd_lens.tiny import FAMILIES, char_tokenizer, tiny_model
+from sd_lens.models.loading import bridge_from_hf
+from sd_lens.models.tiny import FAMILIES, char_tokenizer, tiny_model
+from sd_lens.models.view import ARCHITECTURES, model_view
 
 TEXT = "The cat sat on the mat. Then, it slept!"
 TINY_TOL = 1e-5  # float32, d_model 64: measured errors are ~1e-7

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import nan_token_model
+from sd_lens.analyses.norm_table import NormTable, first_token_norms
 from sd_lens.errors import InputError, NonFiniteActivationError
-from sd_lens.norm_table import NormTable, first_token_norms
-from sd_lens.tiny import tiny_model
+from sd_lens.models.tiny import tiny_model
 
 TEXT = "The cat sat on the mat."
 

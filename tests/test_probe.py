@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sd_lens.analyses.probe import HOOK_POINTS, probe_norms
 from sd_lens.corpus import default_corpus, read_texts, validate_texts
 from sd_lens.errors import InputError, NonFiniteActivationError
-from sd_lens.probe import HOOK_POINTS, probe_norms
-from sd_lens.tiny import tiny_model
+from sd_lens.models.tiny import tiny_model
 
 TEXTS = ["Hello world, the cat.", "A much longer line of text that pads the batch.", "Hi"]
 

@@ -22,10 +22,18 @@ from typing import Any
 import pytest
 import torch
 
-from chromium import ARTIFACTS, DomSummary, png_size, requires_chromium, run_chromium, screenshot
+from chromium import (
+    ARTIFACTS,
+    DomSummary,
+    png_size,
+    requires_chromium,
+    run_chromium,
+    screenshot,
+)
 from conftest import assert_model_unchanged, nan_token_model
-from sd_lens.analysis import run_analysis
 from sd_lens.errors import InputError, NonFiniteActivationError
+from sd_lens.models.tiny import tiny_model
+from sd_lens.pipeline import run_analysis
 from sd_lens.report import (
     attention_layers_for,
     attention_view_for_text,
@@ -36,8 +44,7 @@ from sd_lens.report import (
     views_for,
     write_report,
 )
-from sd_lens.tiny import tiny_model
-from sd_lens.views import CircuitsView
+from sd_lens.report.views import CircuitsView
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_SCREENSHOT = ROOT / "docs" / "assets" / "report-screenshot.png"
@@ -276,9 +283,9 @@ def test_tutorial_runs(smollm2, smollm2_analysis, tmp_path, monkeypatch):
     written. ``python examples/tutorial.py`` runs the page without either shortcut.
     """
     import sd_lens
-    import sd_lens.analysis
+    import sd_lens.pipeline
 
-    real_load, real_analysis = sd_lens.load_model, sd_lens.analysis.run_analysis
+    real_load, real_analysis = sd_lens.load_model, sd_lens.pipeline.run_analysis
 
     def load_model(name=sd_lens.DEFAULT_MODEL, **kwargs):
         return smollm2 if name == "smollm2-135m-instruct" and not kwargs else real_load(name, **kwargs)
@@ -289,7 +296,7 @@ def test_tutorial_runs(smollm2, smollm2_analysis, tmp_path, monkeypatch):
         return real_analysis(model, texts, **kwargs)
 
     monkeypatch.setattr(sd_lens, "load_model", load_model)
-    monkeypatch.setattr(sd_lens.analysis, "run_analysis", analysis)
+    monkeypatch.setattr(sd_lens.pipeline, "run_analysis", analysis)
     monkeypatch.chdir(tmp_path)
     tutorial = _tutorial_module()
     with assert_model_unchanged(smollm2):

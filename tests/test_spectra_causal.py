@@ -5,24 +5,33 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sd_lens.causal import (
+from sd_lens.analyses.causal import verify_trigger
+from sd_lens.analyses.defects import find_defects
+from sd_lens.analyses.explosion import (
+    explosion_subspace,
+    noninitial_pathway,
+    vocab_coefficients,
+)
+from sd_lens.analyses.ffn_fit import fit_ffn
+from sd_lens.analyses.probe import probe_norms
+from sd_lens.analyses.spectra import (
+    BlockLinearization,
+    decay_check,
+    layer_spectra,
+    linearize_block,
+    nearest_eigenvector,
+)
+from sd_lens.errors import InputError
+from sd_lens.interventions import (
     ablation_hooks,
     ffn_input_hook_name,
     intervene,
     patching_hooks,
     project_out,
     set_coefficient,
-    verify_trigger,
 )
-from sd_lens.defects import find_defects
-from sd_lens.errors import InputError
-from sd_lens.explosion import explosion_subspace, noninitial_pathway, vocab_coefficients
-from sd_lens.ffn_fit import fit_ffn
-from sd_lens.geometry import acute_angle_deg, unit
-from sd_lens.model_view import model_view
-from sd_lens.probe import probe_norms
-from sd_lens.attention_matrix import svd_signed
-from sd_lens.spectra import BlockLinearization, decay_check, layer_spectra, linearize_block, nearest_eigenvector
+from sd_lens.linalg import acute_angle_deg, svd_signed, unit
+from sd_lens.models.view import model_view
 
 
 def test_block_linearization_form(tiny):
@@ -162,7 +171,7 @@ def test_explosion_subspace_and_sweeps_on_tiny(tiny, unchanged):
 
 
 def test_top_singular_matches_full_svd():
-    from sd_lens.spectra import top_singular
+    from sd_lens.analyses.spectra import top_singular
 
     torch.manual_seed(1)
     m = torch.randn(40, 40) + 5 * torch.outer(torch.randn(40), torch.randn(40))

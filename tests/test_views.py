@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 
 from sd_lens.errors import InputError
-from sd_lens.figures import (
+from sd_lens.report.figures import (
     decay_eigen_figure,
     defect_angle_figure,
     ffn_singular_figure,
     fig_to_png,
     norm_lines_figure,
 )
-from sd_lens.html_page import Page
-from sd_lens.views import (
+from sd_lens.report.page import Page
+from sd_lens.report.views import (
     CircuitsView,
     attention_view,
     circuitsvis_bundle,

@@ -4,6 +4,25 @@ A TransformerLens plugin: every analysis is a function of a model (and a block) 
 typed result; every intervention is a forward hook you can pass to ``run_with_hooks``.
 """
 
+from sd_lens.analyses.attention_matrix import AttentionMatrix, attention_matrix
+from sd_lens.analyses.causal import CausalCheck, verify_trigger
+from sd_lens.analyses.defects import Defect, DefectReport, find_defects
+from sd_lens.analyses.explosion import (
+    explosion_subspace,
+    noninitial_pathway,
+    vocab_coefficients,
+)
+from sd_lens.analyses.ffn_fit import FFNFit, fit_ffn
+from sd_lens.analyses.ffn_inputs import collect_ffn_inputs
+from sd_lens.analyses.probe import NormProbe, probe_norms
+from sd_lens.analyses.spectra import (
+    DecayCheck,
+    LayerSpectra,
+    decay_check,
+    layer_spectra,
+    linearize_block,
+)
+from sd_lens.corpus import default_corpus, read_texts
 from sd_lens.errors import (
     InputError,
     MissingDependencyError,
@@ -12,25 +31,16 @@ from sd_lens.errors import (
     UnknownModelError,
     UnsupportedArchitectureError,
 )
-from sd_lens.loading import DEFAULT_MODEL, cache_root, known_models, load_model
-from sd_lens.model_view import BlockView, ModelView, model_view
-from sd_lens.corpus import default_corpus, read_texts
-from sd_lens.probe import NormProbe, probe_norms
-from sd_lens.defects import Defect, DefectReport, find_defects
-from sd_lens.attention_matrix import AttentionMatrix, attention_matrix
-from sd_lens.ffn_fit import FFNFit, collect_ffn_inputs, fit_ffn
-from sd_lens.spectra import DecayCheck, LayerSpectra, decay_check, layer_spectra, linearize_block
-from sd_lens.explosion import explosion_subspace, noninitial_pathway, vocab_coefficients
-from sd_lens.causal import (
-    CausalCheck,
+from sd_lens.interventions import (
     ablation_hooks,
     intervene,
     patching_hooks,
     project_out,
     set_coefficient,
-    verify_trigger,
 )
-from sd_lens.analysis import AnalysisResult, run_analysis
+from sd_lens.models.loading import DEFAULT_MODEL, cache_root, known_models, load_model
+from sd_lens.models.view import BlockView, ModelView, model_view
+from sd_lens.pipeline import AnalysisResult, run_analysis
 
 __version__ = "0.1.0"
 

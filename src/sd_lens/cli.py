@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sd_lens.errors import SdLensError
-from sd_lens.loading import DEFAULT_MODEL, known_models
+from sd_lens.models.loading import DEFAULT_MODEL, known_models
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -27,8 +27,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _analyze(args: argparse.Namespace, loaded: tuple[Any, float] | None = None):
     """Load the model (or take ``loaded``: a model and the seconds its load took) and analyse it."""
     import sd_lens
-    from sd_lens.analysis import run_analysis
     from sd_lens.corpus import read_texts
+    from sd_lens.pipeline import run_analysis
 
     t0 = time.perf_counter()
     if loaded is None:
@@ -70,7 +70,7 @@ def cmd_report(args: argparse.Namespace, loaded: tuple[Any, float] | None = None
 
 def cmd_demo(args: argparse.Namespace) -> int:
     import sd_lens
-    from sd_lens.norm_table import first_token_norms
+    from sd_lens.analyses.norm_table import first_token_norms
 
     t0 = time.perf_counter()
     model = sd_lens.load_model(args.model)

@@ -23,11 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sd_lens.attention_matrix import resolve_block
-from sd_lens.causal import ffn_input_hook_name
-from sd_lens.ffn_fit import FFNFit, fit_ffn
-from sd_lens.geometry import unit
-from sd_lens.tokens import model_device, temporary_hooks
+from sd_lens.analyses.ffn_fit import FFNFit, fit_ffn
+from sd_lens.linalg import unit
+from sd_lens.models.view import resolve_block
+from sd_lens.runtime.engine import Batch, Reducer, forward, run
+from sd_lens.runtime.hooks import act_name, ffn_input
+from sd_lens.runtime.tokens import decode_one
+from sd_lens.types import HookFn
 
 
 @dataclass
@@ -110,30 +112,32 @@ def _vocab_size(model: Any) -> int:
     return int(model.cfg.d_vocab)
 
 
-def _sweep(model: Any, layer: int, batch_size: int, prefix: list[int], hooks_for, limit: int | None) -> Tensor:
-    """Run every vocabulary token (after ``prefix``) up to block ``layer``; collect per-token values."""
+def _sweep(
+    model: Any, layer: int, batch_size: int, prefix: list[int], reducers: dict[str, Reducer],
+    fwd_hooks: list[tuple[str, HookFn]], limit: int | None,
+) -> Tensor:
+    """Run every vocabulary token (after ``prefix``) up to block ``layer``; one value per token.
+
+    ``reducers`` has one entry; its value for a batch is ``[batch]``.
+    """
     vocab = _vocab_size(model) if limit is None else min(limit, _vocab_size(model))
-    device = model_device(model)
+    (name,) = reducers
     out = torch.empty(vocab)
     for start in range(0, vocab, batch_size):
         ids = torch.arange(start, min(start + batch_size, vocab))
         tokens = torch.cat([torch.tensor(prefix, dtype=torch.long).expand(len(ids), len(prefix)), ids[:, None]], 1)
-        store: dict[str, Tensor] = {}
-        with warnings.catch_warnings(), temporary_hooks(model, hooks_for(store)):
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model(tokens.to(device), return_type=None, stop_at_layer=layer + 1)
-        out[start : start + len(ids)] = store["value"]
+            out[start : start + len(ids)] = run(model, tokens, reducers, fwd_hooks=fwd_hooks)[name]
     return out
 
 
 def _bare_rate(model: Any, layer: int, batch_size: int, seq_len: int) -> float:
-    device = model_device(model)
     tokens = torch.randint(0, _vocab_size(model), (batch_size, seq_len))
-    with torch.no_grad():
-        model(tokens.to(device), return_type=None, stop_at_layer=layer + 1)  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(3):
-            model(tokens.to(device), return_type=None, stop_at_layer=layer + 1)
+    forward(model, tokens, stop_at_layer=layer + 1)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(3):
+        forward(model, tokens, stop_at_layer=layer + 1)
     return 3 * batch_size * seq_len / (time.perf_counter() - t0)
 
 
@@ -146,15 +150,13 @@ def vocab_coefficients(
     if bos is None:
         bos = 0
 
-    def hooks_for(store: dict[str, Tensor]):
-        def grab(act: Tensor, hook: Any) -> None:
-            store["value"] = (act[:, -1].detach().float() @ v.to(act.device)).cpu()
+    def last_coefficient(act: Tensor, batch: Batch) -> Tensor:
+        return (act[:, -1].float() @ v.to(act.device)).cpu()
 
-        return [(ffn_input_hook_name(layer), grab)]
-
+    reducers = {ffn_input(layer): last_coefficient}
     t0 = time.perf_counter()
-    initial = _sweep(model, layer, batch_size, [], hooks_for, limit)
-    second = _sweep(model, layer, batch_size, [int(bos)], hooks_for, limit)
+    initial = _sweep(model, layer, batch_size, [], reducers, [], limit)
+    second = _sweep(model, layer, batch_size, [int(bos)], reducers, [], limit)
     seconds = time.perf_counter() - t0
     n_tok = len(initial) * 1 + len(second) * 2
     bare = (_bare_rate(model, layer, batch_size, 1) + _bare_rate(model, layer, batch_size, 2)) / 2
@@ -194,18 +196,15 @@ def noninitial_pathway(
     def zero(act: Tensor, hook: Any) -> Tensor:
         return torch.zeros_like(act)
 
-    def hooks_for(store: dict[str, Tensor]):
-        def grab(act: Tensor, hook: Any) -> None:
-            store["value"] = act[:, -1].detach().float().norm(dim=-1).cpu()
+    def last_norm(act: Tensor, batch: Batch) -> Tensor:
+        return act[:, -1].float().norm(dim=-1).cpu()
 
-        hooks: list = [(f"blocks.{b}.hook_attn_out", zero) for b in range(layer + 1)]
-        return hooks + [(f"blocks.{layer}.hook_resid_post", grab)]
-
+    zero_attention = [(act_name("attn_out", b), zero) for b in range(layer + 1)]
     t0 = time.perf_counter()
-    norms = _sweep(model, layer, batch_size, [], hooks_for, limit)
+    norms = _sweep(model, layer, batch_size, [], {act_name("resid_post", layer): last_norm}, zero_attention, limit)
     seconds = time.perf_counter() - t0
     idx = torch.nonzero(norms > threshold).flatten()
     idx = idx[norms[idx].argsort(descending=True)]
     tok = getattr(model, "tokenizer", None)
-    exploding = [(int(i), tok.decode([int(i)]) if tok else str(int(i)), float(norms[i])) for i in idx]
+    exploding = [(int(i), decode_one(model, int(i)) if tok else str(int(i)), float(norms[i])) for i in idx]
     return NoninitialPathway(layer, norms, threshold, exploding, seconds, len(norms) / seconds)

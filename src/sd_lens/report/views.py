@@ -3,7 +3,7 @@
 Every function here takes plain arrays (numpy, torch or nested lists) and returns a
 :class:`CircuitsView`: the name of a circuitsvis React component plus the props to mount it
 with. A view displays itself in Jupyter (``_repr_html_``: it embeds circuitsvis's JavaScript
-bundle, so it works offline), and :class:`sd_lens.html_page.Page` mounts many views on one page
+bundle, so it works offline), and :class:`sd_lens.report.page.Page` mounts many views on one page
 with a single copy of the bundle.
 
 Safety: circuitsvis writes token text into the page with ``innerHTML`` (``ColoredTokens``,

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from sd_lens.loading import bridge_from_hf
+from sd_lens.models.loading import bridge_from_hf
 
 FAMILIES = ("llama", "gemma3", "gpt2", "neox")
 

@@ -25,9 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sd_lens.geometry import acute_angle_deg, unit
-from sd_lens.probe import NormProbe
-from sd_lens.tokens import model_device, pad, temporary_hooks
+from sd_lens.analyses.probe import NormProbe
+from sd_lens.linalg import acute_angle_deg, unit
+from sd_lens.runtime.engine import make_batch, run_batch
+from sd_lens.runtime.hooks import act_name
+from sd_lens.runtime.reducers import last_token
 
 
 @dataclass
@@ -186,26 +188,13 @@ def residual_trajectories(model: Any, prefixes: list[Tensor], n_layers: int | No
     """Residual stream of the last token of each prefix: [K, n_layers + 1, d_model] float32.
 
     Index 0 is resid_pre of block 0, index l + 1 is resid_post of block l, for the first
-    ``n_layers`` blocks (default all). Right-padded batches; the forward stops there (no unembedding).
+    ``n_layers`` blocks (default all). One padded batch; the forward stops there (no unembedding).
     """
-    tokens, lengths = pad(prefixes)
     n_layers = int(model.cfg.n_layers) if n_layers is None else int(n_layers)
-    out = torch.zeros(len(prefixes), n_layers + 1, int(model.cfg.d_model))
-    last = lengths - 1
-    rows = torch.arange(len(prefixes))
-
-    def make_hook(slot: int):
-        def hook(act: Tensor, hook: Any) -> None:
-            out[:, slot] = act.detach()[rows, last.to(act.device)].float().cpu()
-
-        return hook
-
-    hooks = [("blocks.0.hook_resid_pre", make_hook(0))]
-    hooks += [(f"blocks.{layer}.hook_resid_post", make_hook(layer + 1)) for layer in range(n_layers)]
-    device = model_device(model)
-    with temporary_hooks(model, hooks):
-        model(tokens.to(device), return_type=None, stop_at_layer=n_layers)
-    return out
+    names = [act_name("resid_pre", 0)] + [act_name("resid_post", layer) for layer in range(n_layers)]
+    batch = make_batch(model, prefixes, range(len(prefixes)))
+    out = run_batch(model, batch, {name: last_token for name in names})
+    return torch.stack([out[name] for name in names], dim=1)
 
 
 def _cluster_by_direction(episodes: list[Episode], max_angle: float) -> list[list[Episode]]:
@@ -241,7 +230,7 @@ def find_defects(
 
     Args:
         model: the model the probe ran on (carrier prefixes are re-run to trace components).
-        probe: a :class:`~sd_lens.probe.NormProbe` with kept state vectors.
+        probe: a :class:`~sd_lens.analyses.probe.NormProbe` with kept state vectors.
         threshold: high-norm means above ``threshold`` x the block's median norm.
         split_angle_deg: episodes with one onset block but directions further apart than this
             form separate defects.

@@ -116,23 +116,23 @@ class BlockView:
     norm: Literal["rms", "layer"]
     eps: float
     parallel: bool
-    ln1_scale: Float[Tensor, "d_model"]
-    ln1_bias: Float[Tensor, "d_model"] | None
+    ln1_scale: Float[Tensor, " d_model"]
+    ln1_bias: Float[Tensor, " d_model"] | None
     W_V: Float[Tensor, "n_heads d_model d_head"]
     b_V: Float[Tensor, "n_heads d_head"] | None
     W_O: Float[Tensor, "n_heads d_head d_model"]
-    b_O: Float[Tensor, "d_model"] | None
-    ln2_scale: Float[Tensor, "d_model"]
-    ln2_bias: Float[Tensor, "d_model"] | None
+    b_O: Float[Tensor, " d_model"] | None
+    ln2_scale: Float[Tensor, " d_model"]
+    ln2_bias: Float[Tensor, " d_model"] | None
     W_in: Float[Tensor, "d_model d_mlp"]
-    b_in: Float[Tensor, "d_mlp"] | None
+    b_in: Float[Tensor, " d_mlp"] | None
     W_gate: Float[Tensor, "d_model d_mlp"] | None
-    b_gate: Float[Tensor, "d_mlp"] | None
+    b_gate: Float[Tensor, " d_mlp"] | None
     W_out: Float[Tensor, "d_mlp d_model"]
-    b_out: Float[Tensor, "d_model"] | None
+    b_out: Float[Tensor, " d_model"] | None
     act_fn: str
-    attn_post_scale: Float[Tensor, "d_model"] | None = None
-    mlp_post_scale: Float[Tensor, "d_model"] | None = None
+    attn_post_scale: Float[Tensor, " d_model"] | None = None
+    mlp_post_scale: Float[Tensor, " d_model"] | None = None
 
     @property
     def d_model(self) -> int:
@@ -299,3 +299,20 @@ class ModelView:
 def model_view(model: Any) -> ModelView:
     """Build the :class:`ModelView` of a model (raises for architectures without an adapter)."""
     return ModelView(model)
+
+
+def resolve_block(model_or_view: Any, layer: int | None) -> BlockView:
+    """The :class:`~sd_lens.models.view.BlockView` of ``layer``.
+
+    ``model_or_view`` is a TransformerLens model, a :class:`~sd_lens.models.view.ModelView` (reuse
+    one across calls: its blocks are cached) or a ``BlockView`` itself (then ``layer`` may be
+    ``None``; if given it must match the view's layer).
+    """
+    if isinstance(model_or_view, BlockView):
+        if layer is not None and layer != model_or_view.layer:
+            raise InputError(f"a BlockView of block {model_or_view.layer} was given with layer={layer}")
+        return model_or_view
+    if layer is None:
+        raise InputError("layer is required unless a BlockView is given")
+    view = model_or_view if isinstance(model_or_view, ModelView) else model_view(model_or_view)
+    return view.block(layer)

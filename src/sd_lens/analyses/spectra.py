@@ -2,8 +2,8 @@
 
 Each block is replaced by its linear approximation acting on the (normalised) residual state:
 ``L = (I + F)(I + A)`` for sequential blocks and ``L = I + A + F`` for parallel ones, with ``A``
-the attention update of a self-attending token (:mod:`sd_lens.attention_matrix`) and ``F`` the
-linearised FFN (:mod:`sd_lens.ffn_fit`). Blocks with post-norms (Gemma-3's sandwich norms) see
+the attention update of a self-attending token (:mod:`sd_lens.analyses.attention_matrix`) and ``F`` the
+linearised FFN (:mod:`sd_lens.analyses.ffn_fit`). Blocks with post-norms (Gemma-3's sandwich norms) see
 each update through ``diag(γ_post) / ρ``, where ``ρ = ‖A‖_F / √d`` is the RMS that the update takes
 for a standard-normal normalised input: the post-norm's division by the RMS of its input,
 linearised at that typical input. This is an approximation of ours; the papers do not cover it.
@@ -19,10 +19,10 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from sd_lens.attention_matrix import attention_matrix, resolve_block
-from sd_lens.ffn_fit import FFNFit, fit_ffn
-from sd_lens.geometry import acute_angle_deg, unit
-from sd_lens.model_view import BlockView, ModelView, model_view
+from sd_lens.analyses.attention_matrix import attention_matrix
+from sd_lens.analyses.ffn_fit import FFNFit, fit_ffn
+from sd_lens.linalg import acute_angle_deg, unit
+from sd_lens.models.view import BlockView, ModelView, model_view, resolve_block
 
 
 def _post_scaled(m: Tensor, scale: Tensor | None) -> Tensor:
@@ -66,7 +66,7 @@ def top_singular(m: Tensor) -> tuple[float, Tensor, Tensor]:
 
     From the symmetric eigenproblem of ``m mᵀ`` (u0 its top eigenvector, ``s0 = √λ``,
     ``v0 = mᵀ u0 / s0``): several times cheaper than a full SVD and exact for the top triplet.
-    Signs follow :func:`~sd_lens.attention_matrix.svd_signed`: the largest-magnitude entry of
+    Signs follow :func:`~sd_lens.analyses.attention_matrix.svd_signed`: the largest-magnitude entry of
     ``u0`` is positive, so ``u0``/``v0`` agree with those of ``FFNFit``/``AttentionMatrix``
     (angles are sign-free anyway).
     """
@@ -140,13 +140,13 @@ def layer_spectra(
     """Leading singular direction of every block's ``L`` (and ``F``) and its angle to ``directions``.
 
     Args:
-        model_or_view: model or :class:`~sd_lens.model_view.ModelView`.
+        model_or_view: model or :class:`~sd_lens.models.view.ModelView`.
         directions: unit vectors (e.g. each defect's ``direction``).
-        method: FFN fit (``"gaussian"``, ``"monte_carlo"``, ``"real"``; see :func:`~sd_lens.ffn_fit.fit_ffn`).
+        method: FFN fit (``"gaussian"``, ``"monte_carlo"``, ``"real"``; see :func:`~sd_lens.analyses.ffn_fit.fit_ffn`).
         layers: blocks to analyse (default all).
         keep: blocks whose :class:`BlockLinearization` is kept in the result (for eigen-checks).
         inputs_by_layer: real normalised FFN inputs per block for ``method="real"`` (see
-            :func:`~sd_lens.ffn_fit.collect_ffn_inputs`, which returns this dict for a list of blocks).
+            :func:`~sd_lens.analyses.ffn_fit.collect_ffn_inputs`, which returns this dict for a list of blocks).
     """
     t0 = time.perf_counter()
     fit_kwargs.setdefault("n_eval", 1024)  # held-out samples for the reported R² (of 576+ output dims): enough

@@ -52,7 +52,7 @@ LayerNorm models (GPT-2, GPT-NeoX): normalised inputs are centred, so ``n`` live
 ``n ~ N(0, P)`` with ``P = I − 11ᵀ/d`` (sampled in an orthonormal basis of that subspace) and the
 fits are the minimum-norm ones: ``M = M P``, ``M 1 = 0``, for every method.
 
-Nothing here modifies the model: :class:`~sd_lens.model_view.BlockView` holds float32 copies, and
+Nothing here modifies the model: :class:`~sd_lens.models.view.BlockView` holds float32 copies, and
 :func:`collect_ffn_inputs` removes its hook whatever happens.
 """
 
@@ -62,18 +62,17 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sd_lens.attention_matrix import LeadingTriplet, resolve_block, svd_signed
 from sd_lens.errors import InputError
-from sd_lens.model_view import BlockView
-from sd_lens.tokens import model_device
+from sd_lens.linalg import LeadingTriplet, svd_signed
+from sd_lens.models.view import BlockView, resolve_block
 
-__all__ = ["FFNFit", "Method", "collect_ffn_inputs", "fit_ffn", "ffn_hook_name"]
+__all__ = ["FFNFit", "Method", "fit_ffn"]
 
 Method = Literal["gaussian", "monte_carlo", "real"]
 METHODS: tuple[str, ...] = ("gaussian", "monte_carlo", "real")
@@ -105,7 +104,7 @@ class FFNFit(LeadingTriplet):
     layer: int
     M: Float[Tensor, "d_mlp d_model"]
     F: Float[Tensor, "d_model d_model"]
-    b_hidden: Float[Tensor, "d_mlp"]
+    b_hidden: Float[Tensor, " d_mlp"]
     r2: float
     r2_hidden: float
     n_samples: int
@@ -117,7 +116,7 @@ class FFNFit(LeadingTriplet):
 
     def svd(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(U, S, Vh)`` of ``F`` (cached; float64 SVD, float32 results, sign convention of
-        :func:`~sd_lens.attention_matrix.svd_signed`)."""
+        :func:`~sd_lens.analyses.attention_matrix.svd_signed`)."""
         if self._svd is None:
             self._svd = svd_signed(self.F)
         return self._svd
@@ -491,133 +490,3 @@ def fit_ffn(
         fit_seconds=fit_s,
         seed=seed,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# real inputs
-
-
-def ffn_hook_name(layer: int) -> str:
-    """The hook whose output is the normalised FFN input ``n`` of block ``layer``."""
-    return f"blocks.{layer}.ln2.hook_normalized"
-
-
-def _as_sequences(model: Any, texts_or_tokens: Any) -> list[Tensor]:
-    """A list of 1-D token tensors (no padding) from text(s), a token tensor or token lists."""
-    if isinstance(texts_or_tokens, str):
-        texts_or_tokens = [texts_or_tokens]
-    if isinstance(texts_or_tokens, Tensor):
-        t = texts_or_tokens
-        if t.ndim == 1:
-            t = t[None]
-        if t.ndim != 2:
-            raise InputError(f"token tensor must be [batch, pos], got shape {tuple(t.shape)}")
-        return [row.long() for row in t]
-    seqs: list[Tensor] = []
-    for item in texts_or_tokens:
-        if isinstance(item, str):
-            if not item:
-                continue
-            seqs.append(model.to_tokens(item, move_to_device=False)[0].cpu())
-        else:
-            seqs.append(torch.as_tensor(item, dtype=torch.long).reshape(-1))
-    return [s for s in seqs if s.numel() > 0]
-
-
-def collect_ffn_inputs(
-    model: Any,
-    texts_or_tokens: str | Sequence[str] | Tensor | Sequence[Sequence[int]],
-    layer: int | Sequence[int],
-    *,
-    max_tokens: int | None = 20_000,
-    batch_size: int = 16,
-    exclude_positions: Sequence[int] = (0,),
-) -> Float[Tensor, "N d_model"] | dict[int, Float[Tensor, "N d_model"]]:
-    """Normalised FFN inputs ``n`` of block ``layer`` on real text, one row per token.
-
-    Runs the model in batches with a forward hook on ``blocks.{layer}.ln2.hook_normalized``
-    (which equals ``BlockView.normalize`` of the FFN's residual input: ``resid_mid``, or
-    ``resid_pre`` for parallel blocks) and ``stop_at_layer = layer + 1``, so no deeper block and
-    no unembedding runs. The hook is removed when the call ends, also on errors; hooks attached
-    to the model beforehand are left alone.
-
-    Args:
-        model: a TransformerLens model.
-        texts_or_tokens: a string, a list of strings (each tokenized on its own with the model's
-            BOS convention), a ``[batch, pos]`` token tensor (every position is real) or a list of
-            token-id sequences of any lengths. Sequences are batched by length and right-padded
-            with an attention mask; padding positions are never returned.
-        layer: 0-based block index, or several (one forward pass collects them all, stopping
-            after the deepest).
-        max_tokens: use only as many leading sequences as give this many rows, and truncate to
-            it (``None``: no limit).
-        batch_size: sequences per forward pass.
-        exclude_positions: positions (within each sequence; negative counts from the end) to
-            drop. The default drops the initial token, whose state is an outlier (a singular
-            defect) in most models; pass ``()`` to keep everything.
-
-    Returns:
-        ``[N, d_model]`` float32 tensor on the CPU in input order (sequences, then positions);
-        for a sequence of layers, a dict ``{layer: tensor}``.
-
-    Raises:
-        InputError: a block that does not exist, or no tokens.
-    """
-    single = isinstance(layer, int)
-    layers = [layer] if single else [int(x) for x in layer]  # type: ignore[union-attr]
-    n_layers = int(model.cfg.n_layers)
-    for lay in layers:
-        if not 0 <= lay < n_layers:
-            raise InputError(f"block {lay!r} does not exist: the model has blocks 0..{n_layers - 1}")
-    if not layers:
-        raise InputError("no layer given")
-    seqs = _as_sequences(model, texts_or_tokens)
-    if not seqs:
-        raise InputError("no tokens to run: give at least one non-empty text or token sequence")
-    excluded = {int(p) for p in exclude_positions}
-    tok = getattr(model, "tokenizer", None)
-    pad_id = getattr(tok, "pad_token_id", None)
-    pad_id = 0 if pad_id is None else int(pad_id)
-    device = model_device(model)
-
-    # keep[i] = positions of sequence i to return
-    keep: list[Tensor] = []
-    total = 0
-    for s in seqs:
-        mask = torch.ones(s.numel(), dtype=torch.bool)
-        for p in excluded:
-            if -s.numel() <= p < s.numel():
-                mask[p] = False
-        keep.append(torch.arange(s.numel())[mask])
-        total += int(mask.sum())
-        if max_tokens is not None and total >= max_tokens:
-            break  # the sequences after this one are not needed
-    needed = [i for i in range(len(keep)) if keep[i].numel() > 0]
-    order = sorted(needed, key=lambda i: -seqs[i].numel())  # batch similar lengths together
-    results: dict[int, dict[int, Tensor]] = {lay: {} for lay in layers}
-    current: list[int] = []
-
-    def make_hook(lay: int) -> Callable[[Tensor, Any], None]:
-        def grab(t: Tensor, hook: Any) -> None:
-            for row, i in enumerate(current):
-                results[lay][i] = t[row, keep[i].to(t.device)].detach().to("cpu", torch.float32).clone()
-
-        return grab
-
-    fwd_hooks = [(ffn_hook_name(lay), make_hook(lay)) for lay in sorted(set(layers))]
-    with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
-        for lo in range(0, len(order), batch_size):
-            current[:] = order[lo : lo + batch_size]
-            T = max(seqs[i].numel() for i in current)
-            tokens = torch.full((len(current), T), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(current), T), dtype=torch.long)
-            for row, i in enumerate(current):
-                tokens[row, : seqs[i].numel()] = seqs[i]
-                attention_mask[row, : seqs[i].numel()] = 1
-            model(tokens.to(device), attention_mask=attention_mask.to(device), stop_at_layer=max(layers) + 1)
-    out: dict[int, Tensor] = {}
-    for lay in layers:
-        rows = [results[lay][i] for i in needed]
-        x = torch.cat(rows, 0) if rows else torch.empty(0, int(model.cfg.d_model))
-        out[lay] = x[:max_tokens] if max_tokens is not None else x
-    return out[layers[0]] if single else out

@@ -1,20 +1,19 @@
 """Per-block norms of the first tokens of a text: the quickest look at a model's singular defects.
 
-`first_token_norms` runs one forward pass with hooks that keep only ‖x‖ of the residual stream
-after every block (``blocks.{l}.hook_resid_post``), in float32, for the first ``n_tokens``
-tokens. Because attention is causal, the first tokens' states do not depend on what follows,
+`first_token_norms` runs one forward pass (:func:`sd_lens.analyses.text_run.run_text`) that keeps
+only ‖x‖ of the residual stream after every block (``blocks.{l}.hook_resid_post``), in float32,
+for the first ``n_tokens`` tokens. Because attention is causal, the first tokens' states do not depend on what follows,
 so only those tokens are fed to the model.
 
 Example:
     >>> import sd_lens
-    >>> from sd_lens.norm_table import first_token_norms
+    >>> from sd_lens.analyses.norm_table import first_token_norms
     >>> model = sd_lens.load_model("smollm2-135m-instruct")
     >>> print(first_token_norms(model, "The quick brown fox jumps over the lazy dog.").format())
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +21,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sd_lens.errors import InputError, NonFiniteActivationError
-from sd_lens.loading import model_name
+from sd_lens.analyses.text_run import run_text
+from sd_lens.errors import InputError
+from sd_lens.models.loading import model_name
 
 __all__ = ["NormTable", "first_token_norms"]
 
@@ -115,27 +115,5 @@ def first_token_norms(model: Any, text: str, n_tokens: int = 8) -> NormTable:
         raise InputError(f"first_token_norms needs a non-empty text, got {text!r}")
     if not isinstance(n_tokens, int) or isinstance(n_tokens, bool) or n_tokens < 1:
         raise InputError(f"n_tokens must be a positive integer, got {n_tokens!r}")
-    tokens = model.to_tokens(text)[:, :n_tokens]
-    n_layers = int(model.cfg.n_layers)
-    norms = torch.full((n_layers, tokens.shape[1]), math.nan, dtype=torch.float32)
-    seen: set[int] = set()
-
-    def keep_norm(act: Tensor, hook: Any) -> None:
-        layer = int(hook.name.split(".")[1])
-        norms[layer] = act[0].detach().to(torch.float32).norm(dim=-1).cpu()
-        seen.add(layer)
-
-    names = [(f"blocks.{layer}.hook_resid_post", keep_norm) for layer in range(n_layers)]
-    with torch.no_grad():
-        model.run_with_hooks(tokens, fwd_hooks=names, return_type=None, stop_at_layer=n_layers)
-    if len(seen) != n_layers:
-        missing = sorted(set(range(n_layers)) - seen)
-        raise UnsupportedArchitectureError(
-            f"hook_resid_post did not fire for blocks {missing}: the model lacks HookedTransformer hook names. "
-            "Load it with sd_lens.load_model (compatibility mode on) or call model.enable_compatibility_mode()."
-        )
-    if not torch.isfinite(norms).all():
-        bad = sorted({int(i) for i in torch.nonzero(~torch.isfinite(norms))[:, 0]})
-        raise NonFiniteActivationError(f"non-finite residual norms at blocks {bad} for text {text[:60]!r}")
-    str_tokens = [str(t) for t in model.to_str_tokens(tokens[0])]
-    return NormTable(model=model_name(model), text=text, tokens=str_tokens, norms=norms)
+    run = run_text(model, text, max_tokens=n_tokens)
+    return NormTable(model=model_name(model), text=text, tokens=run.tokens, norms=run.norms.T.contiguous())

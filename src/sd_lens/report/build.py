@@ -1,6 +1,6 @@
 """The singular-defect report: one self-contained HTML page (plus the JSON) per analysis run.
 
-:func:`write_report` turns an :class:`~sd_lens.analysis.AnalysisResult` into
+:func:`write_report` turns an :class:`~sd_lens.pipeline.AnalysisResult` into
 ``out_dir/report.html`` (offline: circuitsvis's JavaScript embedded once, figures as inline PNGs,
 a Content-Security-Policy that forbids any request) and ``out_dir/analysis.json``. The page holds
 the model and corpus, each defect's findings in plain sentences and tables, the interactive views,
@@ -12,7 +12,7 @@ Every view and figure of the report is also available on its own, for a notebook
 * :func:`norm_view_for_text`, :func:`attention_view_for_text`: one text, one hooked forward;
 * :func:`corpus_norm_view`: a corpus text's norms straight from the probe (no forward);
 * :func:`coefficient_view_for`, :func:`ablation_views_for`, :func:`patching_view_for`: the causal
-  check of one defect (:class:`~sd_lens.causal.CausalCheck`).
+  check of one defect (:class:`~sd_lens.analyses.causal.CausalCheck`).
 
 Forward passes here attach hooks only inside ``model.hooks(...)`` contexts (removed on exit, also
 on error) and never touch the weights.
@@ -22,29 +22,34 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor
 
-from sd_lens.errors import InputError, NonFiniteActivationError
-from sd_lens.figures import (
+from sd_lens.analyses.text_run import TextRun, run_text
+from sd_lens.errors import InputError
+from sd_lens.report.figures import (
     decay_eigen_figure,
     defect_angle_figure,
     ffn_singular_figure,
     norm_lines_figure,
 )
-from sd_lens.html_page import Page
-from sd_lens.tokens import run_hooked, tokenize
-from sd_lens.views import CircuitsView, attention_view, coefficient_view, intervention_view, norm_view
+from sd_lens.report.page import Page
+from sd_lens.report.views import (
+    CircuitsView,
+    attention_view,
+    coefficient_view,
+    intervention_view,
+    norm_view,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-    from sd_lens.analysis import AnalysisResult
-    from sd_lens.causal import CausalCheck
+    from sd_lens.analyses.causal import CausalCheck
+    from sd_lens.pipeline import AnalysisResult
 
 __all__ = [
     "TextRun",
@@ -72,91 +77,6 @@ CORPUS_LINE_CHARS = 160
 JSON_CHARS_SHOWN = 20_000
 
 
-# --------------------------------------------------------------------------------------------
-# one text through the model
-# --------------------------------------------------------------------------------------------
-@dataclass
-class TextRun:
-    """Per-token norms (and optionally attention patterns) of one text, from one hooked forward.
-
-    Attributes:
-        text: the text (the model's BOS convention applies: position 0 is BOS when it prepends one).
-        tokens: the token strings.
-        token_ids: long ``[n_tokens]``.
-        norms: float32 ``[n_tokens, n_layers]``: ‖x‖ at ``blocks.{l}.hook_resid_post``.
-        patterns: block -> float32 ``[n_heads, n_tokens, n_tokens]`` attention probabilities.
-    """
-
-    text: str
-    tokens: list[str]
-    token_ids: Tensor
-    norms: Tensor
-    patterns: dict[int, Tensor] = field(default_factory=dict)
-
-
-def _decode(model: Any, token_id: int) -> str:
-    tok = getattr(model, "tokenizer", None)
-    if tok is None:
-        return f"<{token_id}>"
-    return tok.decode([int(token_id)])
-
-
-def run_text(
-    model: Any, text: str, attention_layers: Sequence[int] = (), max_tokens: int | None = 64
-) -> TextRun:
-    """Run ``text`` once with temporary hooks: resid_post norms of every block, and the attention
-    patterns (``blocks.{l}.attn.hook_pattern``) of ``attention_layers``.
-
-    Args:
-        model: a TransformerLens model (:func:`sd_lens.load_model`).
-        text: the text (tokenised like the analyses: the model's BOS convention).
-        attention_layers: blocks whose attention patterns to keep.
-        max_tokens: keep only the first ``max_tokens`` tokens (None: all, up to the context).
-
-    Returns:
-        A :class:`TextRun`. No hook stays attached; the weights are not touched.
-
-    Raises:
-        InputError: empty text, a block that does not exist, or a model without pattern hooks.
-        NonFiniteActivationError: the model produced NaN or inf activations.
-    """
-    n_layers = int(model.cfg.n_layers)
-    layers = sorted({int(layer) for layer in attention_layers})
-    for layer in layers:
-        if not 0 <= layer < n_layers:
-            raise InputError(f"block {layer} does not exist: the model has blocks 0..{n_layers - 1}")
-        if f"blocks.{layer}.attn.hook_pattern" not in model.hook_dict:
-            raise InputError(f"the model has no hook point blocks.{layer}.attn.hook_pattern")
-    ids = tokenize(model, [text], max_tokens_per_text=max_tokens).sequences[0]
-    norms = torch.zeros(len(ids), n_layers, dtype=torch.float32)
-    patterns: dict[int, Tensor] = {}
-
-    def norm_hook(layer: int):
-        def hook(act: Tensor, hook: Any) -> None:
-            norms[:, layer] = torch.linalg.vector_norm(act[0].detach().float(), dim=-1).cpu()
-
-        return hook
-
-    def pattern_hook(layer: int):
-        def hook(act: Tensor, hook: Any) -> None:
-            patterns[layer] = act[0].detach().float().cpu().clone()
-
-        return hook
-
-    hooks = [(f"blocks.{layer}.hook_resid_post", norm_hook(layer)) for layer in range(n_layers)]
-    hooks += [(f"blocks.{layer}.attn.hook_pattern", pattern_hook(layer)) for layer in layers]
-    run_hooked(model, ids[None], hooks, stop_at_layer=n_layers)
-    if not torch.isfinite(norms).all():
-        bad = sorted({int(b) for b in torch.nonzero(~torch.isfinite(norms))[:, 1]})
-        raise NonFiniteActivationError(
-            f"non-finite residual norms at blocks {bad} for text {text[:60]!r}; load the model in float32"
-        )
-    missing = [layer for layer in layers if layer not in patterns]
-    if missing:
-        raise InputError(f"no attention pattern was produced for block(s) {missing}")
-    return TextRun(text, [_decode(model, int(t)) for t in ids], ids, norms, patterns)
-
-
 def _block_labels(n_layers: int) -> list[str]:
     return [f"block {layer}" for layer in range(n_layers)]
 
@@ -171,7 +91,7 @@ def norm_view_for_text(model: Any, text: str, max_tokens: int | None = 64, title
         title: heading of the view.
 
     Returns:
-        A :func:`~sd_lens.views.norm_view` (log colour scale relative to each block's median).
+        A :func:`~sd_lens.report.views.norm_view` (log colour scale relative to each block's median).
     """
     run = run_text(model, text, max_tokens=max_tokens)
     return norm_view(
@@ -193,7 +113,7 @@ def attention_view_for_text(
         title: heading of the view.
 
     Returns:
-        An :func:`~sd_lens.views.attention_view`.
+        An :func:`~sd_lens.report.views.attention_view`.
     """
     run = run_text(model, text, [layer], max_tokens=max_tokens)
     return attention_view(run.tokens, run.patterns[layer], layer=layer, title=title, max_tokens=max_tokens)
@@ -204,8 +124,8 @@ def attention_view_for_text(
 # --------------------------------------------------------------------------------------------
 def trigger_text_of(result: AnalysisResult) -> str:
     """The text the causal checks ran on: ``result.trigger_text`` when the result records it,
-    else the default trigger text of :func:`~sd_lens.analysis.run_analysis`."""
-    from sd_lens.analysis import DEFAULT_TRIGGER_TEXT
+    else the default trigger text of :func:`~sd_lens.pipeline.run_analysis`."""
+    from sd_lens.pipeline import DEFAULT_TRIGGER_TEXT
 
     return str(getattr(result, "trigger_text", None) or DEFAULT_TRIGGER_TEXT)
 
@@ -324,7 +244,7 @@ def views_for(
 
     Args:
         model: the model the result was computed on (one hooked forward of the trigger text).
-        result: from :func:`~sd_lens.analysis.run_analysis`.
+        result: from :func:`~sd_lens.pipeline.run_analysis`.
         trigger_text: the text the causal checks ran on (default :func:`trigger_text_of`).
         text_index: corpus text of the norm view (default :func:`pick_text`).
         attention_layers: blocks of the attention views.
@@ -486,11 +406,11 @@ def build_report(
     text_index: int | None = None,
     attention_layers: Sequence[int] | None = None,
 ) -> Page:
-    """The report as a :class:`~sd_lens.html_page.Page` (not yet written; see :func:`write_report`).
+    """The report as a :class:`~sd_lens.report.page.Page` (not yet written; see :func:`write_report`).
 
     Args:
         model: the model the result was computed on (runs one hooked forward of the trigger text).
-        result: from :func:`~sd_lens.analysis.run_analysis`.
+        result: from :func:`~sd_lens.pipeline.run_analysis`.
         trigger_text: the text of the causal checks (default :func:`trigger_text_of`).
         text_index: corpus text shown in the norm view (default :func:`pick_text`).
         attention_layers: blocks of the attention views (default :func:`attention_layers_for`).
@@ -622,12 +542,12 @@ def write_report(
 ) -> Path:
     """Write ``out_dir/report.html`` and ``out_dir/analysis.json`` (``result.to_json``).
 
-    The page opens offline (see :mod:`sd_lens.html_page`); all text in it is escaped.
+    The page opens offline (see :mod:`sd_lens.report.page`); all text in it is escaped.
 
     Args:
         model: the model the result was computed on (the trigger text is run once, with temporary
             hooks; nothing stays attached, the weights are not touched).
-        result: from :func:`~sd_lens.analysis.run_analysis`.
+        result: from :func:`~sd_lens.pipeline.run_analysis`.
         out_dir: directory to write into (created when missing; existing files are replaced).
         trigger_text: the text of the causal checks (default :func:`trigger_text_of`).
         text_index: corpus text shown in the norm view (default :func:`pick_text`).

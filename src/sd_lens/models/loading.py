@@ -24,7 +24,11 @@ from typing import Any, Callable
 
 import torch
 
-from sd_lens.errors import MissingDependencyError, UnknownModelError, UnsupportedArchitectureError
+from sd_lens.errors import (
+    MissingDependencyError,
+    UnknownModelError,
+    UnsupportedArchitectureError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +302,7 @@ def bridge_from_hf(
     """Wrap an already-loaded Hugging Face causal LM in a TransformerLens bridge."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    from sd_lens.model_view import ARCHITECTURES
+    from sd_lens.models.view import ARCHITECTURES
 
     hf_model = hf_model.to(device).eval()
     if not getattr(hf_model.config, "architectures", None):

@@ -1,4 +1,4 @@
-"""Small, sign-free geometry helpers shared by the analyses.
+"""Generic linear algebra shared by the analyses: unit vectors, sign-free angles, signed SVDs.
 
 Singular and eigen-vectors are defined only up to sign, so every angle sd_lens reports is the
 *acute* angle between two lines: ``acute_angle_deg(a, b) == acute_angle_deg(a, -b)``, in [0, 90].
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["acute_angle_deg", "unit"]
+__all__ = ["LeadingTriplet", "acute_angle_deg", "svd_signed", "unit"]
 
 
 def unit(x: Tensor, dim: int = -1, eps: float = 0.0) -> Tensor:
@@ -42,3 +42,41 @@ def acute_angle_deg(a: Tensor, b: Tensor, dim: int = -1) -> Tensor:
     nb = torch.linalg.vector_norm(b64, dim=dim, keepdim=True)
     cos = ((a64 / na) * (b64 / nb)).sum(dim).abs().clamp(0.0, 1.0)
     return torch.rad2deg(torch.arccos(cos))
+
+
+def svd_signed(m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """SVD ``m = U diag(S) Vh`` computed in float64, returned as float32 on the CPU.
+
+    Singular vectors are only defined up to a joint sign flip of ``(u_k, v_k)``; this fixes the
+    sign so that the largest-magnitude entry of every ``u_k`` is positive, which makes results
+    reproducible across runs and methods (angles are sign-free anyway).
+    """
+    U, S, Vh = torch.linalg.svd(m.detach().to("cpu", torch.float64), full_matrices=False)
+    idx = U.abs().argmax(0)
+    sign = torch.sign(U[idx, torch.arange(U.shape[1])])
+    sign[sign == 0] = 1
+    U = U * sign
+    Vh = Vh * sign[:, None]
+    return U.float(), S.float(), Vh.float()
+
+
+class LeadingTriplet:
+    """``u0``, ``s0``, ``v0`` of a matrix whose class provides ``svd() -> (U, S, Vh)``."""
+
+    def svd(self) -> tuple[Tensor, Tensor, Tensor]:  # pragma: no cover - provided by subclasses
+        raise NotImplementedError
+
+    @property
+    def u0(self) -> Tensor:
+        """Leading left singular vector: the output direction the matrix amplifies most."""
+        return self.svd()[0][:, 0]
+
+    @property
+    def s0(self) -> float:
+        """Largest singular value."""
+        return float(self.svd()[1][0])
+
+    @property
+    def v0(self) -> Tensor:
+        """Leading right singular vector: the input direction amplified most (the trigger)."""
+        return self.svd()[2][0]

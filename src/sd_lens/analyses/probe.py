@@ -15,8 +15,10 @@ import torch
 from torch import Tensor
 
 from sd_lens.errors import InputError, NonFiniteActivationError
-from sd_lens.loading import model_name
-from sd_lens.tokens import Tokenized, model_device, run_hooked, tokenize
+from sd_lens.models.loading import model_name
+from sd_lens.runtime.engine import Batch, Reducer, stream
+from sd_lens.runtime.hooks import act_name
+from sd_lens.runtime.tokens import Tokenized, decode_one, tokenize
 
 HOOK_POINTS = ("resid_pre", "resid_mid", "resid_post")
 
@@ -75,14 +77,6 @@ class NormProbe:
         return torch.nonzero(self.seq_index == seq).flatten()
 
 
-def _hook_names(model: Any, layer: int) -> list[str | None]:
-    names: list[str | None] = []
-    for hp in HOOK_POINTS:
-        name = f"blocks.{layer}.hook_{hp}"
-        names.append(name if name in model.hook_dict else None)
-    return names
-
-
 def probe_norms(
     model: Any,
     texts: Sequence[str] | Tokenized,
@@ -104,7 +98,7 @@ def probe_norms(
         layers: probe only the first ``layers`` blocks (the forward stops there); default all.
         keep_vectors_ratio: also keep the resid_post vector of every state whose norm exceeds
             this multiple of its batch's median norm at that block (the few candidate high-norm
-            states, used by :func:`sd_lens.defects.find_defects` for directions); ``None``: keep none.
+            states, used by :func:`sd_lens.analyses.defects.find_defects` for directions); ``None``: keep none.
         max_vectors_per_layer: cap on kept vectors per block (bounds memory on huge corpora).
         progress: show a tqdm progress bar.
 
@@ -121,57 +115,41 @@ def probe_norms(
     n_tokens = int(offsets[-1])
     norms = torch.full((n_tokens, n_layers, len(HOOK_POINTS)), float("nan"), dtype=torch.float32)
     t0 = time.perf_counter()
-    device = model_device(model)
-    state: dict[str, Any] = {}
-
+    hook_dict = model.hook_dict
     kept: dict[int, list[tuple[Tensor, Tensor]]] = {}
     n_kept = [0] * n_layers
     post = HOOK_POINTS.index("resid_post")
 
-    def make_hook(layer: int, k: int):
-        def hook(act: Tensor, hook: Any) -> None:
-            act = act.detach()
+    def reducer(layer: int, k: int) -> Reducer:
+        def reduce(act: Tensor, batch: Batch) -> Tensor:
             nrm = torch.linalg.vector_norm(act.float(), dim=-1)
-            state["buf"][:, :, layer, k] = nrm.cpu()
             if k == post and keep_vectors_ratio is not None and n_kept[layer] < max_vectors_per_layer:
-                valid = state["valid"]
-                thr = keep_vectors_ratio * nrm[valid].median()
-                mask = (nrm > thr) & valid
-                if bool(mask.any()):
-                    where = torch.nonzero(mask)[: max_vectors_per_layer - n_kept[layer]]
+                thr = keep_vectors_ratio * nrm[batch.mask].median()
+                where = torch.nonzero((nrm > thr) & batch.mask)[: max_vectors_per_layer - n_kept[layer]]
+                if len(where):
                     n_kept[layer] += len(where)
-                    kept.setdefault(layer, []).append((where.cpu(), act[where[:, 0], where[:, 1]].float().cpu()))
+                    # (batch row, position) -> global token row
+                    rows = offsets[torch.tensor(batch.index)][where[:, 0].cpu()] + where[:, 1].cpu()
+                    kept.setdefault(layer, []).append((rows, act[where[:, 0], where[:, 1]].float().cpu()))
+            return nrm.cpu()
 
-        return hook
+        return reduce
 
     # resid_pre of block l is resid_post of block l-1: hook it at block 0 only and copy.
-    fwd_hooks = [
-        (name, make_hook(layer, k))
+    names = {
+        (layer, k): act_name(hp, layer)
         for layer in range(n_layers)
-        for k, name in enumerate(_hook_names(model, layer))
-        if name is not None and (k != 0 or layer == 0)
-    ]
-    batches = list(tok.batches(batch_size))
-    iterator: Any = batches
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(batches, desc="norm probe", unit="batch")
-    for idx, tokens, lengths in iterator:
-        state["buf"] = torch.full((tokens.shape[0], tokens.shape[1], n_layers, len(HOOK_POINTS)), float("nan"))
-        state["valid"] = (torch.arange(tokens.shape[1])[None, :] < lengths[:, None]).to(device)
-        before = {layer: len(v) for layer, v in kept.items()}
-        run_hooked(model, tokens, fwd_hooks, stop_at_layer=n_layers)
-        buf = state.pop("buf")
+        for k, hp in enumerate(HOOK_POINTS)
+        if (k != 0 or layer == 0) and act_name(hp, layer) in hook_dict
+    }
+    reducers = {name: reducer(layer, k) for (layer, k), name in names.items()}
+    for batch, out in stream(model, seqs, reducers, batch_size=batch_size, progress=progress and "norm probe"):
+        buf = torch.full((*batch.tokens.shape, n_layers, len(HOOK_POINTS)), float("nan"))
+        for (layer, k), name in names.items():
+            buf[:, :, layer, k] = out[name]
         buf[:, :, 1:, 0] = buf[:, :, :-1, post]
-        for row, (i, length) in enumerate(zip(idx, lengths.tolist())):
+        for row, (i, length) in enumerate(zip(batch.index, batch.lengths.tolist())):
             norms[offsets[i] : offsets[i] + length] = buf[row, :length]
-        # map (batch row, position) of the vectors kept in this batch to global token rows
-        row_offset = torch.tensor([int(offsets[i]) for i in idx])
-        for layer, items in kept.items():
-            for j in range(before.get(layer, 0), len(items)):
-                where, vecs = items[j]
-                items[j] = (row_offset[where[:, 0]] + where[:, 1], vecs)
 
     measured = norms if not torch.isnan(norms[..., 1]).all() else norms[..., [0, 2]]
     if not torch.isfinite(measured).all():
@@ -183,7 +161,7 @@ def probe_norms(
     seq_index = torch.repeat_interleave(torch.arange(len(seqs)), torch.tensor([len(s) for s in seqs]))
     positions = torch.cat([torch.arange(len(s)) for s in seqs])
     token_ids = torch.cat(seqs)
-    strings = {int(t): _decode(model, int(t)) for t in token_ids.unique().tolist()}
+    strings = {int(t): decode_one(model, int(t)) for t in token_ids.unique().tolist()}
     state_vectors = {
         layer: (torch.cat([w for w, _ in items]), torch.cat([v for _, v in items])) for layer, items in kept.items()
     }
@@ -201,9 +179,3 @@ def probe_norms(
         seconds=time.perf_counter() - t0,
     )
 
-
-def _decode(model: Any, token_id: int) -> str:
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        return f"<{token_id}>"
-    return tokenizer.decode([token_id])

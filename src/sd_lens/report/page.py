@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from sd_lens.errors import InputError
-from sd_lens.views import VIEW_CSS, CircuitsView, circuitsvis_bundle
+from sd_lens.report.views import VIEW_CSS, CircuitsView, circuitsvis_bundle
 
 __all__ = ["PAGE_CSS", "Page"]
 
@@ -110,7 +110,7 @@ class Page:
     def view(self, view: CircuitsView) -> Page:
         """Add an interactive circuitsvis view (mounted when the page loads)."""
         if not isinstance(view, CircuitsView):
-            raise InputError(f"expected a CircuitsView (from sd_lens.views), got {type(view).__name__}")
+            raise InputError(f"expected a CircuitsView (from sd_lens.report.views), got {type(view).__name__}")
         div_id = f"sd-view-{len(self._views) + 1}"
         self._views.append((div_id, view))
         self._blocks.append(view.container_html(div_id))
@@ -130,7 +130,7 @@ class Page:
             if not png.startswith(_PNG_MAGIC):
                 raise InputError("figure bytes are not a PNG file")
         else:
-            from sd_lens.figures import fig_to_png
+            from sd_lens.report.figures import fig_to_png
 
             png = fig_to_png(fig, dpi=dpi)
         data = base64.b64encode(png).decode("ascii")

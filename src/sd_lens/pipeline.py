@@ -16,10 +16,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from sd_lens.causal import CausalCheck, verify_trigger
-from sd_lens.corpus import read_texts
-from sd_lens.defects import DefectReport, find_defects
-from sd_lens.explosion import (
+from sd_lens.analyses.causal import CausalCheck, verify_trigger
+from sd_lens.analyses.defects import DefectReport, find_defects
+from sd_lens.analyses.explosion import (
     ExplosionSubspace,
     NoninitialPathway,
     VocabCoefficients,
@@ -27,11 +26,17 @@ from sd_lens.explosion import (
     noninitial_pathway,
     vocab_coefficients,
 )
-from sd_lens.ffn_fit import collect_ffn_inputs
-from sd_lens.loading import model_name
-from sd_lens.model_view import model_view
-from sd_lens.probe import NormProbe, probe_norms
-from sd_lens.spectra import DecayCheck, LayerSpectra, decay_check, layer_spectra
+from sd_lens.analyses.ffn_inputs import collect_ffn_inputs
+from sd_lens.analyses.probe import NormProbe, probe_norms
+from sd_lens.analyses.spectra import (
+    DecayCheck,
+    LayerSpectra,
+    decay_check,
+    layer_spectra,
+)
+from sd_lens.corpus import read_texts
+from sd_lens.models.loading import model_name
+from sd_lens.models.view import model_view
 
 SCHEMA_VERSION = 1
 DEFAULT_TRIGGER_TEXT = "The cat sat on the mat because it was warm."

@@ -22,65 +22,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sd_lens.errors import InputError
-from sd_lens.model_view import BlockView, ModelView, model_view
+from sd_lens.linalg import LeadingTriplet, svd_signed
+from sd_lens.models.view import resolve_block
 
-__all__ = ["AttentionMatrix", "attention_matrix", "resolve_block", "svd_signed"]
-
-
-def resolve_block(model_or_view: Any, layer: int | None) -> BlockView:
-    """The :class:`~sd_lens.model_view.BlockView` of ``layer``.
-
-    ``model_or_view`` is a TransformerLens model, a :class:`~sd_lens.model_view.ModelView` (reuse
-    one across calls: its blocks are cached) or a ``BlockView`` itself (then ``layer`` may be
-    ``None``; if given it must match the view's layer).
-    """
-    if isinstance(model_or_view, BlockView):
-        if layer is not None and layer != model_or_view.layer:
-            raise InputError(f"a BlockView of block {model_or_view.layer} was given with layer={layer}")
-        return model_or_view
-    if layer is None:
-        raise InputError("layer is required unless a BlockView is given")
-    view = model_or_view if isinstance(model_or_view, ModelView) else model_view(model_or_view)
-    return view.block(layer)
-
-
-def svd_signed(m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """SVD ``m = U diag(S) Vh`` computed in float64, returned as float32 on the CPU.
-
-    Singular vectors are only defined up to a joint sign flip of ``(u_k, v_k)``; this fixes the
-    sign so that the largest-magnitude entry of every ``u_k`` is positive, which makes results
-    reproducible across runs and methods (angles are sign-free anyway).
-    """
-    U, S, Vh = torch.linalg.svd(m.detach().to("cpu", torch.float64), full_matrices=False)
-    idx = U.abs().argmax(0)
-    sign = torch.sign(U[idx, torch.arange(U.shape[1])])
-    sign[sign == 0] = 1
-    U = U * sign
-    Vh = Vh * sign[:, None]
-    return U.float(), S.float(), Vh.float()
-
-
-class LeadingTriplet:
-    """``u0``, ``s0``, ``v0`` of a matrix whose class provides ``svd() -> (U, S, Vh)``."""
-
-    def svd(self) -> tuple[Tensor, Tensor, Tensor]:  # pragma: no cover - provided by subclasses
-        raise NotImplementedError
-
-    @property
-    def u0(self) -> Tensor:
-        """Leading left singular vector: the output direction the matrix amplifies most."""
-        return self.svd()[0][:, 0]
-
-    @property
-    def s0(self) -> float:
-        """Largest singular value."""
-        return float(self.svd()[1][0])
-
-    @property
-    def v0(self) -> Tensor:
-        """Leading right singular vector: the input direction amplified most (the trigger)."""
-        return self.svd()[2][0]
+__all__ = ["AttentionMatrix", "attention_matrix"]
 
 
 @dataclass(eq=False)
@@ -98,7 +43,7 @@ class AttentionMatrix(LeadingTriplet):
     layer: int
     A: Float[Tensor, "d_model d_model"]
     per_head: Float[Tensor, "n_heads d_model d_model"]
-    bias: Float[Tensor, "d_model"]
+    bias: Float[Tensor, " d_model"]
     _svd: tuple[Tensor, Tensor, Tensor] | None = field(default=None, init=False, repr=False)
 
     @property

@@ -1,0 +1,142 @@
+"""Causal verification (analysis 7 of Demystifying Singular Defects, §4.3): does v₀ trigger the defect?
+
+:func:`verify_trigger` runs one text three times with an intervention at block ``layer``'s FFN
+input — v₀ projected out (ablation), a random unit direction projected out (control), and one
+non-initial token's v₀ coefficient set to the initial token's (patching) — and reports the
+resid_post norms of that block. The interventions themselves are ordinary TransformerLens hooks
+from :mod:`sd_lens.interventions`, usable on their own with ``run_with_hooks``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sd_lens.errors import InputError
+from sd_lens.interventions import ablation_hooks, patching_hooks
+from sd_lens.linalg import unit
+from sd_lens.runtime.engine import run
+from sd_lens.runtime.hooks import act_name, ffn_input
+from sd_lens.runtime.reducers import coefficient, first_row, token_norms
+from sd_lens.runtime.tokens import decode, tokenize
+from sd_lens.types import HookedModel, HookFn
+
+__all__ = ["CausalCheck", "verify_trigger"]
+
+
+@dataclass
+class CausalCheck:
+    """Ablation, random control and patching at one block (norms at that block's resid_post)."""
+
+    layer: int
+    tokens: list[str]
+    norms_clean: Tensor  # [T] resid_post norms, no intervention
+    norms_ablated: Tensor  # [T] v0 projected out of the FFN input at every position
+    norms_random: Tensor  # [T] a random direction projected out instead
+    norms_patched: Tensor  # [T] patched position's v0 coefficient set to the initial token's
+    coefficients: Tensor  # [T] v0 coefficient of each token's FFN input (clean)
+    position: int
+    initial_coefficient: float
+    random_seed: int
+
+    @property
+    def norm_before(self) -> float:
+        return float(self.norms_clean[0])
+
+    @property
+    def norm_after(self) -> float:
+        return float(self.norms_ablated[0])
+
+    @property
+    def random_control_after(self) -> float:
+        return float(self.norms_random[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ablation": {
+                "layer": self.layer,
+                "norm_before": round(self.norm_before, 3),
+                "norm_after": round(self.norm_after, 3),
+                "random_control_after": round(self.random_control_after, 3),
+            },
+            "patching": {
+                "layer": self.layer,
+                "position": self.position,
+                "token": self.tokens[self.position],
+                "norm_before": round(float(self.norms_clean[self.position]), 3),
+                "norm_after": round(float(self.norms_patched[self.position]), 3),
+                "coefficient_before": round(float(self.coefficients[self.position]), 4),
+                "coefficient_after": round(self.initial_coefficient, 4),
+            },
+        }
+
+
+def _norms_and_coefs(
+    model: HookedModel, tokens: Tensor, layer: int, v0: Tensor, interventions: list[tuple[str, HookFn]]
+) -> tuple[Tensor, Tensor]:
+    """resid_post norms and FFN-input v0 coefficients of block ``layer`` (one row) under ``interventions``."""
+    norm_at, coef_at = act_name("resid_post", layer), ffn_input(layer)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*edited hook_scale/hook_normalized.*")
+        out = run(
+            model, tokens,
+            {coef_at: first_row(coefficient(v0)), norm_at: first_row(token_norms)},
+            fwd_hooks=interventions,
+        )
+    return out[norm_at], out[coef_at]
+
+
+def verify_trigger(
+    model: Any,
+    layer: int,
+    v0: Tensor,
+    text: str = "The cat sat on the mat because it was warm.",
+    *,
+    position: int | None = None,
+    seed: int = 0,
+) -> CausalCheck:
+    """Ablate v₀ at block ``layer`` (with a random-direction control) and patch it into a token.
+
+    Args:
+        model: the model.
+        layer: the explosion block.
+        v0: the trigger direction in the FFN's normalised-input space (e.g. ``fit.v0``).
+        text: the text to run (BOS is prepended; position 0 is the initial token).
+        position: the token to patch (default: the lowest-norm non-initial token among the first four).
+        seed: seeds the random control direction.
+    """
+    if not 0 <= layer < int(model.cfg.n_layers):
+        raise InputError(f"block {layer} does not exist: the model has blocks 0..{model.cfg.n_layers - 1}")
+    tokens = tokenize(model, [text], max_tokens_per_text=None).sequences[0][None]
+    if tokens.shape[1] < 2:
+        raise InputError("verify_trigger needs a text of at least one token besides BOS")
+    v = unit(v0.detach().float().cpu())
+    clean, coefs = _norms_and_coefs(model, tokens, layer, v, [])
+    if position is None:
+        cand = list(range(1, min(4, tokens.shape[1])))
+        position = min(cand, key=lambda p: float(clean[p]))
+    if not 0 < position < tokens.shape[1]:
+        raise InputError(f"position {position} is not a non-initial token of a {tokens.shape[1]}-token input")
+    gen = torch.Generator().manual_seed(seed)
+    rand = unit(torch.randn(v.shape[0], generator=gen))
+    ablated, _ = _norms_and_coefs(model, tokens, layer, v, ablation_hooks(layer, v))
+    randomed, _ = _norms_and_coefs(model, tokens, layer, v, ablation_hooks(layer, rand))
+    init_coef = float(coefs[0])
+    patched, _ = _norms_and_coefs(model, tokens, layer, v, patching_hooks(layer, v, init_coef, position))
+    strs = decode(model, tokens[0]) if getattr(model, "tokenizer", None) else []
+    return CausalCheck(
+        layer=layer,
+        tokens=strs,
+        norms_clean=clean,
+        norms_ablated=ablated,
+        norms_random=randomed,
+        norms_patched=patched,
+        coefficients=coefs,
+        position=position,
+        initial_coefficient=init_coef,
+        random_seed=seed,
+    )

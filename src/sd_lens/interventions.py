@@ -1,0 +1,104 @@
+"""Interventions as ordinary TransformerLens forward hooks.
+
+Hook factories return plain ``hook(activation, hook)`` functions; ``*_hooks`` helpers return
+``fwd_hooks`` lists for ``model.run_with_hooks(tokens, fwd_hooks=...)`` or ``model.hooks(...)``,
+so they compose with TransformerLens's own patching tools. :func:`intervene` is a context
+manager that attaches them and removes exactly them afterwards, even if the body raises.
+
+The default hook point is the FFN's normalised input ``blocks.{l}.ln2.hook_normalized``, the
+space in which the right singular vector v₀ of the linearised FFN lives (Demystifying Singular
+Defects, §4: the explosion is triggered by the input component along v₀).
+
+Hooks return a *new* tensor: a ``TransformerBridge`` decides whether a norm hook edited its
+value by object identity, so an in-place edit that returns the same tensor is silently ignored.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from sd_lens.linalg import unit
+from sd_lens.runtime.hooks import ffn_input, temporary_hooks
+from sd_lens.types import HookedModel, HookFn
+
+__all__ = [
+    "Positions",
+    "ablation_hooks",
+    "ffn_input_hook_name",
+    "intervene",
+    "patching_hooks",
+    "project_out",
+    "set_coefficient",
+]
+
+Positions = int | Sequence[int] | None
+
+#: the hook whose output is block ``layer``'s normalised FFN input (where v0 is ablated or patched)
+ffn_input_hook_name = ffn_input
+
+def _select(positions: Positions) -> Any:
+    if positions is None:
+        return slice(None)
+    if isinstance(positions, int):
+        return [positions]
+    return list(positions)
+
+
+def project_out(direction: Tensor, positions: Positions = None) -> HookFn:
+    """Hook removing the component along ``direction`` at ``positions`` (all when None)."""
+    d = unit(direction.detach().float())
+    sel = _select(positions)
+
+    def hook(act: Tensor, hook: Any) -> Tensor:
+        u = d.to(act.device)
+        out = act.clone()  # a new tensor: TransformerBridge ignores in-place edits of norm hooks
+        part = act[:, sel].float()
+        out[:, sel] = (part - (part @ u)[..., None] * u).to(act.dtype)
+        return out
+
+    return hook
+
+
+def set_coefficient(direction: Tensor, value: float | Tensor, positions: Positions) -> HookFn:
+    """Hook setting the coefficient along ``direction`` to ``value`` at ``positions``."""
+    d = unit(direction.detach().float())
+    sel = _select(positions)
+
+    def hook(act: Tensor, hook: Any) -> Tensor:
+        u = d.to(act.device)
+        out = act.clone()
+        part = act[:, sel].float()
+        target = torch.as_tensor(value, dtype=torch.float32, device=act.device)
+        out[:, sel] = (part + (target - part @ u)[..., None] * u).to(act.dtype)
+        return out
+
+    return hook
+
+
+def ablation_hooks(layer: int, direction: Tensor, positions: Positions = None, hook_name: str | None = None):
+    """``fwd_hooks`` projecting ``direction`` out of block ``layer``'s FFN input."""
+    return [(hook_name or ffn_input_hook_name(layer), project_out(direction, positions))]
+
+
+def patching_hooks(
+    layer: int, direction: Tensor, value: float, positions: Positions, hook_name: str | None = None
+):
+    """``fwd_hooks`` setting the coefficient along ``direction`` in block ``layer``'s FFN input."""
+    return [(hook_name or ffn_input_hook_name(layer), set_coefficient(direction, value, positions))]
+
+
+@contextmanager
+def intervene(model: HookedModel, fwd_hooks: list[tuple[str, HookFn]]) -> Iterator[HookedModel]:
+    """Attach ``fwd_hooks`` for the ``with`` block only (pre-existing hooks are left alone).
+
+    Inside, call the model as usual (``model(tokens)``, ``model.run_with_cache(...)``); the hooks
+    are removed on exit, also when the body raises.
+    """
+    with temporary_hooks(model, fwd_hooks):
+        yield model
+
+

@@ -1,0 +1,56 @@
+"""The one place sd_lens runs a model.
+
+* :mod:`~sd_lens.runtime.tokens` — one tokenisation policy (the model's BOS convention,
+  truncation, right padding with an attention mask) and one token decoder;
+* :mod:`~sd_lens.runtime.hooks` — hook-point names (TransformerLens's ``get_act_name``) and one
+  context manager for temporary hooks;
+* :mod:`~sd_lens.runtime.engine` — :func:`forward` (the only call of a model's forward),
+  :func:`run` (one batch) and :func:`stream` (batches of texts), each applying a *reducer* per hook
+  point so that no full activation cache is held unless a reducer keeps it.
+
+Every analysis that runs the model is a short specialisation of :func:`stream` or :func:`run`;
+``tests/test_runtime_seam.py`` fails if any other module calls a forward or attaches a hook.
+"""
+
+from sd_lens.runtime.engine import (
+    Batch,
+    Reducer,
+    forward,
+    keep,
+    make_batch,
+    run,
+    run_batch,
+    stream,
+)
+from sd_lens.runtime.hooks import act_name, block_of, require_hooks, temporary_hooks
+from sd_lens.runtime.tokens import (
+    Tokenized,
+    decode,
+    decode_one,
+    encode,
+    model_device,
+    pad,
+    tokenize,
+)
+
+__all__ = [
+    "Batch",
+    "Reducer",
+    "Tokenized",
+    "act_name",
+    "block_of",
+    "decode",
+    "decode_one",
+    "encode",
+    "forward",
+    "keep",
+    "make_batch",
+    "model_device",
+    "pad",
+    "require_hooks",
+    "run",
+    "run_batch",
+    "stream",
+    "temporary_hooks",
+    "tokenize",
+]

@@ -1,0 +1,208 @@
+"""The streaming engine: the only code that calls a model's forward.
+
+In the spirit of TransformerLens's ``generic_activation_patch`` (one engine, thin
+specialisations): a caller names hook points and gives a *reducer* for each — a function
+``reducer(activation, batch) -> value`` that turns the activation of one batch into what the
+caller keeps (a norm per token, one token's vector, a coefficient). The engine
+
+* runs batches of right-padded sequences (with an attention mask when a batch has padding),
+* attaches the caller's interventions (ordinary TransformerLens forward hooks) and the reducers
+  as temporary hooks, removed after every forward even on error or ``KeyboardInterrupt``,
+* stops after the deepest block a hook names (no later block and no unembedding runs), and
+* keeps nothing but what the reducers return: a full activation cache exists only when a reducer
+  returns the whole activation (:func:`keep`).
+
+Reducers receive the activation detached; an intervention that must *change* an activation is a
+forward hook passed in ``fwd_hooks`` (it runs before the reducers at the same hook point, so a
+reducer sees the edited value).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
+
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from sd_lens.errors import UnsupportedArchitectureError
+from sd_lens.runtime.hooks import block_of, temporary_hooks
+from sd_lens.runtime.tokens import (
+    attention_mask,
+    length_sorted_batches,
+    model_device,
+    pad,
+)
+from sd_lens.types import HookedModel, HookFn
+
+__all__ = ["Batch", "Reducer", "forward", "keep", "run", "stream"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One forward's inputs, as reducers see them.
+
+    Attributes:
+        index: which of the streamed sequences each row is.
+        tokens: long ``[B, T]`` on the model's device (right-padded).
+        lengths: long ``[B]`` on the CPU: the real tokens of each row.
+        mask: bool ``[B, T]`` on the model's device: True at real tokens.
+    """
+
+    index: list[int]
+    tokens: Int[Tensor, "batch pos"]
+    lengths: Int[Tensor, " batch"]
+    mask: Bool[Tensor, "batch pos"]
+
+    @property
+    def padded(self) -> bool:
+        return bool((self.lengths < self.tokens.shape[1]).any())
+
+
+#: ``reducer(activation, batch) -> value``: what to keep of one hook point's activation.
+Reducer = Callable[[Tensor, Batch], Any]
+
+StopAt = int | None | Literal["auto"]
+
+
+def keep(act: Tensor, batch: Batch) -> Tensor:
+    """The reducer that keeps the whole activation (float32, CPU): a cache, only when asked for."""
+    return act.float().cpu()
+
+
+def _stop_layer(names: Iterable[str], stop_at_layer: StopAt) -> int | None:
+    if stop_at_layer != "auto":
+        return stop_at_layer
+    blocks = [block_of(n) for n in names]
+    if not blocks or any(b is None for b in blocks):
+        return None  # a reducer outside the blocks (or none at all): run the whole model
+    return max(b for b in blocks if b is not None) + 1
+
+
+def forward(
+    model: HookedModel,
+    tokens: Int[Tensor, "batch pos"],
+    *,
+    fwd_hooks: Sequence[tuple[str, HookFn]] = (),
+    attention_mask: Tensor | None = None,
+    stop_at_layer: int | None = None,
+    return_type: str | None = None,
+) -> Any:
+    """One forward pass with temporary hooks (no gradients); the only call of a model in sd_lens.
+
+    Args:
+        model: a TransformerLens model.
+        tokens: ``[B, T]`` token ids (moved to the model's device).
+        fwd_hooks: ``(hook name, hook)`` pairs, attached for this forward only.
+        attention_mask: ``[B, T]``, 1 at real tokens; None when no row is padded.
+        stop_at_layer: run blocks ``0..stop_at_layer-1`` only (None: the whole model).
+        return_type: TransformerLens's ``return_type`` (``None``: nothing, ``"logits"``, ``"loss"``).
+    """
+    device = model_device(model)
+    kwargs: dict[str, Any] = {"return_type": return_type, "stop_at_layer": stop_at_layer}
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask.to(device)
+    with temporary_hooks(model, fwd_hooks):
+        return model(tokens.to(device), **kwargs)
+
+
+def _reducer_hooks(reducers: Mapping[str, Reducer], batch: Batch, out: dict[str, Any]) -> list[tuple[str, HookFn]]:
+    def make(name: str, reducer: Reducer) -> HookFn:
+        def hook(act: Tensor, hook: Any) -> None:
+            out[name] = reducer(act.detach(), batch)
+
+        return hook
+
+    return [(name, make(name, reducer)) for name, reducer in reducers.items()]
+
+
+def run_batch(
+    model: HookedModel,
+    batch: Batch,
+    reducers: Mapping[str, Reducer],
+    *,
+    fwd_hooks: Sequence[tuple[str, HookFn]] = (),
+    stop_at_layer: StopAt = "auto",
+) -> dict[str, Any]:
+    """Run one :class:`Batch`; return ``{hook name: reducer value}``."""
+    out: dict[str, Any] = {}
+    hooks = list(fwd_hooks) + _reducer_hooks(reducers, batch, out)
+    stop = _stop_layer(reducers, stop_at_layer)  # interventions deeper than every reducer cannot matter
+    forward(
+        model, batch.tokens, fwd_hooks=hooks, stop_at_layer=stop,
+        attention_mask=batch.mask.long() if batch.padded else None,
+    )
+    silent = [name for name in reducers if name not in out]
+    if silent:
+        raise UnsupportedArchitectureError(
+            f"hook point(s) {', '.join(silent[:4])} did not fire during the forward (stop_at_layer={stop}): "
+            "the model does not run them. Load it with sd_lens.load_model (compatibility mode on) or call "
+            "model.enable_compatibility_mode()."
+        )
+    return out
+
+
+def make_batch(model: HookedModel, seqs: Sequence[Tensor], index: Sequence[int], pad_id: int = 0) -> Batch:
+    """Right-pad ``seqs`` into a :class:`Batch` on the model's device."""
+    tokens, lengths = pad(seqs, pad_id)
+    device = model_device(model)
+    return Batch(list(index), tokens.to(device), lengths, attention_mask(lengths, tokens.shape[1]).to(device))
+
+
+def run(
+    model: HookedModel,
+    tokens: Int[Tensor, "batch pos"] | Int[Tensor, " pos"],
+    reducers: Mapping[str, Reducer],
+    *,
+    fwd_hooks: Sequence[tuple[str, HookFn]] = (),
+    stop_at_layer: StopAt = "auto",
+) -> dict[str, Any]:
+    """One forward of ``tokens`` (every position real; a 1-D tensor is one row).
+
+    Returns ``{hook name: reducer(activation, batch)}``. ``stop_at_layer="auto"`` stops after the
+    deepest block a reducer reads (interventions deeper than that cannot change what it reads).
+    """
+    tokens = tokens[None] if tokens.ndim == 1 else tokens
+    batch = make_batch(model, list(tokens), range(tokens.shape[0]))
+    return run_batch(model, batch, reducers, fwd_hooks=fwd_hooks, stop_at_layer=stop_at_layer)
+
+
+def stream(
+    model: HookedModel,
+    sequences: Sequence[Tensor],
+    reducers: Mapping[str, Reducer],
+    *,
+    batch_size: int = 16,
+    fwd_hooks: Sequence[tuple[str, HookFn]] = (),
+    stop_at_layer: StopAt = "auto",
+    longest_first: bool = False,
+    pad_id: int = 0,
+    progress: bool | str = False,
+) -> Iterator[tuple[Batch, dict[str, Any]]]:
+    """Run ``sequences`` (1-D token tensors of any lengths) in batches of similar length.
+
+    Yields ``(batch, {hook name: reducer value})`` after each forward; the caller folds the values
+    into its result, so memory holds one batch's activations at a time.
+
+    Args:
+        model: a TransformerLens model.
+        sequences: token ids of each sequence (no padding).
+        reducers: ``{hook name: reducer}``.
+        batch_size: sequences per forward.
+        fwd_hooks: interventions applied in every forward (ordinary TransformerLens hooks).
+        stop_at_layer: ``"auto"`` (after the deepest block a reducer reads), a block count, or None (all).
+        longest_first: batch the longest sequences first (default: shortest first).
+        pad_id: the id written at padded positions (never read back).
+        progress: show a tqdm bar; a string is its description.
+    """
+    groups = length_sorted_batches(sequences, batch_size, longest_first=longest_first)
+    iterator: Iterable[list[int]] = groups
+    if progress:
+        from tqdm.auto import tqdm
+
+        desc = progress if isinstance(progress, str) else "forward"
+        iterator = tqdm(groups, desc=desc, unit="batch", total=math.ceil(len(sequences) / batch_size))
+    for idx in iterator:
+        batch = make_batch(model, [sequences[i] for i in idx], idx, pad_id)
+        yield batch, run_batch(model, batch, reducers, fwd_hooks=fwd_hooks, stop_at_layer=stop_at_layer)

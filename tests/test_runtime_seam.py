@@ -1,0 +1,143 @@
+"""The runtime seam: only ``sd_lens.runtime`` runs a model, attaches hooks, tokenises or decodes.
+
+Every other module goes through :mod:`sd_lens.runtime` (``stream``, ``run``, ``forward``,
+``temporary_hooks``, ``tokenize``/``encode``, ``decode``). The test reads the source (AST), so it
+catches a call whatever the variable holding the model is named.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+import sd_lens
+from sd_lens.errors import UnsupportedArchitectureError
+from sd_lens.runtime import act_name, forward, run, stream, temporary_hooks
+from sd_lens.runtime.reducers import token_norms
+
+SRC = Path(sd_lens.__file__).parent
+RUNTIME = SRC / "runtime"
+
+#: methods whose call runs a model, attaches a hook, tokenises or decodes
+FORBIDDEN_METHODS = {
+    "run_with_hooks", "run_with_cache", "hooks", "add_hook", "add_perma_hook", "register_forward_hook",
+    "register_forward_pre_hook", "register_full_backward_hook", "forward", "generate",
+    "to_tokens", "to_str_tokens", "to_string", "decode", "batch_decode",
+}
+#: names a model is held in, whose direct call is a forward
+MODEL_NAMES = {"model", "bridge", "hooked", "tl_model"}
+
+
+def _is_bytes_decode(node: ast.Call) -> bool:
+    """``b.decode("ascii")``: a codec name, not token ids."""
+    return bool(node.args) and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+
+
+def _violations(path: Path, root: Path = SRC) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out = []
+    where = path.relative_to(root)
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if isinstance(f, ast.Attribute) and f.attr in FORBIDDEN_METHODS:
+            if not (f.attr == "decode" and _is_bytes_decode(node)):
+                out.append(f"{where}:{node.lineno}: .{f.attr}(...)")
+        elif isinstance(f, ast.Name) and f.id in MODEL_NAMES:
+            out.append(f"{where}:{node.lineno}: {f.id}(...)")
+        elif isinstance(f, ast.Attribute) and f.attr in MODEL_NAMES:
+            out.append(f"{where}:{node.lineno}: .{f.attr}(...)")
+    return out
+
+
+def _outside_runtime() -> list[Path]:
+    return [p for p in sorted(SRC.rglob("*.py")) if RUNTIME not in p.parents]
+
+
+def test_no_forward_hook_or_tokenizer_call_outside_the_runtime():
+    files = _outside_runtime()
+    assert len(files) > 15  # the scan sees the package
+    bad = [v for p in files for v in _violations(p)]
+    assert not bad, "calls that belong in sd_lens.runtime:\n" + "\n".join(bad)
+
+
+def test_the_scan_catches_what_it_should(tmp_path):
+    snippet = tmp_path / "x.py"
+    snippet.write_text(
+        "model(tokens)\nm.run_with_hooks(t)\nwith m.hooks(fwd_hooks=h):\n    pass\n"
+        "m.blocks[0].hook_resid_post.add_hook(f)\nself.model(x)\nm.to_tokens('a')\ntok.decode([1])\n"
+        "png.decode('ascii')\nlen(x)\n"
+    )
+    found = _violations(snippet, tmp_path)
+    assert sorted((v.split(": ", 1)[0] for v in found), key=lambda s: int(s.split(":")[1])) == [f"x.py:{n}" for n in (1, 2, 3, 5, 6, 7, 8)], found
+
+
+def test_the_runtime_is_where_the_forward_is():
+    assert any(_violations(p) for p in sorted(RUNTIME.rglob("*.py")))
+
+
+# --------------------------------------------------------------------------------------------
+# temporary hooks: exactly ours removed, on success, error and KeyboardInterrupt
+# --------------------------------------------------------------------------------------------
+def _n_hooks(model) -> int:
+    return sum(len(hp.fwd_hooks) for hp in set(model.hook_dict.values()))
+
+
+def _mine(model) -> None:
+    pass
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_temporary_hooks_removed_on_error_and_interrupt(tiny, exc):
+    model = tiny
+    name = act_name("resid_post", 0)
+    kept_hook = lambda act, hook: None  # noqa: E731
+    with model.hooks(fwd_hooks=[(name, kept_hook)], reset_hooks_end=True):
+        before = _n_hooks(model)
+        with pytest.raises(type(exc)):
+            with temporary_hooks(model, [(name, lambda a, h: None), (act_name("resid_post", 1), lambda a, h: None)]):
+                assert _n_hooks(model) == before + 2
+                raise exc
+        assert _n_hooks(model) == before  # ours gone, the caller's still there
+    assert _n_hooks(model) == before - 1
+
+
+def test_a_hook_that_raises_inside_the_forward_leaves_nothing(tiny):
+    model = tiny
+    before = _n_hooks(model)
+
+    def bad(act, batch):
+        raise KeyboardInterrupt
+
+    tokens = torch.tensor([[1, 2, 3]])
+    with pytest.raises(KeyboardInterrupt):
+        run(model, tokens, {act_name("resid_post", 0): bad})
+    assert _n_hooks(model) == before
+    assert torch.equal(forward(model, tokens, return_type="logits"), forward(model, tokens, return_type="logits"))
+
+
+def test_unknown_hook_names_are_refused_before_anything_is_attached(tiny):
+    before = _n_hooks(tiny)
+    with pytest.raises(UnsupportedArchitectureError, match="blocks.99.hook_resid_post"):
+        run(tiny, torch.tensor([[1, 2]]), {act_name("resid_post", 0): token_norms, "blocks.99.hook_resid_post": token_norms})
+    assert _n_hooks(tiny) == before
+
+
+def test_stream_stops_at_the_deepest_hooked_block_and_pads_exactly(tiny):
+    model = tiny
+    fired: list[str] = []
+    seqs = [torch.tensor([1, 5, 7, 9]), torch.tensor([1, 4]), torch.tensor([1, 8, 2])]
+    last = model.cfg.n_layers - 1
+    watch = {act_name("resid_post", 0): token_norms}
+    spy = [(act_name("resid_post", last), lambda act, hook: fired.append(hook.name))]
+    out = list(stream(model, seqs, watch, batch_size=2, fwd_hooks=spy))
+    assert not fired  # block `last` never ran: the forward stopped after block 0
+    assert [b.index for b, _ in out] == [[1, 2], [0]]  # shortest first
+    # a padded row's real positions equal the sequence run alone
+    batch, values = out[0]
+    alone = run(model, seqs[1], watch)[act_name("resid_post", 0)]
+    assert batch.padded and torch.allclose(values[act_name("resid_post", 0)][0, :2], alone[0], atol=1e-5)

@@ -1,0 +1,50 @@
+"""Refactors must not move a number: `sd-lens analyze --seed 0 --json` of both bundled models, as
+measured before the runtime/layout change (tests/data/analyze_before_*.json), must come out the same
+except for ``timings_s``.
+
+The before-files were written by ``sd-lens analyze --model M --seed 0 --json F`` at commit a190ad2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+pytestmark = pytest.mark.real_model
+
+
+def _without_timings(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in json.loads(json.dumps(d, ensure_ascii=False)).items() if k != "timings_s"}
+
+
+def _diff(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = [f"{path}.{k}: only in one" for k in sorted(set(a) ^ set(b))]
+        for k in sorted(set(a) & set(b)):
+            out += _diff(a[k], b[k], f"{path}.{k}")
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def _check(result: Any, before_file: str) -> None:
+    before = _without_timings(json.loads((DATA / before_file).read_text(encoding="utf-8")))
+    after = _without_timings(result.to_dict())
+    differences = _diff(before, after)
+    assert not differences, "\n".join(differences[:20])
+
+
+def test_smollm2_json_is_unchanged(smollm2_analysis):
+    _check(smollm2_analysis, "analyze_before_smollm2.json")
+
+
+def test_gemma3_json_is_unchanged(gemma3):
+    from sd_lens.pipeline import run_analysis
+
+    _check(run_analysis(gemma3, seed=0), "analyze_before_gemma3.json")
