@@ -1,4 +1,8 @@
-"""``sd-lens`` command line: ``analyze`` (JSON), ``report`` (HTML) and ``demo``."""
+"""``sd-lens`` command line: ``analyze`` (JSON), ``report`` (HTML) and ``demo``.
+
+The analysis flags are generated from :class:`sd_lens.pipeline.AnalysisConfig` (one flag per field,
+see :func:`add_config_arguments`), so an option added there appears here with its help text.
+"""
 
 from __future__ import annotations
 
@@ -6,48 +10,83 @@ import argparse
 import logging
 import sys
 import time
+import types
+import typing
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from sd_lens.errors import SdLensError
 from sd_lens.models.loading import DEFAULT_MODEL, known_models
+from sd_lens.pipeline import AnalysisConfig, AnalysisResult
+from sd_lens.types import HookedModel
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name ({', '.join(known_models())}), HF dir or .gguf")
-    p.add_argument("--text-file", type=Path, help="UTF-8 text file, one text per line (default: CPython docs corpus)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fit", choices=["gaussian", "monte_carlo", "real"], default="gaussian", help="FFN linearisation")
-    p.add_argument("--vocab", action="store_true", help="also sweep the whole vocabulary at each explosion block (slow)")
-    p.add_argument("--vocab-limit", type=int, default=None, help="sweep only the first N token ids")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--progress", action="store_true", help="show progress bars")
+def _flag(name: str, meta: Any) -> str:
+    return str(meta.get("flag", "--" + name.replace("_", "-")))
 
 
-def _analyze(args: argparse.Namespace, loaded: tuple[Any, float] | None = None):
-    """Load the model (or take ``loaded``: a model and the seconds its load took) and analyse it."""
+def _scalar_type(annotation: Any) -> Any:
+    """``int`` for ``int | None`` etc.; the annotation itself otherwise."""
+    hint = annotation
+    if isinstance(hint, (types.UnionType,)) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = args[0] if len(args) == 1 else str
+    return hint
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per :class:`AnalysisConfig` field (``--kebab-name``, or the field's ``flag``)."""
+    hints = typing.get_type_hints(AnalysisConfig)
+    for f in fields(AnalysisConfig):
+        meta = f.metadata
+        kind = _scalar_type(hints[f.name])
+        help_text = str(meta.get("help", ""))
+        if kind is bool:
+            parser.add_argument(_flag(f.name, meta), dest=f.name, action="store_true", default=f.default, help=help_text)
+            continue
+        shown = "" if f.default is None else f" (default: {f.default})"
+        parser.add_argument(
+            _flag(f.name, meta), dest=f.name, type=kind, default=f.default, choices=meta.get("choices"),
+            help=help_text + shown,
+        )
+
+
+def config_from_args(args: argparse.Namespace) -> AnalysisConfig:
+    """The :class:`AnalysisConfig` the parsed flags describe (validated)."""
+    return AnalysisConfig(**{f.name: getattr(args, f.name) for f in fields(AnalysisConfig)})
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A model and the seconds its load took (so a command can reuse a model another one loaded)."""
+
+    model: HookedModel
+    seconds: float
+
+
+def _load(model: str, device: str = "cpu") -> Loaded:
     import sd_lens
+
+    t0 = time.perf_counter()
+    loaded = sd_lens.load_model(model, device=device)
+    return Loaded(loaded, time.perf_counter() - t0)
+
+
+def _analyze(loaded: Loaded, text_file: Path | None, config: AnalysisConfig) -> AnalysisResult:
     from sd_lens.corpus import read_texts
     from sd_lens.pipeline import run_analysis
 
-    t0 = time.perf_counter()
-    if loaded is None:
-        model = sd_lens.load_model(args.model, device=args.device)
-        load_s = time.perf_counter() - t0
-    else:
-        model, load_s = loaded
-        t0 -= load_s
-    texts = read_texts(args.text_file) if args.text_file else None
-    result = run_analysis(
-        model, texts, seed=args.seed, fit_method=args.fit, vocab=args.vocab, vocab_limit=args.vocab_limit,
-        progress=args.progress,
-    )
-    result.timings_s = {"load_model": load_s, **result.timings_s, "total": time.perf_counter() - t0}
-    return model, result
+    t0 = time.perf_counter() - loaded.seconds
+    texts = read_texts(text_file) if text_file else None
+    result = run_analysis(loaded.model, texts, config)
+    timings = {"load_model": loaded.seconds, **result.timings_s, "total": time.perf_counter() - t0}
+    return replace(result, timings_s=timings)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    _, result = _analyze(args)
+    config = config_from_args(args)
+    result = _analyze(_load(args.model, args.device), args.text_file, config)
     text = result.to_json(args.json)
     if args.json is None:
         print(text)
@@ -57,31 +96,38 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace, loaded: tuple[Any, float] | None = None) -> int:
+def _report(loaded: Loaded, text_file: Path | None, config: AnalysisConfig, out: Path) -> int:
     from sd_lens.report import write_report
 
-    model, result = _analyze(args, loaded)
-    path = write_report(model, result, args.out)
+    result = _analyze(loaded, text_file, config)
+    path = write_report(loaded.model, result, out)
     print(result.defects.summary())
     print(f"Report written to {path.resolve()}")
     print(f"JSON written to {(path.parent / 'analysis.json').resolve()}")
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    return _report(_load(args.model, args.device), args.text_file, config, args.out)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    import sd_lens
     from sd_lens.analyses.norm_table import first_token_norms
 
-    t0 = time.perf_counter()
-    model = sd_lens.load_model(args.model)
-    load_s = time.perf_counter() - t0
-    table = first_token_norms(model, args.text)
-    print(table.format())
+    loaded = _load(args.model)
+    print(first_token_norms(loaded.model, args.text).format())
     if args.report:
-        args.text_file, args.seed, args.fit, args.vocab, args.vocab_limit = None, 0, "gaussian", False, None
-        args.device, args.progress = "cpu", False
-        return cmd_report(args, (model, load_s))  # the model loaded above, not a second load
+        # default options on the default corpus, with the model loaded above (one load)
+        return _report(loaded, None, AnalysisConfig(), args.out)
     return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name ({', '.join(known_models())}), HF dir or .gguf")
+    p.add_argument("--text-file", type=Path, help="UTF-8 text file, one text per line (default: CPython docs corpus)")
+    p.add_argument("--device", default="cpu")
+    add_config_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,8 +9,9 @@ contract of ``sd-lens analyze``. Every field is a function of (model, texts, opt
 from __future__ import annotations
 
 import json
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -35,14 +36,66 @@ from sd_lens.analyses.spectra import (
     layer_spectra,
 )
 from sd_lens.corpus import read_texts
+from sd_lens.errors import InputError
 from sd_lens.models.loading import model_name
 from sd_lens.models.view import model_view
+from sd_lens.types import HookedModel
 
 SCHEMA_VERSION = 1
 DEFAULT_TRIGGER_TEXT = "The cat sat on the mat because it was warm."
+FIT_METHODS = ("gaussian", "monte_carlo", "real")
 
 
-@dataclass
+def _option(default: Any, help: str, **cli: Any) -> Any:
+    """A config field; ``help`` and ``cli`` (argparse overrides such as ``flag``) drive the CLI."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Every option of :func:`run_analysis`, checked when constructed.
+
+    The ``sd-lens analyze`` / ``report`` flags are generated from these fields
+    (:func:`sd_lens.cli.add_config_arguments`): a new option is one field here.
+    """
+
+    seed: int = _option(0, "seeds every random choice (Monte-Carlo fit, random control direction)")
+    fit_method: str = _option(
+        "gaussian", "FFN linearisation for the spectra", flag="--fit", choices=FIT_METHODS
+    )
+    vocab: bool = _option(False, "also sweep the whole vocabulary at each explosion block (slow)")
+    vocab_limit: int | None = _option(None, "sweep only the first N token ids")
+    trigger_text: str = _option(DEFAULT_TRIGGER_TEXT, "the text of the causal checks")
+    threshold: float = _option(4.0, "high-norm threshold, in multiples of the block's median norm")
+    batch_size: int = _option(16, "texts per forward pass of the norm probe")
+    max_tokens_per_text: int | None = _option(64, "truncate each text to this many tokens")
+    progress: bool = _option(False, "show progress bars")
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> InputError:
+            return InputError(f"{name}={getattr(self, name)!r}: {why}")
+
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise bad("seed", "give an integer in 0..2**63-1")
+        if self.fit_method not in FIT_METHODS:
+            raise bad("fit_method", f"choose one of {', '.join(FIT_METHODS)}")
+        if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold) and self.threshold > 1):
+            raise bad("threshold", "give a finite multiple of the median norm above 1 (the default is 4)")
+        for name in ("batch_size", "vocab_limit", "max_tokens_per_text"):
+            value = getattr(self, name)
+            if value is None and name != "batch_size":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(name, "give a positive integer" + ("" if name == "batch_size" else " (or None for no limit)"))
+        if not isinstance(self.trigger_text, str) or not self.trigger_text.strip():
+            raise bad("trigger_text", "give a non-empty text")
+
+    @classmethod
+    def options(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+@dataclass(frozen=True)
 class DefectFindings:
     """Everything measured about one defect."""
 
@@ -56,23 +109,36 @@ class DefectFindings:
     pathway: NoninitialPathway | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class AnalysisResult:
-    """Typed results of :func:`run_analysis`; ``to_dict()`` is the JSON contract."""
+    """Typed results of :func:`run_analysis`; ``to_dict()`` is the JSON contract.
+
+    Frozen: use :func:`dataclasses.replace` for a changed copy (the CLI adds its load time so).
+    """
 
     model: str
     architecture: str
     n_layers: int
     d_model: int
     texts: list[str]
-    seed: int
-    fit_method: str
+    config: AnalysisConfig
     probe: NormProbe
     defects: DefectReport
     spectra: LayerSpectra
     findings: list[DefectFindings]
-    trigger_text: str = DEFAULT_TRIGGER_TEXT
     timings_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def fit_method(self) -> str:
+        return self.config.fit_method
+
+    @property
+    def trigger_text(self) -> str:
+        return self.config.trigger_text
 
     def to_dict(self) -> dict[str, Any]:
         defects = []
@@ -156,31 +222,30 @@ class AnalysisResult:
 
 
 def run_analysis(
-    model: Any,
+    model: HookedModel,
     texts: Sequence[str] | None = None,
-    *,
-    seed: int = 0,
-    fit_method: str = "gaussian",
-    vocab: bool = False,
-    vocab_limit: int | None = None,
-    trigger_text: str = DEFAULT_TRIGGER_TEXT,
-    threshold: float = 4.0,
-    batch_size: int = 16,
-    max_tokens_per_text: int | None = 64,
-    progress: bool = False,
+    config: AnalysisConfig | None = None,
+    **options: Any,
 ) -> AnalysisResult:
-    """Run analyses 1–7 of the SPEC on ``model`` over ``texts`` (default corpus when None).
+    """Run analyses 1–7 of Demystifying Singular Defects on ``model`` over ``texts``.
 
     Args:
         model: a TransformerLens model (:func:`sd_lens.load_model`).
         texts: the corpus; ``None`` for :func:`sd_lens.corpus.default_corpus`.
-        seed: seeds every random choice (Monte-Carlo fit, random control direction).
-        fit_method: FFN linearisation for the spectra (``"gaussian"``, ``"monte_carlo"``, ``"real"``).
-        vocab: also run the vocabulary sweeps at each explosion block (slow: the whole vocabulary).
-        vocab_limit: sweep only the first ``vocab_limit`` token ids (for quick looks and tests).
-        trigger_text: the text of the causal checks.
-        threshold: high-norm threshold, in multiples of the block's median norm.
+        config: an :class:`AnalysisConfig`; default options when None.
+        **options: fields of :class:`AnalysisConfig` to override, e.g. ``seed=3, vocab=True``.
+
+    Raises:
+        InputError: an unknown or invalid option (before the model runs).
     """
+    unknown = sorted(set(options) - set(AnalysisConfig.options()))
+    if unknown:
+        raise InputError(
+            f"unknown option(s) {', '.join(unknown)} for run_analysis; the options are "
+            f"{', '.join(AnalysisConfig.options())}"
+        )
+    cfg = replace(config or AnalysisConfig(), **options)
+    seed, threshold, limit = cfg.seed, cfg.threshold, cfg.vocab_limit
     timings: dict[str, float] = {}
     torch.manual_seed(seed)
 
@@ -191,19 +256,20 @@ def run_analysis(
 
     t = time.perf_counter()
     texts = read_texts(texts)
-    probe = probe_norms(model, texts, batch_size=batch_size, max_tokens_per_text=max_tokens_per_text, progress=progress)
+    probe = probe_norms(
+        model, texts, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text, progress=cfg.progress
+    )
     t = tick("probe", t)
     report = find_defects(model, probe, threshold=threshold)
     t = tick("defects", t)
     view = model_view(model)
     keep = sorted({layer for d in report for layer in [d.explosion_layer, *d.decay_layers]})
     inputs = None
-    fit_kwargs: dict[str, Any] = {"seed": seed}
-    if fit_method == "real":
+    if cfg.fit_method == "real":
         inputs = collect_ffn_inputs(model, probe.sequences, list(range(view.n_layers)))
         t = tick("collect_ffn_inputs", t)
     spectra = layer_spectra(
-        view, [d.direction for d in report], method=fit_method, keep=keep, inputs_by_layer=inputs, **fit_kwargs
+        view, [d.direction for d in report], method=cfg.fit_method, keep=keep, inputs_by_layer=inputs, seed=seed
     )
     t = tick("spectra", t)
     findings = []
@@ -223,39 +289,39 @@ def run_analysis(
         t = tick("decay_checks", t)
         sub = once("subspace", layer, lambda: explosion_subspace(view, layer, fit=lin.ffn_fit, seed=seed))
         t = tick("explosion_subspace", t)
-        causal = once("causal", layer, lambda: verify_trigger(model, layer, lin.ffn_fit.v0, trigger_text, seed=seed))
+        causal = once("causal", layer, lambda: verify_trigger(model, layer, lin.ffn_fit.v0, cfg.trigger_text, seed=seed))
         t = tick("causal", t)
-        finding = DefectFindings(
-            predicted_angle_deg=spectra.blocks[d.explosion_layer].angles_deg[k],
-            ffn_angle_deg=spectra.blocks[d.explosion_layer].ffn_angles_deg[k],
-            closest_block=spectra.closest_block(k),
-            decay_checks=checks,
-            subspace=sub,
-            causal=causal,
-        )
-        if vocab:
-            finding.vocab = once(
-                "vocab", layer, lambda: vocab_coefficients(model, layer, lin.ffn_fit.v0, limit=vocab_limit)
-            )
-            finding.pathway = once(
+        vocab = pathway = None
+        if cfg.vocab:
+            vocab = once("vocab", layer, lambda: vocab_coefficients(model, layer, lin.ffn_fit.v0, limit=limit))
+            pathway = once(
                 "pathway",
                 layer,
-                lambda: noninitial_pathway(model, layer, threshold * float(report.typical_norm[layer]), limit=vocab_limit),
+                lambda: noninitial_pathway(model, layer, threshold * float(report.typical_norm[layer]), limit=limit),
             )
             t = tick("vocab", t)
-        findings.append(finding)
+        findings.append(
+            DefectFindings(
+                predicted_angle_deg=spectra.blocks[d.explosion_layer].angles_deg[k],
+                ffn_angle_deg=spectra.blocks[d.explosion_layer].ffn_angles_deg[k],
+                closest_block=spectra.closest_block(k),
+                decay_checks=checks,
+                subspace=sub,
+                causal=causal,
+                vocab=vocab,
+                pathway=pathway,
+            )
+        )
     return AnalysisResult(
         model=model_name(model),
         architecture=view.architecture,
         n_layers=view.n_layers,
         d_model=view.d_model,
         texts=list(texts),
-        seed=seed,
-        fit_method=fit_method,
+        config=cfg,
         probe=probe,
         defects=report,
         spectra=spectra,
         findings=findings,
-        trigger_text=trigger_text,
         timings_s=timings,
     )

@@ -18,7 +18,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -113,8 +113,8 @@ def _vocab_size(model: Any) -> int:
 
 
 def _sweep(
-    model: Any, layer: int, batch_size: int, prefix: list[int], reducers: dict[str, Reducer],
-    fwd_hooks: list[tuple[str, HookFn]], limit: int | None,
+    model: Any, layer: int, batch_size: int, prefix: list[int], reducers: Mapping[str, Reducer],
+    fwd_hooks: Sequence[tuple[str, HookFn]], limit: int | None,
 ) -> Tensor:
     """Run every vocabulary token (after ``prefix``) up to block ``layer``; one value per token.
 

@@ -257,7 +257,7 @@ def _fit_gaussian(view: BlockView, *, grid_points: int, grid_half_width: float, 
 
     U, cu = proj(view.W_in, view.b_in)  # [d, d_mlp]
     gated = view.W_gate is not None
-    if gated:
+    if view.W_gate is not None:
         G, cg = proj(view.W_gate, view.b_gate)
     else:
         G, cg = U, cu

@@ -7,7 +7,7 @@ inputs of the real-data linearisation of Demystifying Singular Defects, §4.1 (E
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Sequence, overload
 
 import torch
 from jaxtyping import Float
@@ -17,6 +17,7 @@ from sd_lens.errors import InputError
 from sd_lens.runtime.engine import Batch, stream
 from sd_lens.runtime.hooks import ffn_input
 from sd_lens.runtime.tokens import as_sequences
+from sd_lens.types import HookedModel
 
 __all__ = ["collect_ffn_inputs", "ffn_hook_name"]
 
@@ -24,9 +25,23 @@ __all__ = ["collect_ffn_inputs", "ffn_hook_name"]
 ffn_hook_name = ffn_input
 
 
+@overload
 def collect_ffn_inputs(
-    model: Any,
-    texts_or_tokens: str | Sequence[str] | Tensor | Sequence[Sequence[int]],
+    model: HookedModel, texts_or_tokens: Any, layer: int, *, max_tokens: int | None = ...,
+    batch_size: int = ..., exclude_positions: Sequence[int] = ...,
+) -> Float[Tensor, "N d_model"]: ...
+
+
+@overload
+def collect_ffn_inputs(
+    model: HookedModel, texts_or_tokens: Any, layer: Sequence[int], *, max_tokens: int | None = ...,
+    batch_size: int = ..., exclude_positions: Sequence[int] = ...,
+) -> dict[int, Float[Tensor, "N d_model"]]: ...
+
+
+def collect_ffn_inputs(
+    model: HookedModel,
+    texts_or_tokens: str | Sequence[str] | Tensor | Sequence[Tensor] | Sequence[Sequence[int]],
     layer: int | Sequence[int],
     *,
     max_tokens: int | None = 20_000,
@@ -64,7 +79,7 @@ def collect_ffn_inputs(
         InputError: a block that does not exist, or no tokens.
     """
     single = isinstance(layer, int)
-    layers = [layer] if single else [int(x) for x in layer]  # type: ignore[union-attr]
+    layers = [layer] if isinstance(layer, int) else [int(x) for x in layer]
     n_layers = int(model.cfg.n_layers)
     for lay in layers:
         if not 0 <= lay < n_layers:

@@ -154,7 +154,7 @@ def layer_spectra(
     dirs = [unit(d.detach().float().cpu()) for d in directions]
     blocks, kept = [], {}
     for layer in layers if layers is not None else range(view.n_layers):
-        extra = {"inputs": inputs_by_layer[layer]} if inputs_by_layer is not None else {}
+        extra: dict[str, Any] = {"inputs": inputs_by_layer[layer]} if inputs_by_layer is not None else {}
         lin = linearize_block(view.block(layer), layer, method=method, **fit_kwargs, **extra)
         s0, u0, v0 = top_singular(lin.L)
         fs0, fu0, fv0 = top_singular(lin.F)

@@ -1,0 +1,73 @@
+"""AnalysisConfig: one place for run_analysis's options, checked before any model runs, and the CLI
+flags generated from it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+
+import pytest
+
+from sd_lens.cli import build_parser, config_from_args, main
+from sd_lens.errors import InputError
+from sd_lens.pipeline import AnalysisConfig, run_analysis
+
+
+class _NoModel:
+    """Fails the test if anything touches it: bad options must be refused first."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the model was used ({name}) before the options were checked")
+
+
+@pytest.mark.parametrize(
+    "options, field",
+    [
+        ({"threshold": 0}, "threshold"),
+        ({"threshold": -1.0}, "threshold"),
+        ({"threshold": math.nan}, "threshold"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"vocab_limit": -3}, "vocab_limit"),
+        ({"max_tokens_per_text": 0}, "max_tokens_per_text"),
+        ({"seed": 99999999999999999999}, "seed"),
+        ({"seed": -1}, "seed"),
+        ({"fit_method": "exact"}, "fit_method"),
+        ({"trigger_text": "  "}, "trigger_text"),
+    ],
+)
+def test_bad_options_are_refused_before_the_model_runs(options, field):
+    with pytest.raises(InputError, match=field):
+        run_analysis(_NoModel(), ["some text"], **options)
+
+
+def test_unknown_options_name_the_valid_ones():
+    with pytest.raises(InputError, match="unknown option.*treshold.*threshold"):
+        run_analysis(_NoModel(), ["x"], treshold=5)
+
+
+def test_config_and_overrides_compose():
+    base = AnalysisConfig(seed=3, vocab=True)
+    assert base.seed == 3 and base.vocab and base.fit_method == "gaussian"
+    with pytest.raises(Exception):
+        base.seed = 4  # frozen
+
+
+def test_every_config_field_is_a_cli_flag_with_help():
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for command in ("analyze", "report"):
+        dests = {a.dest: a for a in sub[command]._actions}
+        for f in fields(AnalysisConfig):
+            assert f.name in dests, f"--{f.name} missing from `sd-lens {command}`"
+            assert dests[f.name].help, f"--{f.name} has no help"
+    args = parser.parse_args(["analyze", "--fit", "real", "--vocab", "--vocab-limit", "7", "--threshold", "5"])
+    assert config_from_args(args) == AnalysisConfig(fit_method="real", vocab=True, vocab_limit=7, threshold=5.0)
+    assert config_from_args(parser.parse_args(["report"])) == AnalysisConfig()
+
+
+def test_cli_refuses_bad_options_before_loading(capsys, monkeypatch):
+    import sd_lens
+
+    monkeypatch.setattr(sd_lens, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    assert main(["analyze", "--model", "no-such-model", "--vocab-limit", "-3"]) == 2
+    assert "vocab_limit=-3" in capsys.readouterr().err
