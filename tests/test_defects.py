@@ -40,7 +40,7 @@ def test_states_without_vectors_are_reported_not_hidden(planted):
 
 def test_defects_born_in_one_block_share_the_block_analyses(planted, monkeypatch):
     """Subspace and causal checks depend on the explosion block only: computed once per block."""
-    import copy
+    import dataclasses
 
     import sd_lens.pipeline as analysis
 
@@ -49,9 +49,7 @@ def test_defects_born_in_one_block_share_the_block_analyses(planted, monkeypatch
 
     def two_defects(*args, **kwargs):
         report = real_find(*args, **kwargs)
-        twin = copy.copy(report.defects[0])
-        twin.index = 1
-        report.defects.append(twin)
+        report.defects.append(dataclasses.replace(report.defects[0], index=1))  # results are frozen
         return report
 
     monkeypatch.setattr(analysis, "find_defects", two_defects)

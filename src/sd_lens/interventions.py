@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from sd_lens.linalg import unit
@@ -48,7 +49,7 @@ def _select(positions: Positions) -> Any:
     return list(positions)
 
 
-def project_out(direction: Tensor, positions: Positions = None) -> HookFn:
+def project_out(direction: Float[Tensor, " d"], positions: Positions = None) -> HookFn:
     """Hook removing the component along ``direction`` at ``positions`` (all when None)."""
     d = unit(direction.detach().float())
     sel = _select(positions)
@@ -63,7 +64,7 @@ def project_out(direction: Tensor, positions: Positions = None) -> HookFn:
     return hook
 
 
-def set_coefficient(direction: Tensor, value: float | Tensor, positions: Positions) -> HookFn:
+def set_coefficient(direction: Float[Tensor, " d"], value: float | Float[Tensor, ""], positions: Positions) -> HookFn:
     """Hook setting the coefficient along ``direction`` to ``value`` at ``positions``."""
     d = unit(direction.detach().float())
     sel = _select(positions)
@@ -79,14 +80,16 @@ def set_coefficient(direction: Tensor, value: float | Tensor, positions: Positio
     return hook
 
 
-def ablation_hooks(layer: int, direction: Tensor, positions: Positions = None, hook_name: str | None = None):
+def ablation_hooks(
+    layer: int, direction: Float[Tensor, " d"], positions: Positions = None, hook_name: str | None = None
+) -> list[tuple[str, HookFn]]:
     """``fwd_hooks`` projecting ``direction`` out of block ``layer``'s FFN input."""
     return [(hook_name or ffn_input_hook_name(layer), project_out(direction, positions))]
 
 
 def patching_hooks(
-    layer: int, direction: Tensor, value: float, positions: Positions, hook_name: str | None = None
-):
+    layer: int, direction: Float[Tensor, " d"], value: float, positions: Positions, hook_name: str | None = None
+) -> list[tuple[str, HookFn]]:
     """``fwd_hooks`` setting the coefficient along ``direction`` in block ``layer``'s FFN input."""
     return [(hook_name or ffn_input_hook_name(layer), set_coefficient(direction, value, positions))]
 

@@ -7,12 +7,13 @@ Singular and eigen-vectors are defined only up to sign, so every angle sd_lens r
 from __future__ import annotations
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 __all__ = ["LeadingTriplet", "acute_angle_deg", "svd_signed", "unit"]
 
 
-def unit(x: Tensor, dim: int = -1, eps: float = 0.0) -> Tensor:
+def unit(x: Float[Tensor, "*batch d"], dim: int = -1, eps: float = 0.0) -> Float[Tensor, "*batch d"]:
     """``x`` scaled to unit Euclidean norm along ``dim`` (batched; dtype preserved).
 
     A zero vector stays zero (it is divided by 1 instead of 0) unless ``eps`` > 0 is given, in
@@ -27,7 +28,7 @@ def unit(x: Tensor, dim: int = -1, eps: float = 0.0) -> Tensor:
     return x / norm
 
 
-def acute_angle_deg(a: Tensor, b: Tensor, dim: int = -1) -> Tensor:
+def acute_angle_deg(a: Float[Tensor, "*a d"], b: Float[Tensor, "*b d"], dim: int = -1) -> Float[Tensor, "*batch"]:
     """Acute angle in degrees, in [0, 90], between the lines spanned by ``a`` and ``b``.
 
     Batched: ``a`` and ``b`` broadcast against each other, the vectors lie along ``dim``
@@ -44,7 +45,7 @@ def acute_angle_deg(a: Tensor, b: Tensor, dim: int = -1) -> Tensor:
     return torch.rad2deg(torch.arccos(cos))
 
 
-def svd_signed(m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def svd_signed(m: Float[Tensor, "m n"]) -> tuple[Float[Tensor, "m k"], Float[Tensor, " k"], Float[Tensor, "k n"]]:
     """SVD ``m = U diag(S) Vh`` computed in float64, returned as float32 on the CPU.
 
     Singular vectors are only defined up to a joint sign flip of ``(u_k, v_k)``; this fixes the
@@ -67,7 +68,7 @@ class LeadingTriplet:
         raise NotImplementedError
 
     @property
-    def u0(self) -> Tensor:
+    def u0(self) -> Float[Tensor, " d_out"]:
         """Leading left singular vector: the output direction the matrix amplifies most."""
         return self.svd()[0][:, 0]
 
@@ -77,6 +78,6 @@ class LeadingTriplet:
         return float(self.svd()[1][0])
 
     @property
-    def v0(self) -> Tensor:
+    def v0(self) -> Float[Tensor, " d_in"]:
         """Leading right singular vector: the input direction amplified most (the trigger)."""
         return self.svd()[2][0]

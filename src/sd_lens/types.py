@@ -9,11 +9,14 @@ nothing has to inherit from it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Union, runtime_checkable
 
 from torch import Tensor
 
-__all__ = ["HookFn", "HookedModel", "ModelConfig"]
+if TYPE_CHECKING:  # pragma: no cover
+    from sd_lens.models.view import BlockView, ModelView
+
+__all__ = ["HookFn", "HookedModel", "ModelConfig", "ModelOrView"]
 
 
 @runtime_checkable
@@ -48,3 +51,7 @@ class HookedModel(Protocol):
 
 #: A TransformerLens forward hook: ``hook(activation, hook_point)``; returns a replacement or None.
 HookFn = Callable[[Tensor, Any], Any]
+
+#: What the weight-only analyses accept: a model, its :class:`~sd_lens.models.view.ModelView` (reuse one:
+#: block views are cached) or one :class:`~sd_lens.models.view.BlockView`.
+ModelOrView = Union[HookedModel, "ModelView", "BlockView"]

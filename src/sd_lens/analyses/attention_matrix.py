@@ -14,9 +14,8 @@ b_O). Neither includes a post-attention norm (Gemma-3's ``ln1_post``), which is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -24,11 +23,12 @@ from torch import Tensor
 
 from sd_lens.linalg import LeadingTriplet, svd_signed
 from sd_lens.models.view import resolve_block
+from sd_lens.types import ModelOrView
 
 __all__ = ["AttentionMatrix", "attention_matrix"]
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class AttentionMatrix(LeadingTriplet):
     """The self-attention update of block ``layer`` as a matrix (column form, float32, CPU).
 
@@ -44,7 +44,6 @@ class AttentionMatrix(LeadingTriplet):
     A: Float[Tensor, "d_model d_model"]
     per_head: Float[Tensor, "n_heads d_model d_model"]
     bias: Float[Tensor, " d_model"]
-    _svd: tuple[Tensor, Tensor, Tensor] | None = field(default=None, init=False, repr=False)
 
     @property
     def n_heads(self) -> int:
@@ -55,14 +54,16 @@ class AttentionMatrix(LeadingTriplet):
         """``A @ n + bias`` for a batch of normalised inputs (row vectors, shape ``[..., d]``)."""
         return n.to(torch.float32) @ self.A.T + self.bias
 
+    @cached_property
+    def _svd(self) -> tuple[Tensor, Tensor, Tensor]:
+        return svd_signed(self.A)
+
     def svd(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(U, S, Vh)`` of ``A`` (cached; see :func:`svd_signed` for the sign convention)."""
-        if self._svd is None:
-            self._svd = svd_signed(self.A)
         return self._svd
 
     @property
-    def singular_values(self) -> Tensor:
+    def singular_values(self) -> Float[Tensor, " d_model"]:
         """Singular values of ``A``, descending."""
         return self.svd()[1]
 
@@ -76,7 +77,7 @@ class AttentionMatrix(LeadingTriplet):
         return int(torch.linalg.matrix_rank(self.A.to(torch.float32)))
 
 
-def attention_matrix(model_or_view: Any, layer: int | None = None) -> AttentionMatrix:
+def attention_matrix(model_or_view: ModelOrView, layer: int | None = None) -> AttentionMatrix:
     """Extract the attention matrix ``A`` of block ``layer`` (analysis 2 of the SPEC).
 
     Args:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from sd_lens.errors import InputError
@@ -28,7 +29,7 @@ from sd_lens.types import HookedModel, HookFn
 __all__ = ["CausalCheck", "verify_trigger"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class CausalCheck:
     """Ablation, random control and patching at one block (norms at that block's resid_post)."""
 
@@ -91,9 +92,9 @@ def _norms_and_coefs(
 
 
 def verify_trigger(
-    model: Any,
+    model: HookedModel,
     layer: int,
-    v0: Tensor,
+    v0: Float[Tensor, " d_model"],
     text: str = "The cat sat on the mat because it was warm.",
     *,
     position: int | None = None,

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from sd_lens.analyses.probe import NormProbe
@@ -30,9 +31,10 @@ from sd_lens.linalg import acute_angle_deg, unit
 from sd_lens.runtime.engine import make_batch, run_batch
 from sd_lens.runtime.hooks import act_name
 from sd_lens.runtime.reducers import last_token
+from sd_lens.types import HookedModel
 
 
-@dataclass
+@dataclass(frozen=True)
 class Episode:
     """One token's run of high-norm blocks (inclusive), with its onset block."""
 
@@ -50,7 +52,7 @@ class Episode:
         return self.position == 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class Defect:
     """A singular defect: high-norm episodes sharing a direction and an explosion block."""
 
@@ -96,7 +98,7 @@ class Defect:
         }
 
 
-@dataclass
+@dataclass(frozen=True)
 class DefectReport:
     """All defects of a model on a corpus (possibly none: an explicit empty list)."""
 
@@ -184,7 +186,9 @@ def _state_lookup(probe: NormProbe) -> dict[tuple[int, int], Tensor]:
     return out
 
 
-def residual_trajectories(model: Any, prefixes: list[Tensor], n_layers: int | None = None) -> Tensor:
+def residual_trajectories(
+    model: HookedModel, prefixes: list[Int[Tensor, " pos"]], n_layers: int | None = None
+) -> Float[Tensor, "k n_layers_plus_1 d_model"]:
     """Residual stream of the last token of each prefix: [K, n_layers + 1, d_model] float32.
 
     Index 0 is resid_pre of block 0, index l + 1 is resid_post of block l, for the first
@@ -218,7 +222,7 @@ def _cluster_by_direction(episodes: list[Episode], max_angle: float) -> list[lis
 
 
 def find_defects(
-    model: Any,
+    model: HookedModel,
     probe: NormProbe,
     *,
     threshold: float = 4.0,
@@ -240,10 +244,7 @@ def find_defects(
     typical = probe.typical_norm("resid_post")
     episodes = find_episodes(probe, threshold)
     states = _state_lookup(probe)
-    for ep in episodes:
-        vecs = [states[(ep.row, layer)] for layer in range(ep.start, ep.end + 1) if (ep.row, layer) in states]
-        if vecs:
-            ep.direction = unit(unit(torch.stack(vecs)).mean(0))
+    episodes = [_with_direction(ep, states) for ep in episodes]
     by_onset: dict[int, list[Episode]] = {}
     for ep in episodes:
         by_onset.setdefault(ep.onset, []).append(ep)
@@ -260,14 +261,19 @@ def find_defects(
     for members in groups:
         defects.append(_make_defect(model, probe, members, states, typical, threshold, decay_fraction, max_traces))
     defects.sort(key=lambda d: (d.explosion_layer, -d.peak_norm))
-    for i, d in enumerate(defects):
-        d.index = i
+    defects = [replace(d, index=i) for i, d in enumerate(defects)]
     n_high = int((probe.ratio("resid_post") > threshold).sum())
     return DefectReport(probe.model, probe.n_layers, threshold, typical, n_high, defects, n_undirected)
 
 
+def _with_direction(ep: Episode, states: dict[tuple[int, int], Tensor]) -> Episode:
+    """The episode with its direction: the normalised mean of its kept states' unit vectors (None if none kept)."""
+    vecs = [states[(ep.row, layer)] for layer in range(ep.start, ep.end + 1) if (ep.row, layer) in states]
+    return replace(ep, direction=unit(unit(torch.stack(vecs)).mean(0))) if vecs else ep
+
+
 def _make_defect(
-    model: Any,
+    model: HookedModel,
     probe: NormProbe,
     members: list[Episode],
     states: dict[tuple[int, int], Tensor],

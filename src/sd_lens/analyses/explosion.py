@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from sd_lens.analyses.ffn_fit import FFNFit, fit_ffn
@@ -29,10 +30,10 @@ from sd_lens.models.view import resolve_block
 from sd_lens.runtime.engine import Batch, Reducer, forward, run
 from sd_lens.runtime.hooks import act_name, ffn_input
 from sd_lens.runtime.tokens import decode_one
-from sd_lens.types import HookFn
+from sd_lens.types import HookedModel, HookFn, ModelOrView
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExplosionSubspace:
     """FFN output norms along the right singular vectors of ``F`` at one block."""
 
@@ -61,7 +62,7 @@ class ExplosionSubspace:
 
 
 def explosion_subspace(
-    model_or_view: Any, layer: int, *, fit: FFNFit | None = None, k: int = 8, n_random: int = 64, seed: int = 0
+    model_or_view: ModelOrView, layer: int, *, fit: FFNFit | None = None, k: int = 8, n_random: int = 64, seed: int = 0
 ) -> ExplosionSubspace:
     """Output norm of the block's real FFN along ``±v_k`` (k = 0..k-1) and random directions."""
     view = resolve_block(model_or_view, layer)
@@ -79,7 +80,7 @@ def explosion_subspace(
     return ExplosionSubspace(layer, S[:k].clone(), plus, minus, rand, v.clone())
 
 
-@dataclass
+@dataclass(frozen=True)
 class VocabCoefficients:
     """v₀ coefficient of every vocabulary token's FFN input at one block."""
 
@@ -108,12 +109,12 @@ class VocabCoefficients:
         }
 
 
-def _vocab_size(model: Any) -> int:
+def _vocab_size(model: HookedModel) -> int:
     return int(model.cfg.d_vocab)
 
 
 def _sweep(
-    model: Any, layer: int, batch_size: int, prefix: list[int], reducers: Mapping[str, Reducer],
+    model: HookedModel, layer: int, batch_size: int, prefix: list[int], reducers: Mapping[str, Reducer],
     fwd_hooks: Sequence[tuple[str, HookFn]], limit: int | None,
 ) -> Tensor:
     """Run every vocabulary token (after ``prefix``) up to block ``layer``; one value per token.
@@ -132,7 +133,7 @@ def _sweep(
     return out
 
 
-def _bare_rate(model: Any, layer: int, batch_size: int, seq_len: int) -> float:
+def _bare_rate(model: HookedModel, layer: int, batch_size: int, seq_len: int) -> float:
     tokens = torch.randint(0, _vocab_size(model), (batch_size, seq_len))
     forward(model, tokens, stop_at_layer=layer + 1)  # warm-up
     t0 = time.perf_counter()
@@ -142,7 +143,7 @@ def _bare_rate(model: Any, layer: int, batch_size: int, seq_len: int) -> float:
 
 
 def vocab_coefficients(
-    model: Any, layer: int, v0: Tensor, *, batch_size: int = 1024, limit: int | None = None
+    model: HookedModel, layer: int, v0: Float[Tensor, " d_model"], *, batch_size: int = 1024, limit: int | None = None
 ) -> VocabCoefficients:
     """v₀ coefficient of the FFN input at block ``layer`` for every vocabulary token (see module doc)."""
     v = unit(v0.detach().float().cpu())
@@ -163,7 +164,7 @@ def vocab_coefficients(
     return VocabCoefficients(layer, initial, second, seconds, n_tok / seconds, bare)
 
 
-@dataclass
+@dataclass(frozen=True)
 class NoninitialPathway:
     """Tokens that explode at block ``layer`` alone and with all attention up to it zeroed."""
 
@@ -186,7 +187,7 @@ class NoninitialPathway:
 
 
 def noninitial_pathway(
-    model: Any, layer: int, threshold: float, *, batch_size: int = 1024, limit: int | None = None
+    model: HookedModel, layer: int, threshold: float, *, batch_size: int = 1024, limit: int | None = None
 ) -> NoninitialPathway:
     """Every vocabulary token alone with attention zeroed in blocks ``0..layer``; norm > ``threshold`` explodes.
 

@@ -61,7 +61,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Iterable, Literal
 
 import torch
@@ -71,6 +72,7 @@ from torch import Tensor
 from sd_lens.errors import InputError
 from sd_lens.linalg import LeadingTriplet, svd_signed
 from sd_lens.models.view import BlockView, resolve_block
+from sd_lens.types import ModelOrView
 
 __all__ = ["FFNFit", "Method", "fit_ffn"]
 
@@ -79,7 +81,7 @@ METHODS: tuple[str, ...] = ("gaussian", "monte_carlo", "real")
 _GAUSSIAN_N_EVAL = 8192  # default number of held-out Gaussian samples for the closed form's R²
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class FFNFit(LeadingTriplet):
     """A linear fit of one block's FFN (float32, CPU). See the module docstring for definitions.
 
@@ -112,13 +114,14 @@ class FFNFit(LeadingTriplet):
     seconds: float
     fit_seconds: float
     seed: int
-    _svd: tuple[Tensor, Tensor, Tensor] | None = field(default=None, init=False, repr=False)
+
+    @cached_property
+    def _svd(self) -> tuple[Tensor, Tensor, Tensor]:
+        return svd_signed(self.F)
 
     def svd(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(U, S, Vh)`` of ``F`` (cached; float64 SVD, float32 results, sign convention of
         :func:`~sd_lens.analyses.attention_matrix.svd_signed`)."""
-        if self._svd is None:
-            self._svd = svd_signed(self.F)
         return self._svd
 
     def predict_hidden(self, n: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_mlp"]:
@@ -366,12 +369,12 @@ def _fit_real(
 
 
 def fit_ffn(
-    model_or_view: Any,
+    model_or_view: ModelOrView,
     layer: int | None = None,
     method: Method = "gaussian",
     *,
     n_samples: int = 100_000,
-    inputs: Tensor | None = None,
+    inputs: Float[Tensor, "n d_model"] | None = None,
     seed: int = 0,
     holdout: float = 0.2,
     n_eval: int | None = None,

@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -24,6 +23,7 @@ from torch import Tensor
 from sd_lens.analyses.text_run import run_text
 from sd_lens.errors import InputError
 from sd_lens.models.loading import model_name
+from sd_lens.types import HookedModel
 
 __all__ = ["NormTable", "first_token_norms"]
 
@@ -93,7 +93,7 @@ def _short(s: str, width: int) -> str:
     return s if len(s) <= width else s[: width - 1] + "…"
 
 
-def first_token_norms(model: Any, text: str, n_tokens: int = 8) -> NormTable:
+def first_token_norms(model: HookedModel, text: str, n_tokens: int = 8) -> NormTable:
     """‖resid_post‖ of the first ``n_tokens`` tokens of ``text`` after every block, in float32.
 
     Args:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from sd_lens.errors import InputError, NonFiniteActivationError
@@ -19,11 +20,12 @@ from sd_lens.models.loading import model_name
 from sd_lens.runtime.engine import Batch, Reducer, stream
 from sd_lens.runtime.hooks import act_name
 from sd_lens.runtime.tokens import Tokenized, decode_one, tokenize
+from sd_lens.types import HookedModel
 
 HOOK_POINTS = ("resid_pre", "resid_mid", "resid_post")
 
 
-@dataclass
+@dataclass(frozen=True)
 class NormProbe:
     """Norms of the residual stream, one row per (text, position) token.
 
@@ -53,32 +55,32 @@ class NormProbe:
     def n_tokens(self) -> int:
         return int(self.norms.shape[0])
 
-    def hook(self, name: str = "resid_post") -> Tensor:
+    def hook(self, name: str = "resid_post") -> Float[Tensor, "n_tokens n_layers"]:
         """Norms at one hook point: float32 [n_tokens, n_layers]."""
         if name not in self.hook_points:
             raise InputError(f"unknown hook point {name!r}; choose one of {self.hook_points}")
         return self.norms[:, :, self.hook_points.index(name)]
 
-    def typical_norm(self, name: str = "resid_post") -> Tensor:
+    def typical_norm(self, name: str = "resid_post") -> Float[Tensor, " n_layers"]:
         """Median norm of each block over all tokens: float32 [n_layers]."""
         if name not in self._typical:
             self._typical[name] = self.hook(name).median(dim=0).values
         return self._typical[name]
 
-    def ratio(self, name: str = "resid_post") -> Tensor:
+    def ratio(self, name: str = "resid_post") -> Float[Tensor, "n_tokens n_layers"]:
         """Norm divided by the block's typical (median) norm: [n_tokens, n_layers]."""
         return self.hook(name) / self.typical_norm(name)
 
     def token_string(self, token_id: int) -> str:
         return self.token_strings.get(int(token_id), f"<{int(token_id)}>")
 
-    def rows_of(self, seq: int) -> Tensor:
+    def rows_of(self, seq: int) -> Int[Tensor, " rows"]:
         """Row indices of one text's tokens, in position order."""
         return torch.nonzero(self.seq_index == seq).flatten()
 
 
 def probe_norms(
-    model: Any,
+    model: HookedModel,
     texts: Sequence[str] | Tokenized,
     *,
     batch_size: int = 16,

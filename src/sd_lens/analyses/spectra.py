@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from sd_lens.analyses.attention_matrix import attention_matrix
 from sd_lens.analyses.ffn_fit import FFNFit, fit_ffn
 from sd_lens.linalg import acute_angle_deg, unit
 from sd_lens.models.view import BlockView, ModelView, model_view, resolve_block
+from sd_lens.types import ModelOrView
 
 
 def _post_scaled(m: Tensor, scale: Tensor | None) -> Tensor:
@@ -32,7 +34,7 @@ def _post_scaled(m: Tensor, scale: Tensor | None) -> Tensor:
     return scale[:, None] * m / max(rho, 1e-12)
 
 
-@dataclass
+@dataclass(frozen=True)
 class BlockLinearization:
     """``A``, ``F`` and ``L`` of one block (column form, float32)."""
 
@@ -43,13 +45,13 @@ class BlockLinearization:
     parallel: bool
     ffn_fit: FFNFit
 
-    def residual(self) -> Tensor:
+    def residual(self) -> Float[Tensor, "d_model d_model"]:
         """``R = L − I``: what the block adds to a state."""
         return self.L - torch.eye(self.L.shape[0])
 
 
 def linearize_block(
-    model_or_view: Any, layer: int, *, fit: FFNFit | None = None, method: str = "gaussian", **fit_kwargs: Any
+    model_or_view: ModelOrView, layer: int, *, fit: FFNFit | None = None, method: str = "gaussian", **fit_kwargs: Any
 ) -> BlockLinearization:
     """The block's linear approximation ``L`` (see the module docstring)."""
     view: BlockView = resolve_block(model_or_view, layer)
@@ -61,7 +63,7 @@ def linearize_block(
     return BlockLinearization(layer, A, F, L, view.parallel, fit)
 
 
-def top_singular(m: Tensor) -> tuple[float, Tensor, Tensor]:
+def top_singular(m: Float[Tensor, "d d"]) -> tuple[float, Float[Tensor, " d"], Float[Tensor, " d"]]:
     """Leading singular triplet ``(s0, u0, v0)`` of a square matrix, exactly, in float64.
 
     From the symmetric eigenproblem of ``m mᵀ`` (u0 its top eigenvector, ``s0 = √λ``,
@@ -80,7 +82,7 @@ def top_singular(m: Tensor) -> tuple[float, Tensor, Tensor]:
     return s0, u0.float(), v0.float()
 
 
-@dataclass
+@dataclass(frozen=True)
 class BlockSpectrum:
     """Leading singular triplet of ``L`` and of ``F`` for one block, and angles to directions."""
 
@@ -96,7 +98,7 @@ class BlockSpectrum:
     ffn_r2: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class LayerSpectra:
     """Per-block spectra for a model, with angles to the given directions."""
 
@@ -106,7 +108,7 @@ class LayerSpectra:
     n_directions: int
     linearizations: dict[int, BlockLinearization] = field(default_factory=dict, repr=False)
 
-    def angles(self, k: int = 0, ffn: bool = False) -> Tensor:
+    def angles(self, k: int = 0, ffn: bool = False) -> Float[Tensor, " n_blocks"]:
         """Angle (deg) of u0 (of L, or of F) to direction ``k`` at every block: [n_layers]."""
         return torch.tensor([(b.ffn_angles_deg if ffn else b.angles_deg)[k] for b in self.blocks])
 
@@ -128,13 +130,13 @@ class LayerSpectra:
 
 
 def layer_spectra(
-    model_or_view: Any,
-    directions: Sequence[Tensor] = (),
+    model_or_view: ModelOrView,
+    directions: Sequence[Float[Tensor, " d_model"]] = (),
     *,
     method: str = "gaussian",
     layers: Sequence[int] | None = None,
     keep: Sequence[int] = (),
-    inputs_by_layer: dict[int, Tensor] | None = None,
+    inputs_by_layer: dict[int, Float[Tensor, "n d_model"]] | None = None,
     **fit_kwargs: Any,
 ) -> LayerSpectra:
     """Leading singular direction of every block's ``L`` (and ``F``) and its angle to ``directions``.
@@ -177,7 +179,7 @@ def layer_spectra(
     return LayerSpectra(blocks, method, time.perf_counter() - t0, len(dirs), kept)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DecayCheck:
     """Claim (ii) at one block: does ``R = L − I`` send the direction back on itself (R u ≈ −u)?"""
 
@@ -198,7 +200,8 @@ class DecayCheck:
 
 
 def decay_check(
-    model_or_view: Any, layer: int, direction: Tensor, *, lin: BlockLinearization | None = None, method: str = "gaussian"
+    model_or_view: ModelOrView, layer: int, direction: Float[Tensor, " d_model"], *, lin: BlockLinearization | None = None,
+    method: str = "gaussian",
 ) -> DecayCheck:
     """Eigen-decomposition of ``R = L − I`` at ``layer`` against a defect direction (analysis 5)."""
     lin = lin or linearize_block(resolve_block(model_or_view, layer), layer, method=method)
@@ -214,7 +217,7 @@ def decay_check(
     )
 
 
-def nearest_eigenvector(R: Tensor, u: Tensor) -> tuple[complex, float]:
+def nearest_eigenvector(R: Float[Tensor, "d d"], u: Float[Tensor, " d"]) -> tuple[complex, float]:
     """The eigenvalue of ``R`` whose eigenvector is nearest the unit vector ``u``, and that angle (degrees).
 
     Eigenvectors of a real matrix may be complex and carry an arbitrary phase, so the angle is

@@ -8,7 +8,7 @@ one forward (stopping after the last block, no unembedding) that keeps ‖x‖ a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -18,11 +18,12 @@ from sd_lens.runtime.engine import Reducer, keep, run
 from sd_lens.runtime.hooks import act_name, require_hooks
 from sd_lens.runtime.reducers import first_row, token_norms
 from sd_lens.runtime.tokens import decode, tokenize
+from sd_lens.types import HookedModel
 
 __all__ = ["TextRun", "run_text"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class TextRun:
     """Per-token norms (and optionally attention patterns) of one text, from one hooked forward.
 
@@ -42,7 +43,7 @@ class TextRun:
 
 
 def run_text(
-    model: Any, text: str, attention_layers: Sequence[int] = (), max_tokens: int | None = 64
+    model: HookedModel, text: str, attention_layers: Sequence[int] = (), max_tokens: int | None = 64
 ) -> TextRun:
     """Run ``text`` once with temporary hooks: resid_post norms of every block, and the attention
     patterns (``blocks.{l}.attn.hook_pattern``) of ``attention_layers``.

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from sd_lens.errors import UnsupportedArchitectureError
@@ -66,7 +66,7 @@ Reducer = Callable[[Tensor, Batch], Any]
 StopAt = int | None | Literal["auto"]
 
 
-def keep(act: Tensor, batch: Batch) -> Tensor:
+def keep(act: Float[Tensor, "batch pos *rest"], batch: Batch) -> Float[Tensor, "batch pos *rest"]:
     """The reducer that keeps the whole activation (float32, CPU): a cache, only when asked for."""
     return act.float().cpu()
 
@@ -85,7 +85,7 @@ def forward(
     tokens: Int[Tensor, "batch pos"],
     *,
     fwd_hooks: Sequence[tuple[str, HookFn]] = (),
-    attention_mask: Tensor | None = None,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
     stop_at_layer: int | None = None,
     return_type: str | None = None,
 ) -> Any:
@@ -143,7 +143,7 @@ def run_batch(
     return out
 
 
-def make_batch(model: HookedModel, seqs: Sequence[Tensor], index: Sequence[int], pad_id: int = 0) -> Batch:
+def make_batch(model: HookedModel, seqs: Sequence[Int[Tensor, " pos"]], index: Sequence[int], pad_id: int = 0) -> Batch:
     """Right-pad ``seqs`` into a :class:`Batch` on the model's device."""
     tokens, lengths = pad(seqs, pad_id)
     device = model_device(model)
@@ -170,7 +170,7 @@ def run(
 
 def stream(
     model: HookedModel,
-    sequences: Sequence[Tensor],
+    sequences: Sequence[Int[Tensor, " pos"]],
     reducers: Mapping[str, Reducer],
     *,
     batch_size: int = 16,

@@ -15,12 +15,12 @@ from sd_lens.runtime.engine import Batch, Reducer, keep
 __all__ = ["coefficient", "first_row", "keep", "last_token", "token_norms"]
 
 
-def token_norms(act: Tensor, batch: Batch) -> Float[Tensor, "batch pos"]:
+def token_norms(act: Float[Tensor, "batch pos d"], batch: Batch) -> Float[Tensor, "batch pos"]:
     """‖x‖ of every position (float32, CPU); padded positions are computed but meaningless."""
     return torch.linalg.vector_norm(act.float(), dim=-1).cpu()
 
 
-def last_token(act: Tensor, batch: Batch) -> Float[Tensor, "batch d"]:
+def last_token(act: Float[Tensor, "batch pos d"], batch: Batch) -> Float[Tensor, "batch d"]:
     """The vector of each row's last real token (float32, CPU)."""
     rows = torch.arange(act.shape[0], device=act.device)
     return act[rows, (batch.lengths - 1).to(act.device)].float().cpu()
@@ -35,7 +35,7 @@ def first_row(reducer: Reducer) -> Reducer:
     return reduce
 
 
-def coefficient(direction: Tensor) -> Reducer:
+def coefficient(direction: Float[Tensor, " d"]) -> Reducer:
     """Coefficient of each position along ``direction``: ``act @ direction`` (float32, CPU)."""
 
     def reduce(act: Tensor, batch: Batch) -> Float[Tensor, "batch pos"]:

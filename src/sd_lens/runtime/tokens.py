@@ -42,7 +42,9 @@ class Tokenized:
             yield idx, tokens, lengths
 
 
-def length_sorted_batches(sequences: Sequence[Tensor], batch_size: int, *, longest_first: bool = False) -> list[list[int]]:
+def length_sorted_batches(
+    sequences: Sequence[Int[Tensor, " pos"]], batch_size: int, *, longest_first: bool = False
+) -> list[list[int]]:
     """Indices of ``sequences`` grouped into batches of similar length (stable sort)."""
     if batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -56,7 +58,7 @@ def model_device(model: HookedModel) -> Any:
     return getattr(model.cfg, "device", None) or "cpu"
 
 
-def pad(seqs: Sequence[Tensor], pad_id: int = 0) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, " batch"]]:
+def pad(seqs: Sequence[Int[Tensor, " pos"]], pad_id: int = 0) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, " batch"]]:
     """Right-pad 1-D token tensors: (tokens [B, T], lengths [B])."""
     lengths = torch.tensor([len(s) for s in seqs])
     out = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long)
@@ -144,7 +146,7 @@ def decode_one(model: HookedModel, token_id: int) -> str:
     return str(tokenizer.decode([int(token_id)]))
 
 
-def decode(model: HookedModel, token_ids: Iterable[int] | Tensor) -> list[str]:
+def decode(model: HookedModel, token_ids: Iterable[int] | Int[Tensor, " pos"]) -> list[str]:
     """The string of each token, decoded one at a time (see :func:`decode_one`)."""
     ids = token_ids.tolist() if isinstance(token_ids, Tensor) else list(token_ids)
     return [decode_one(model, int(t)) for t in ids]
