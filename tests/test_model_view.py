@@ -10,8 +10,9 @@ import torch
 
 from sd_lens.errors import InputError, UnsupportedArchitectureError
 from sd_lens.models.loading import bridge_from_hf
+from sd_lens.models.registry import registered_families
 from sd_lens.models.tiny import FAMILIES, char_tokenizer, tiny_model
-from sd_lens.models.view import ARCHITECTURES, model_view
+from sd_lens.models.view import model_view
 
 TEXT = "The cat sat on the mat. Then, it slept!"
 TINY_TOL = 1e-5  # float32, d_model 64: measured errors are ~1e-7
@@ -216,8 +217,11 @@ def test_unknown_architecture_names_the_supported_ones():
         model_view(fake)
     message = str(info.value)
     assert "FakeArchForCausalLM" in message
-    for arch in ARCHITECTURES:
-        assert arch in message
+    for name, family in registered_families().items():
+        assert name in message
+        for arch in family.architectures:
+            assert arch in message
+    assert "register_family" in message and "Adding a model family" in message  # says how to add one
 
 
 def test_architecture_transformer_lens_supports_but_sd_lens_does_not():
@@ -244,7 +248,7 @@ def test_architecture_transformer_lens_does_not_support():
 
 
 def test_tiny_families_are_the_supported_ones():
-    assert set(FAMILIES) == set(ARCHITECTURES.values())
+    assert set(FAMILIES) == set(registered_families())
 
 
 # ----------------------------------------------------------------------------- real models

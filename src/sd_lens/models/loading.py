@@ -29,6 +29,7 @@ from sd_lens.errors import (
     UnknownModelError,
     UnsupportedArchitectureError,
 )
+from sd_lens.models.registry import registered_architectures
 
 log = logging.getLogger(__name__)
 
@@ -302,8 +303,6 @@ def bridge_from_hf(
     """Wrap an already-loaded Hugging Face causal LM in a TransformerLens bridge."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    from sd_lens.models.view import ARCHITECTURES
-
     hf_model = hf_model.to(device).eval()
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [type(hf_model).__name__]
@@ -317,7 +316,7 @@ def bridge_from_hf(
         if "architecture" in str(exc).lower() or "support" in str(exc).lower():
             raise UnsupportedArchitectureError(
                 f"TransformerLens has no adapter for {type(hf_model).__name__}; sd_lens supports "
-                f"{', '.join(sorted(ARCHITECTURES))}. ({str(exc)[:200]}...)"
+                f"{', '.join(registered_architectures())}. ({str(exc)[:200]}...)"
             ) from exc
         raise
     if compatibility_mode:
