@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 
 import pytest
 import torch
 
 from sd_lens.errors import InputError, UnsupportedArchitectureError
+from sd_lens.models import registry
 from sd_lens.models.loading import bridge_from_hf
-from sd_lens.models.tiny import FAMILIES, char_tokenizer, tiny_model
-from sd_lens.models.view import ARCHITECTURES, model_view
+from sd_lens.models.registry import Family, get_family, register_family, registered_architectures, registered_families
+from sd_lens.models.tiny import FAMILIES, char_tokenizer, tiny_hf_config, tiny_model
+from sd_lens.models.view import BlockView, model_view, standard_block_view
 
 TEXT = "The cat sat on the mat. Then, it slept!"
 TINY_TOL = 1e-5  # float32, d_model 64: measured errors are ~1e-7
@@ -216,8 +219,11 @@ def test_unknown_architecture_names_the_supported_ones():
         model_view(fake)
     message = str(info.value)
     assert "FakeArchForCausalLM" in message
-    for arch in ARCHITECTURES:
-        assert arch in message
+    for name, family in registered_families().items():
+        assert name in message
+        for arch in family.architectures:
+            assert arch in message
+    assert "register_family" in message and "Adding a model family" in message  # says how to add one
 
 
 def test_architecture_transformer_lens_supports_but_sd_lens_does_not():
@@ -244,7 +250,121 @@ def test_architecture_transformer_lens_does_not_support():
 
 
 def test_tiny_families_are_the_supported_ones():
-    assert set(FAMILIES) == set(ARCHITECTURES.values())
+    assert set(FAMILIES) == set(registered_families())
+
+
+# ----------------------------------------------------------------------------- the family registry
+@pytest.fixture
+def clean_registry(monkeypatch):
+    """Registrations made by the test are undone afterwards."""
+    monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
+    monkeypatch.setattr(registry, "_BY_ARCHITECTURE", dict(registry._BY_ARCHITECTURE))
+
+
+@functools.cache
+def new_architecture_class():
+    """A Hugging Face class of a name sd_lens has no family for: Llama's blocks, renamed."""
+    import transformers as tf
+
+    return type("SdLensTestLlamaForCausalLM", (tf.LlamaForCausalLM,), {})
+
+
+def llama_pair():
+    """Two tiny raw-mode bridges of the same random weights: a Llama and a :func:`new_architecture_class`.
+
+    TransformerLens picks its adapter from ``config.architectures`` (Llama for both); sd_lens reads
+    the architecture from the model's class name.
+    """
+    import transformers as tf
+
+    cfg = tiny_hf_config("llama")
+    cfg.architectures = ["LlamaForCausalLM"]
+    torch.manual_seed(0)
+    llama = tf.LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for name, p in llama.named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    renamed = new_architecture_class()(cfg)
+    renamed.load_state_dict(llama.state_dict())
+    return tuple(bridge_from_hf(m, char_tokenizer(), compatibility_mode=False) for m in (llama, renamed))
+
+
+def test_registered_family_is_used_by_model_view(clean_registry):
+    reference, model = llama_pair()
+    with pytest.raises(UnsupportedArchitectureError, match="SdLensTestLlamaForCausalLM"):
+        model_view(model)
+
+    calls = []
+
+    def builder(model, layer, family):  # a custom builder: here the standard one, counted
+        calls.append(layer)
+        return standard_block_view(model, layer, family)
+
+    family = dataclasses.replace(
+        get_family("llama"), name="test-llama", architectures=("SdLensTestLlamaForCausalLM",), block_view=builder
+    )
+    assert register_family(family) is family
+    assert get_family(model) is family and get_family("test-llama") is family
+    assert "SdLensTestLlamaForCausalLM" in registered_architectures()
+
+    view, ref = model_view(model), model_view(reference)
+    assert view.family == "test-llama" and view.architecture == "SdLensTestLlamaForCausalLM"
+    for blk, ref_blk in zip(view, ref):
+        assert blk.family == "test-llama"
+        for field in dataclasses.fields(BlockView):
+            mine, theirs = getattr(blk, field.name), getattr(ref_blk, field.name)
+            if isinstance(mine, torch.Tensor):
+                assert torch.equal(mine, theirs), field.name
+            elif field.name != "family":
+                assert mine == theirs, field.name
+    assert calls == [0, 1]
+    assert model_view(reference).family == "llama"  # the built-in family is untouched
+
+
+def test_family_that_misdescribes_the_model_is_refused(clean_registry):
+    model = llama_pair()[1]
+    wrong = dataclasses.replace(get_family("llama"), name="wrong", architectures=("SdLensTestLlamaForCausalLM",))
+    register_family(dataclasses.replace(wrong, gated=False))
+    with pytest.raises(UnsupportedArchitectureError, match="declares gated=False"):
+        model_view(model).block(0)
+    register_family(dataclasses.replace(wrong, norm="layer"), override=True)
+    with pytest.raises(UnsupportedArchitectureError, match="declares norm='layer'"):
+        model_view(model).block(0)
+    register_family(dataclasses.replace(wrong, post_norms=True), override=True)
+    with pytest.raises(UnsupportedArchitectureError, match="declares post_norms=True"):
+        model_view(model).block(0)
+
+
+def test_duplicate_registration_is_refused(clean_registry):
+    llama = get_family("llama")
+    with pytest.raises(InputError, match="a family named 'llama'.*override=True"):
+        register_family(dataclasses.replace(llama, architectures=("SomethingNewForCausalLM",)))
+    with pytest.raises(InputError, match="LlamaForCausalLM \\(family 'llama'\\)"):
+        register_family(dataclasses.replace(llama, name="llama-again"))
+    assert get_family("LlamaForCausalLM") is llama and "llama-again" not in registered_families()
+
+
+def test_override_replaces_and_moves_architectures(clean_registry):
+    llama = get_family("llama")
+    qwen = register_family(dataclasses.replace(llama, name="qwen2", architectures=("Qwen2ForCausalLM",)), override=True)
+    assert get_family("Qwen2ForCausalLM") is qwen
+    assert registered_families()["llama"].architectures == ("LlamaForCausalLM", "MistralForCausalLM")
+    narrower = register_family(dataclasses.replace(llama, architectures=("LlamaForCausalLM",)), override=True)
+    assert get_family("llama") is narrower
+    with pytest.raises(UnsupportedArchitectureError, match="MistralForCausalLM"):
+        get_family("MistralForCausalLM")
+
+
+def test_family_fields_are_checked():
+    with pytest.raises(InputError, match="norm must be"):
+        Family(name="x", architectures=("XForCausalLM",), norm="batch", gated=False)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="at least one architecture"):
+        Family(name="x", architectures=(), norm="rms", gated=False)
+    single = Family(name="x", architectures="XForCausalLM", norm="rms", gated=False)  # type: ignore[arg-type]
+    assert single.architectures == ("XForCausalLM",)
+    with pytest.raises(InputError, match="expects a sd_lens.models.Family"):
+        register_family("llama")  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- real models

