@@ -41,12 +41,16 @@ from sd_lens.interventions import (
 from sd_lens.models.loading import DEFAULT_MODEL, cache_root, known_models, load_model
 from sd_lens.models.registry import Family, get_family, register_family, registered_families
 from sd_lens.models.view import BlockView, ModelView, model_view
-from sd_lens.pipeline import AnalysisResult, run_analysis
+from sd_lens.pipeline import AnalysisConfig, AnalysisResult, run_analysis
+from sd_lens.types import HookedModel, ModelOrView
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnalysisConfig",
     "AnalysisResult",
+    "HookedModel",
+    "ModelOrView",
     "AttentionMatrix",
     "CausalCheck",
     "DecayCheck",
