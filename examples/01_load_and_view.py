@@ -16,7 +16,7 @@ table = first_token_norms(model, "The cat sat on the mat because it was warm.", 
 print(table.format())
 
 # 2. Block 11 through the model view: float32 copies, grouped-query heads expanded.
-view = sd_lens.models.view(model)
+view = sd_lens.model_view(model)
 blk = view.block(11)
 print(f"\n{view.architecture} ({view.family}), {view.n_layers} blocks, d_model {view.d_model}")
 print(f"block 11: W_V {tuple(blk.W_V.shape)}, W_O {tuple(blk.W_O.shape)}, "

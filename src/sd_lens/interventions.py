@@ -6,11 +6,14 @@ so they compose with TransformerLens's own patching tools. :func:`intervene` is 
 manager that attaches them and removes exactly them afterwards, even if the body raises.
 
 The default hook point is the FFN's normalised input ``blocks.{l}.ln2.hook_normalized``, the
-space in which the right singular vector v₀ of the linearised FFN lives (Demystifying Singular
-Defects, §4: the explosion is triggered by the input component along v₀).
+space in which the right singular vector v₀ of the linearised FFN lives (the explosion is
+triggered by the input component along v₀).
 
 Hooks return a *new* tensor: a ``TransformerBridge`` decides whether a norm hook edited its
 value by object identity, so an in-place edit that returns the same tensor is silently ignored.
+
+Reference: Wang et al., *Demystifying Singular Defects in Large Language Models* (ICML 2025),
+observation (iv) (high norms are triggered by the right leading singular vector).
 """
 
 from __future__ import annotations

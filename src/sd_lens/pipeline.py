@@ -4,6 +4,9 @@
 :class:`AnalysisResult` holding each typed result, plus :meth:`AnalysisResult.to_dict`, the JSON
 contract of ``sd-lens analyze``. Every field is a function of (model, texts, options, seed) except
 ``timings_s``.
+
+Reference: Wang et al., *Demystifying Singular Defects in Large Language Models* (ICML 2025),
+observations (i)–(iv).
 """
 
 from __future__ import annotations
@@ -227,7 +230,7 @@ def run_analysis(
     config: AnalysisConfig | None = None,
     **options: Any,
 ) -> AnalysisResult:
-    """Run analyses 1–7 of Demystifying Singular Defects on ``model`` over ``texts``.
+    """Run analyses 1–7 of docs/analyses.md (after Wang et al., ICML 2025) on ``model`` over ``texts``.
 
     Args:
         model: a TransformerLens model (:func:`sd_lens.load_model`).

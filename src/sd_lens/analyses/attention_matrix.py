@@ -1,4 +1,4 @@
-"""Analysis 2: the attention update of a self-attending token as one matrix per block.
+"""The attention update of a self-attending token as one matrix per block (analysis 2 in docs/analyses.md).
 
 A token that attends only to itself (always the first token; the "self" path of any other token)
 gets the attention update ``attn_out = A @ n + c``, linear in its normalised input ``n``
@@ -10,6 +10,9 @@ with value heads repeated for grouped-query attention, γ₁ the pre-attention n
 when TransformerLens folded it into W_V) and, for LayerNorm models, ``P = I − 11ᵀ/d`` the norm's
 centring (a no-op on the already-centred ``n``). The constant ``c`` collects the biases (β₁, b_V,
 b_O). Neither includes a post-attention norm (Gemma-3's ``ln1_post``), which is not linear.
+
+Reference: the linear approximation of self-attention for a single token, Wang et al., *Demystifying
+Singular Defects in Large Language Models* (ICML 2025).
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ class AttentionMatrix(LeadingTriplet):
 
 
 def attention_matrix(model_or_view: ModelOrView, layer: int | None = None) -> AttentionMatrix:
-    """Extract the attention matrix ``A`` of block ``layer`` (analysis 2 of the SPEC).
+    """Extract the attention matrix ``A`` of block ``layer`` (Wang et al.'s single-token linear attention).
 
     Args:
         model_or_view: a TransformerLens model, a ``ModelView`` or a ``BlockView``.

@@ -1,10 +1,14 @@
-"""Causal verification (analysis 7 of Demystifying Singular Defects, §4.3): does v₀ trigger the defect?
+"""Causal verification (analysis 7 in docs/analyses.md): does v₀ trigger the defect?
 
 :func:`verify_trigger` runs one text three times with an intervention at block ``layer``'s FFN
 input — v₀ projected out (ablation), a random unit direction projected out (control), and one
 non-initial token's v₀ coefficient set to the initial token's (patching) — and reports the
 resid_post norms of that block. The interventions themselves are ordinary TransformerLens hooks
 from :mod:`sd_lens.interventions`, usable on their own with ``run_with_hooks``.
+
+Reference: Wang et al., *Demystifying Singular Defects in Large Language Models* (ICML 2025),
+observation (iv), tested by intervening on activations as Sun et al., *Massive Activations in Large
+Language Models* (2024), do.
 """
 
 from __future__ import annotations

@@ -13,6 +13,13 @@ Definitions (all relative to the probed corpus, nothing tuned to a model):
   component along the direction (measured on re-run carrier prefixes, within each episode).
 * Its **decay blocks** are the blocks after the explosion, up to one past the last high-norm state,
   whose update removes at least ``decay_fraction`` of the peak component.
+
+The authors' code (github.com/haoqiwang/singular_defect) takes the empirical direction as the mean of
+every state above a fixed, per-model norm; here the threshold is relative to the corpus and the states
+are grouped into defects first.
+
+Reference: singular defects and their explosion and decay layers, Wang et al., *Demystifying Singular
+Defects in Large Language Models* (ICML 2025), observations (i) and (ii).
 """
 
 from __future__ import annotations

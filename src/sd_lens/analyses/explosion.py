@@ -1,4 +1,4 @@
-"""Explosion subspace (analysis 6): what input makes the FFN of the explosion block explode.
+"""Explosion subspace (analysis 6 in docs/analyses.md): what input makes the explosion block's FFN explode.
 
 * :func:`explosion_subspace`: FFN output norm (the real, nonlinear FFN) for normalised inputs
   ``±√d · v_k`` along each right singular vector of the linearised FFN ``F``, against random
@@ -10,6 +10,10 @@
 
 The vocabulary sweeps run the model up to the block only, batched, and report their throughput
 against a bare forward of the same depth.
+
+Reference: Wang et al., *Demystifying Singular Defects in Large Language Models* (ICML 2025),
+observation (iii) (initial and noninitial tokens reach high norms by different pathways) and (iv) (high
+norms are triggered by the right leading singular vector).
 """
 
 from __future__ import annotations

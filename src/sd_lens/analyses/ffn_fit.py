@@ -1,4 +1,4 @@
-"""Analysis 3: the FFN of one block replaced by its best linear map.
+"""The FFN of one block replaced by its best linear map (analysis 3 in docs/analyses.md).
 
 The FFN's hidden activation (the input of the down-projection) is a non-linear function
 ``h(n)`` of the block's normalised FFN input ``n`` (``n = x / rms(x)`` for RMSNorm,
@@ -54,6 +54,10 @@ fits are the minimum-norm ones: ``M = M P``, ``M 1 = 0``, for every method.
 
 Nothing here modifies the model: :class:`~sd_lens.models.view.BlockView` holds float32 copies, and
 :func:`collect_ffn_inputs` removes its hook whatever happens.
+
+Reference: the least-squares FFN approximation on Gaussian inputs (``"monte_carlo"``) of Wang et al.,
+*Demystifying Singular Defects in Large Language Models* (ICML 2025); the closed form rests on Stein's
+lemma (Stein, *Ann. Statist.* 1981).
 """
 
 from __future__ import annotations
@@ -384,7 +388,7 @@ def fit_ffn(
     intercept: bool | None = None,
     ridge: float = 0.0,
 ) -> FFNFit:
-    """Fit the FFN of block ``layer`` by a linear map (analysis 3 of the SPEC).
+    """Fit the FFN of block ``layer`` by a linear map (Wang et al.'s least-squares linearisation of the FFN).
 
     Args:
         model_or_view: a TransformerLens model, a ``ModelView`` or a ``BlockView``.

@@ -2,7 +2,11 @@
 
 :func:`collect_ffn_inputs` streams texts through the model up to the deepest requested block and
 keeps, for each token, the FFN's normalised input ``n`` (``blocks.{l}.ln2.hook_normalized``): the
-inputs of the real-data linearisation of Demystifying Singular Defects, §4.1 (Eq. 6).
+inputs of the ``"real"`` fit of :func:`~sd_lens.analyses.ffn_fit.fit_ffn`, which replaces the Gaussian
+samples of the paper's least-squares FFN approximation by the inputs the FFN actually sees.
+
+Reference: the least-squares FFN approximation of Wang et al., *Demystifying Singular Defects in Large
+Language Models* (ICML 2025).
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ only ‖x‖ of the residual stream after every block (``blocks.{l}.hook_resid_p
 for the first ``n_tokens`` tokens. Because attention is causal, the first tokens' states do not depend on what follows,
 so only those tokens are fed to the model.
 
+Reference: Wang et al., *Demystifying Singular Defects in Large Language Models* (ICML 2025), Fig. 1
+(the norms of the first tokens of "The quick brown fox jumps over the lazy dog." at every layer).
+
 Example:
     >>> import sd_lens
     >>> from sd_lens.analyses.norm_table import first_token_norms

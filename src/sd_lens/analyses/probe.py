@@ -3,6 +3,10 @@
 Streams over the texts in right-padded batches. Hooks reduce each activation to one float32
 norm per token before anything is stored, so memory grows with tokens × blocks, never with
 d_model. No block after the deepest one asked for runs, and the unembedding never runs.
+
+Reference: the high-norm tokens of Wang et al., *Demystifying Singular Defects in Large Language Models*
+(ICML 2025), Fig. 1, judged against the median as Sun et al., *Massive Activations in Large Language
+Models* (2024), judge activations.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Layer-wise singular directions (analysis 4) and the decay eigen-check (analysis 5).
+"""Layer-wise singular directions (analysis 4 in docs/analyses.md) and the decay eigen-check (analysis 5).
 
 Each block is replaced by its linear approximation acting on the (normalised) residual state:
 ``L = (I + F)(I + A)`` for sequential blocks and ``L = I + A + F`` for parallel ones, with ``A``
@@ -7,6 +7,10 @@ linearised FFN (:mod:`sd_lens.analyses.ffn_fit`). Blocks with post-norms (Gemma-
 each update through ``diag(γ_post) / ρ``, where ``ρ = ‖A‖_F / √d`` is the RMS that the update takes
 for a standard-normal normalised input: the post-norm's division by the RMS of its input,
 linearised at that typical input. This is an approximation of ours; the papers do not cover it.
+
+Reference: Wang et al., *Demystifying Singular Defects in Large Language Models* (ICML 2025),
+observation (i) (the layer-wise singular direction, the leading left singular vector of ``L``, predicts
+the explosion) and (ii) (negative eigenvalues of ``L − I`` explain the decay).
 """
 
 from __future__ import annotations
@@ -203,7 +207,7 @@ def decay_check(
     model_or_view: ModelOrView, layer: int, direction: Float[Tensor, " d_model"], *, lin: BlockLinearization | None = None,
     method: str = "gaussian",
 ) -> DecayCheck:
-    """Eigen-decomposition of ``R = L − I`` at ``layer`` against a defect direction (analysis 5)."""
+    """Eigen-decomposition of ``R = L − I`` at ``layer`` against a defect direction (observation ii)."""
     lin = lin or linearize_block(resolve_block(model_or_view, layer), layer, method=method)
     R = lin.residual().double()
     u = unit(direction.detach().double().cpu())

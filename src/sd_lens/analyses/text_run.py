@@ -3,6 +3,10 @@
 :func:`run_text` is what the report's per-text views and :func:`sd_lens.first_token_norms` run:
 one forward (stopping after the last block, no unembedding) that keeps ‖x‖ at every
 ``blocks.{l}.hook_resid_post`` and, for the blocks asked for, ``blocks.{l}.attn.hook_pattern``.
+
+Reference: per-layer token norms as in Wang et al., *Demystifying Singular Defects in Large Language
+Models* (ICML 2025), Fig. 1; the patterns show the attention sink on the first token (Gu et al., *When
+Attention Sink Emerges in Language Models: An Empirical View*, ICLR 2025).
 """
 
 from __future__ import annotations
