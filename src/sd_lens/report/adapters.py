@@ -33,6 +33,8 @@ from sd_lens.report.figures import (
 )
 from sd_lens.report.views import (
     CircuitsView,
+    View,
+    ViewGroup,
     attention_view,
     coefficient_view,
     intervention_view,
@@ -65,7 +67,7 @@ def _block_labels(n_layers: int) -> list[str]:
     return [f"block {layer}" for layer in range(n_layers)]
 
 
-def norm_view_for_text(model: Any, text: str, max_tokens: int | None = 64, title: str | None = None) -> CircuitsView:
+def norm_view_for_text(model: Any, text: str, max_tokens: int | None = 64, title: str | None = None) -> ViewGroup:
     """Tokens of ``text`` coloured by their residual norm after each block (one hooked forward).
 
     Args:
@@ -75,7 +77,8 @@ def norm_view_for_text(model: Any, text: str, max_tokens: int | None = 64, title
         title: heading of the view.
 
     Returns:
-        A :func:`~sd_lens.report.views.norm_view` (log colour scale relative to each block's median).
+        A :func:`~sd_lens.report.views.norm_view` (log colour scale relative to each block's median,
+        one line per block).
     """
     run = run_text(model, text, max_tokens=max_tokens)
     return norm_view(
@@ -138,7 +141,7 @@ def _corpus_tokens_and_norms(result: AnalysisResult, seq: int) -> tuple[list[str
     return tokens, probe.hook("resid_post")[rows]
 
 
-def corpus_norm_view(result: AnalysisResult, text_index: int | None = None) -> CircuitsView:
+def corpus_norm_view(result: AnalysisResult, text_index: int | None = None) -> ViewGroup:
     """Norm view of one corpus text, from the probe's norms (no forward pass).
 
     Args:
@@ -169,17 +172,18 @@ def coefficient_view_for(check: CausalCheck, label: str = "") -> CircuitsView:
     )
 
 
-def ablation_views_for(check: CausalCheck, label: str = "") -> list[CircuitsView]:
+def ablation_views_for(check: CausalCheck, label: str = "") -> list[ViewGroup]:
     """Two before/after views of the ablation: v₀ removed, and the random-direction control.
 
-    Values are the norms at the output of the check's block (``hook_resid_post``).
+    Each shows the clean run and the ablated run side by side; values are the norms at the output
+    of the check's block (``hook_resid_post``).
     """
     prefix = f"{label}: " if label else ""
     return [
         intervention_view(
             check.tokens, check.norms_clean, check.norms_ablated,
             title=f"{prefix}ablate v\u2080 from the FFN input of block {check.layer} (norm after the block)",
-            labels=("clean", "v0 ablated"),
+            labels=("clean", "v\u2080 ablated"),
         ),
         intervention_view(
             check.tokens, check.norms_clean, check.norms_random,
@@ -189,9 +193,10 @@ def ablation_views_for(check: CausalCheck, label: str = "") -> list[CircuitsView
     ]
 
 
-def patching_view_for(check: CausalCheck, label: str = "") -> CircuitsView:
-    """Before/after view of the patching run: token ``check.position`` given the initial token's
-    v₀ coefficient (norms at the output of the check's block)."""
+def patching_view_for(check: CausalCheck, label: str = "") -> ViewGroup:
+    """Before/after view of the patching run, clean and patched side by side: token
+    ``check.position`` given the initial token's v₀ coefficient (norms at the output of the check's
+    block)."""
     prefix = f"{label}: " if label else ""
     tok = check.tokens[check.position] if check.position < len(check.tokens) else "?"
     return intervention_view(
@@ -216,7 +221,7 @@ def views_for(
     text_index: int | None = None,
     attention_layers: Sequence[int] | None = None,
     max_tokens: int = 64,
-) -> dict[str, CircuitsView]:
+) -> dict[str, View]:
     """Every interactive view of the report, by name.
 
     Keys: ``"norm_corpus"`` (the corpus text of :func:`pick_text`), ``"norm_trigger"`` (the
@@ -246,7 +251,7 @@ def views_for(
                 stacklevel=2,
             )
             break
-    views: dict[str, CircuitsView] = {"norm_corpus": corpus_norm_view(result, text_index)}
+    views: dict[str, View] = {"norm_corpus": corpus_norm_view(result, text_index)}
     views["norm_trigger"] = norm_view(
         run.tokens, run.norms, _block_labels(run.norms.shape[1]),
         title="Trigger text: residual norm of each token",

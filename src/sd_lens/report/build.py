@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from sd_lens.report import prose
 from sd_lens.report.adapters import defect_label, figures_for, pick_text, trigger_text_of, views_for
 from sd_lens.report.page import Page
-from sd_lens.report.views import CircuitsView
+from sd_lens.report.views import View
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -65,7 +65,7 @@ class ReportContext:
     result: AnalysisResult
     trigger_text: str
     text_index: int
-    views: dict[str, CircuitsView]
+    views: dict[str, View]
     figures: dict[str, Figure]
     draw_s: float
 
@@ -106,8 +106,8 @@ def norms_section(page: Page, ctx: ReportContext) -> None:
     page.heading("Norms of the residual stream")
     page.paragraph(
         f"Corpus text {ctx.text_index} is the one with the most non-initial high-norm tokens. Each token is "
-        "coloured by its norm after each block, relative to the block's median over that text; the first value "
-        "set, peak, is each token's largest value over the blocks."
+        "coloured by its norm after each block (one line per block), relative to the block's median over that "
+        "text; the first line, peak, is each token's largest value over the blocks."
     )
     page.view(ctx.views["norm_corpus"])
     page.figure(ctx.figures["norm_lines"], "Norm of each token of the same text after each block (log scale).")
