@@ -30,7 +30,7 @@ print(f"\nreport: {path.resolve()} ({path.stat().st_size / 1e6:.2f} MB)")
 # 2. The same views one by one (in Jupyter, put one last in a cell to display it).
 views = views_for(model, result)
 for name, view in views.items():
-    print(f"  {name:24s} {view.component:18s} {view.title}")
+    print(f"  {name:24s} {len(view.parts):2d} x {view.parts[0].component:14s} {view.title}")
 single = args.out / "norm_trigger.html"
 single.write_text(views["norm_trigger"].to_html(), encoding="utf-8")  # bundle included: works offline
 print(f"one view on its own: {single.resolve()}")

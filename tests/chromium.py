@@ -6,6 +6,7 @@ Shared by ``test_browser.py`` (synthetic page) and ``test_report.py`` (the real 
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -19,6 +20,9 @@ CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) 
 requires_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="headless Chromium not installed (run 'make browser' or 'apt-get install chromium')"
 )
+
+# The background colour circuitsvis gives a token's <span> (as the DOM dump serialises it).
+_BACKGROUND = re.compile(r"background-color:\s*(rgb\([^)]*\))")
 
 # Void elements never get an end tag: the DOM walker must not push them.
 _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -51,14 +55,29 @@ def png_size(data: bytes) -> tuple[int, int]:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
+def blueness(colour: str) -> float:
+    """How far a token colour ``rgb(r, g, b)`` is from white towards pure blue: 0 white, 1 blue."""
+    r, g, b = (int(x) for x in colour[colour.index("(") + 1 : -1].split(","))
+    return (255 - r + 255 - g) / 510 if b > 200 else 0.0
+
+
+def mount_ids_of(html: str, title: str) -> list[str]:
+    """The mount elements (``sd-view-N``) of the view or group whose title is ``title`` (escaped)."""
+    start = html.index(f'<div class="sd-view-title">{title}</div>')
+    return re.findall(r'<div id="(sd-view-\d+)"', html[start : html.index("</figure>", start)])
+
+
 class DomSummary(HTMLParser):
-    """Per ``sd-view-*`` element: the tags rendered inside it; plus page-wide img/body/text facts."""
+    """Per ``sd-view-*`` element: the tags rendered inside it and the colour of each coloured token;
+    plus page-wide facts: every tag's count, the images, the body's attributes, the text."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stack: list[str | None] = []
         self.inside: dict[str, dict[str, int]] = {}
         self.classes: dict[str, str] = {}
+        self.colours: dict[str, list[str]] = {}
+        self.tags: dict[str, int] = {}
         self.imgs: list[dict[str, str | None]] = []
         self.body_attrs: dict[str, str | None] = {}
         self.texts: list[str] = []
@@ -70,11 +89,16 @@ class DomSummary(HTMLParser):
         return " ".join(t.strip() for t in self.texts if t.strip())
 
     def _count(self, tag: str) -> None:
+        self.tags[tag] = self.tags.get(tag, 0) + 1
         for vid in {v for v in self.stack if v}:
             self.inside[vid][tag] = self.inside[vid].get(tag, 0) + 1
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
+        colour = _BACKGROUND.search(a.get("style") or "")
+        if tag == "span" and colour:
+            for vid in {v for v in self.stack if v}:
+                self.colours[vid].append(colour.group(1))
         if tag == "body":
             self.body_attrs = a
         if tag == "img":
@@ -88,6 +112,7 @@ class DomSummary(HTMLParser):
         if vid:
             self.inside[vid] = {}
             self.classes[vid] = a.get("class") or ""
+            self.colours[vid] = []
         self.stack.append(vid)
 
     def handle_startendtag(self, tag, attrs):

@@ -1,7 +1,8 @@
 """The HTML page in a real browser: headless Debian ``chromium`` with networking cut off.
 
 Checks that every circuitsvis view mounted (its ``<div>`` holds the elements the React
-component renders), that the figures are there, that a hostile token stays text, and keeps a
+component renders), that a before/after view shows both runs at once, that the page holds no
+form control, that the figures are there, that a hostile token stays text, and keeps a
 screenshot in ``artifacts/``. ``make browser`` (a dependency of ``make test``) installs Chromium;
 without it these tests are skipped.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chromium import ARTIFACTS, DomSummary, requires_chromium, run_chromium
+from chromium import ARTIFACTS, DomSummary, blueness, requires_chromium, run_chromium
 from sd_lens.report.figures import (
     decay_eigen_figure,
     defect_angle_figure,
@@ -19,6 +20,7 @@ from sd_lens.report.figures import (
 )
 from sd_lens.report.page import Page
 from sd_lens.report.views import (
+    View,
     attention_view,
     coefficient_view,
     intervention_view,
@@ -32,8 +34,12 @@ pytestmark = pytest.mark.browser
 HOSTILE = "</script><img/src/onerror=document.body.dataset.pwned=1>"
 
 
-def synthetic_page() -> tuple[Page, dict[str, tuple[str, int]]]:
-    """A page with 4 views and 3 figures from synthetic data; per view: (tag, minimum count)."""
+def synthetic_page() -> tuple[Page, dict[str, tuple[str, int]], list[str]]:
+    """A page with 4 views (16 circuitsvis mounts) and 3 figures from synthetic data.
+
+    Returns the page; per mount element, (tag, minimum count) of what it must render; and the two
+    mount elements of the intervention view (clean, ablated).
+    """
     rng = np.random.default_rng(0)
     tokens = ["<|start|>", " The", " cat", HOSTILE, " sat", " on", " the", " mat", "\n", " and", " slept", "."]
     n, blocks, heads = len(tokens), 12, 4
@@ -50,10 +56,19 @@ def synthetic_page() -> tuple[Page, dict[str, tuple[str, int]]]:
 
     page = Page("Synthetic singular-defect report", subtitle="browser test " + HOSTILE)
     page.heading("Views").paragraph("Token " + HOSTILE + " must stay text.")
-    page.view(norm_view(tokens, norms))
-    page.view(attention_view(tokens, attn, layer=6))
-    page.view(coefficient_view(tokens, rng.normal(0, 1, n) + np.r_[30, np.zeros(n - 1)]))
-    page.view(intervention_view(tokens, before, after, title="Ablate v0 at block 6"))
+    expect: dict[str, tuple[str, int]] = {}
+
+    def add(view: View, tag: str, minimum: int) -> list[str]:
+        ids = [f"sd-view-{page.n_views + i + 1}" for i in range(len(view.parts))]
+        page.view(view)
+        expect.update((i, (tag, minimum)) for i in ids)
+        return ids
+
+    add(intervention_view(tokens, before, after, title="Ablate v0 at block 6", labels=("clean", "ablated")),
+        "span", 2 * n)  # ColoredTokens: 2 spans per token
+    add(norm_view(tokens, norms), "span", 2 * n)  # one ColoredTokens per block, plus peak
+    add(attention_view(tokens, attn, layer=6), "canvas", heads + 1)  # AttentionHeads: one chart per head + zoomed
+    add(coefficient_view(tokens, rng.normal(0, 1, n) + np.r_[30, np.zeros(n - 1)]), "span", 2 * n)
     page.heading("Figures")
     page.figure(norm_lines_figure(norms, tokens, highlight=[0, 6]), "Norms across blocks")
     page.figure(
@@ -61,18 +76,13 @@ def synthetic_page() -> tuple[Page, dict[str, tuple[str, int]]]:
     )
     page.figure(decay_eigen_figure(["D1 / block 5", "D2 / block 10"], [-0.8, -1.0], [-5.6, -51.3]), "Decay")
     page.table([["D1", 2, 5], ["D2", 6, 10]], header=["defect", "explosion", "decay"])
-    expect = {
-        "sd-view-1": ("span", 2 * n),  # ColoredTokensMulti: 2 spans per token
-        "sd-view-2": ("canvas", heads + 1),  # AttentionHeads: one chart per head + zoomed
-        "sd-view-3": ("span", 2 * n),  # ColoredTokens
-        "sd-view-4": ("span", 2 * n),
-    }
-    return page, expect
+    assert len(expect) == 2 + (blocks + 1) + 1 + 1
+    return page, expect, ["sd-view-1", "sd-view-2"]
 
 
 @requires_chromium
 def test_page_mounts_all_views_offline(tmp_path):
-    page, expect = synthetic_page()
+    page, expect, (clean, ablated) = synthetic_page()
     ARTIFACTS.mkdir(exist_ok=True)
     path = page.write(ARTIFACTS / "synthetic-report.html")
 
@@ -87,6 +97,17 @@ def test_page_mounts_all_views_offline(tmp_path):
     pngs = [i for i in summary.imgs if (i.get("src") or "").startswith("data:image/png;base64,")]
     assert len(pngs) == 3 and len(summary.imgs) == 3  # the hostile token made no <img>
     assert "data-pwned" not in summary.body_attrs
+
+    # no form control anywhere (ColoredTokensMulti would add 2 text inputs and 2 buttons per view)
+    assert not {"input", "button", "select", "textarea"} & set(summary.tags), summary.tags
+    # both runs of the intervention are drawn on load, with no hover: the initial token is dark
+    # blue in the clean run and pale in the ablated one; the other tokens look the same in both
+    assert len(summary.colours[clean]) == len(summary.colours[ablated]) == 12
+    assert blueness(summary.colours[clean][0]) > 0.9 and blueness(summary.colours[ablated][0]) < 0.1
+    assert summary.colours[clean][1:] == summary.colours[ablated][1:]
+    assert dom.index(f'id="{clean}"') < dom.index(f'id="{ablated}"')
+    group = dom[dom.rindex('class="sd-group sd-group-row"', 0, dom.index(f'id="{clean}"')):]
+    assert group.index(f'id="{ablated}"') < group.index("</figure>")  # side by side in one row
 
     shot = ARTIFACTS / "synthetic-report.png"
     shot.unlink(missing_ok=True)
@@ -112,7 +133,7 @@ def test_notebook_fragments_mount_side_by_side(tmp_path):
                     + "".join(frags) + "</body></html>", encoding="utf-8")
     summary = DomSummary()
     summary.feed(run_chromium(path.as_uri(), tmp_path / "profile", "--dump-dom").stdout)
-    assert len(summary.inside) == 2
+    assert len(summary.inside) == 1 + 3  # the coefficients; the norm view's peak and 2 blocks
     for rendered in summary.inside.values():
         assert rendered.get("span", 0) >= 2 * len(tokens), rendered
 
@@ -123,7 +144,7 @@ def test_csp_blocks_injected_handlers_even_without_escaping(tmp_path, monkeypatc
     import sd_lens.report.views
 
     monkeypatch.setattr(sd_lens.report.views, "_escape_token", lambda token: token)
-    page, _ = synthetic_page()
+    page, _, _ = synthetic_page()
     path = page.write(tmp_path / "unescaped.html")
     summary = DomSummary()
     summary.feed(run_chromium(path.as_uri(), tmp_path / "profile", "--dump-dom").stdout)

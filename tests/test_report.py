@@ -25,6 +25,8 @@ import torch
 from chromium import (
     ARTIFACTS,
     DomSummary,
+    blueness,
+    mount_ids_of,
     png_size,
     requires_chromium,
     run_chromium,
@@ -44,7 +46,7 @@ from sd_lens.report import (
     views_for,
     write_report,
 )
-from sd_lens.report.views import CircuitsView
+from sd_lens.report.views import CircuitsView, View, ViewGroup
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_SCREENSHOT = ROOT / "docs" / "assets" / "report-screenshot.png"
@@ -71,6 +73,11 @@ def view_components(html: str) -> dict[str, str]:
     return dict(VIEW_DIV.findall(html))
 
 
+def components_of(views: dict[str, View]) -> list[str]:
+    """The circuitsvis component of every mount of ``views`` (a group mounts one per part)."""
+    return [part.component for view in views.values() for part in view.parts]
+
+
 def check_mounted(path: Path, tmp: Path, n_figures: int) -> DomSummary:
     """Open the page offline in Chromium; assert each view rendered its elements and the figures exist."""
     components = view_components(path.read_text(encoding="utf-8"))
@@ -87,6 +94,7 @@ def check_mounted(path: Path, tmp: Path, n_figures: int) -> DomSummary:
     pngs = [i for i in summary.imgs if (i.get("src") or "").startswith("data:image/png;base64,")]
     assert len(pngs) == len(summary.imgs) == n_figures
     assert "data-pwned" not in summary.body_attrs
+    assert not {"input", "button", "select", "textarea"} & set(summary.tags), "the report holds a form control"
     return summary
 
 
@@ -111,7 +119,8 @@ def test_report_without_defects_still_renders(tmp_path, unchanged):
     assert "No explosion block: no attention view." in html
     assert "<script>alert" not in html and "<img src=x" not in html  # the corpus line is escaped
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert sorted(view_components(html).values()) == ["ColoredTokensMulti", "ColoredTokensMulti"]
+    # two norm views (corpus text, trigger text), each a line per block plus peak
+    assert list(view_components(html).values()) == ["ColoredTokens"] * 2 * (result.n_layers + 1)
     assert html.count("<img ") == 1  # the norm-lines figure only
     assert json.loads((tmp_path / "out" / "analysis.json").read_text()) == json.loads(result.to_json())
     assert path.stat().st_size < MAX_REPORT_BYTES
@@ -132,11 +141,15 @@ def test_report_of_a_planted_defect(planted, tmp_path, unchanged):
         "norm_corpus", "norm_trigger", "attention_block_0", "attention_block_1",
         "coefficient_D0", "ablation_D0", "ablation_random_D0", "patching_D0",
     }
-    assert all(isinstance(v, CircuitsView) for v in views.values())
+    assert all(isinstance(v, (CircuitsView, ViewGroup)) for v in views.values())
+    for key in ("ablation_D0", "ablation_random_D0", "patching_D0"):  # both runs side by side
+        assert views[key].layout == "row" and views[key].components == ["ColoredTokens", "ColoredTokens"]
+        assert views[key].parts[0].title == "clean"
     assert set(figs) == {"norm_lines", "defect_angles", "defect_angles_ffn", "ffn_D0"}
-    assert sorted(view_components(html).values()) == sorted(v.component for v in views.values())
+    assert sorted(view_components(html).values()) == sorted(components_of(views))
+    assert "ColoredTokensMulti" not in components_of(views)  # it renders inputs for its colour bounds
     assert html.count("<img ") == len(figs)
-    assert html.count("CircuitsVis.render(") == len(views)
+    assert html.count("CircuitsVis.render(") == len(components_of(views))
     assert html.count("var CircuitsVis") == 1  # the bundle, once
     for heading in ("Summary", "Corpus", "Norms of the residual stream", "Timings", "JSON"):
         assert f"<h2>{heading}</h2>" in html
@@ -154,8 +167,9 @@ def test_views_for_a_text(planted, unchanged):
     assert sorted(run.patterns) == [1, 3] and run.patterns[1].shape[1:] == (n, n)
     assert torch.allclose(run.patterns[1].sum(-1), torch.ones(run.patterns[1].shape[:2]), atol=1e-4)
     assert run.norms[0].min() > 4 * run.norms[1:].median()  # the planted BOS stands out
-    assert nv.component == "ColoredTokensMulti" and len(nv.props["tokens"]) == n
-    assert len(nv.props["labels"]) == 4 + 1  # peak + one per block
+    assert nv.components == ["ColoredTokens"] * (4 + 1)  # peak + one line per block
+    assert [p.title for p in nv.parts] == ["peak", "block 0", "block 1", "block 2", "block 3"]
+    assert all(len(p.props["tokens"]) == n for p in nv.parts)
     assert av.component == "AttentionHeads" and av.props["attentionHeadNames"][0] == "L2H0"
 
 
@@ -204,8 +218,10 @@ def test_smollm2_report_content(smollm2_report, smollm2_analysis):
     assert size < MAX_REPORT_BYTES, f"report is {size:,} bytes"
     assert "Defect D0: explodes in block 2" in html and "Defect D1: explodes in block 11" in html
     components = list(view_components(html).values())
-    # 2 norm views, 4 causal views per defect, attention of blocks 2, 3, 11, 12
-    assert components.count("AttentionHeads") == 4 and len(components) == 2 + 4 * 2 + 4
+    # 2 norm views (peak + 30 blocks each); per defect the coefficients and 3 before/after pairs;
+    # attention of blocks 2, 3, 11, 12
+    assert components.count("AttentionHeads") == 4
+    assert components.count("ColoredTokens") == len(components) - 4 == 2 * (30 + 1) + 2 * (1 + 3 * 2)
     for block in (2, 3, 11, 12):
         assert f"Attention patterns of block {block} on the trigger text" in html
     for sentence in smollm2_analysis.sentences():
@@ -224,6 +240,11 @@ def test_smollm2_report_in_chromium(smollm2_report, smollm2_analysis, tmp_path):
     text = summary.text
     assert "Defect D0: explodes in block 2" in text and "Defect D1: explodes in block 11" in text
     assert "Removing v0 from the FFN input of block 11" in text
+    # the ablation of D1 shows both runs on load: the initial token dark in the clean run, pale
+    # once v0 is removed
+    html = smollm2_report.read_text(encoding="utf-8")
+    clean, ablated = mount_ids_of(html, "D1: ablate v\u2080 from the FFN input of block 11 (norm after the block)")
+    assert blueness(summary.colours[clean][0]) > 0.9 and blueness(summary.colours[ablated][0]) < 0.2
 
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(smollm2_report, ARTIFACTS / "smollm2-report.html")

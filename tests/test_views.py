@@ -22,6 +22,7 @@ from sd_lens.report.figures import (
 from sd_lens.report.page import Page
 from sd_lens.report.views import (
     CircuitsView,
+    ViewGroup,
     attention_view,
     circuitsvis_bundle,
     coefficient_view,
@@ -86,10 +87,11 @@ def test_inner_html_components_get_escaped_tokens(data):
     tokens, norms, attn = data
     for view in (norm_view(tokens, norms), coefficient_view(tokens, np.ones(len(tokens))),
                  intervention_view(tokens, norms[:, 0], norms[:, 1])):
-        toks = view.props["tokens"]
-        assert toks[2] == "&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;"
-        assert toks[6] == " &amp;amp;"
-        assert all("<" not in t for t in toks)
+        for part in view.parts:
+            toks = part.props["tokens"]
+            assert toks[2] == "&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;"
+            assert toks[6] == " &amp;amp;"
+            assert all("<" not in t for t in toks)
     # AttentionHeads draws on a canvas: tokens verbatim
     assert attention_view(tokens, attn, 0).props["tokens"][2] == EVIL
 
@@ -137,9 +139,12 @@ def test_bundle_is_embedded_once_with_many_views(data):
     assert page.count("var CircuitsVis=") == 1
     scripts = SCRIPT_RE.findall(page)
     assert len(scripts) == 2
-    assert scripts[1].count("CircuitsVis.render(") == 12
+    # per copy: norm view (peak + 6 blocks), attention, coefficient, intervention (2 runs)
+    n_parts = 3 * (7 + 1 + 1 + 2)
+    assert sum(len(v.parts) for v in _all_views(data)) * 3 == n_parts
+    assert scripts[1].count("CircuitsVis.render(") == n_parts
     ids = re.findall(r'<div id="(sd-view-\d+)"', page)
-    assert len(ids) == len(set(ids)) == 12
+    assert len(ids) == len(set(ids)) == n_parts
     for div_id in ids:
         assert f'CircuitsVis.render("{div_id}",' in scripts[1]
 
@@ -183,11 +188,14 @@ def test_page_without_views_has_no_bundle():
     assert "script-src &#x27;none&#x27;" in page
 
 
-def test_repr_html_is_self_contained(data):
-    view = _all_views(data)[0]
+@pytest.mark.parametrize("which", [0, 2])
+def test_repr_html_is_self_contained(data, which):
+    view = _all_views(data)[which]  # a group (the norm view) and a single view (coefficients)
     frag = view._repr_html_()
     assert frag.count("var CircuitsVis=") == 1
-    assert "CircuitsVis.render(" in frag and "CircuitsVis.ColoredTokensMulti" in frag
+    assert frag.count("CircuitsVis.render(") == len(view.parts) and "CircuitsVis.ColoredTokens," in frag
+    ids = re.findall(r'<div id="(sd-view-[0-9a-f]+)"', frag)
+    assert len(ids) == len(set(ids)) == len(view.parts)
     assert "https://" not in frag.replace(circuitsvis_bundle(), "")
     assert view.to_html(include_bundle=False).count("var CircuitsVis=") == 0
 
@@ -196,16 +204,63 @@ def test_repr_html_is_self_contained(data):
 def test_norm_view_log_scale_makes_the_initial_token_stand_out(data):
     tokens, norms, _ = data
     view = norm_view(tokens, norms, block_labels=[f"b{i}" for i in range(norms.shape[1])])
-    assert view.component == "ColoredTokensMulti"
-    assert view.props["labels"][0] == "peak" and view.props["labels"][1:] == [f"b{i}" for i in range(6)]
-    values = np.array(view.props["values"])
+    assert isinstance(view, ViewGroup) and view.layout == "grid" and view.kind == "norm"
+    assert view.components == ["ColoredTokens"] * 7  # one line per block, no ColoredTokensMulti
+    labels = [p.title for p in view.parts]
+    assert labels[0] == "peak" and labels[1:] == [f"b{i}" for i in range(6)]
+    values = _values(view)
     assert values.shape == (len(tokens), 7)
     assert np.argmax(values[:, 0]) == 0
     assert values[0, 0] > 2 and np.all(np.abs(values[1:, 1:]) < 0.5)
-    bound = view.props["positiveBounds"][0]
-    assert view.props["positiveBounds"] == [bound] * 7 and view.props["negativeBounds"] == [-bound] * 7
+    bound = view.parts[0].props["maxValue"]
+    assert bound == pytest.approx(np.abs(values).max(), abs=1e-4)  # full colour at the largest value
+    assert all(p.props["maxValue"] == bound and p.props["minValue"] == -bound for p in view.parts)  # one scale
     lin = norm_view(tokens, norms, scale="linear", include_peak=False)
-    assert np.allclose(lin.props["values"], np.round(norms, 4))
+    assert np.allclose(_values(lin), np.round(norms, 4))
+
+
+def _values(group: ViewGroup) -> np.ndarray:
+    """``[n_tokens, n_parts]``: each part's values as a column."""
+    return np.array([p.props["values"] for p in group.parts]).T
+
+
+def test_intervention_view_shows_both_runs_on_one_scale(data):
+    tokens, norms, _ = data
+    before, after = norms[:, 3], norms[:, 3].copy()
+    after[0] = 1.0
+    view = intervention_view(tokens, before, after, title="ablate", labels=("clean", "ablated"))
+    assert isinstance(view, ViewGroup) and view.layout == "row" and view.kind == "intervention"
+    assert view.components == ["ColoredTokens", "ColoredTokens"]
+    assert [p.title for p in view.parts] == ["clean", "ablated"]
+    assert np.allclose(_values(view), np.round(np.stack([before, after], 1), 4))
+    assert {(p.props["minValue"], p.props["maxValue"]) for p in view.parts} == {(-before.max(), before.max())}
+    html = view.to_html(include_bundle=False, div_ids=["a1", "a2"])
+    assert html.index('class="sd-group sd-group-row"') < html.index('id="a1"') < html.index('id="a2"')
+    assert ">clean</div>" in html and ">ablated</div>" in html
+    logged = intervention_view(tokens, before, after, scale="log")
+    assert np.allclose(_values(logged)[:, 0], np.round(np.log10(before), 4))
+
+
+def test_no_helper_uses_a_component_with_bound_inputs(data):
+    """``ColoredTokensMulti`` renders text inputs (and Reset buttons) for its colour bounds."""
+    for view in _all_views(data):
+        assert "ColoredTokensMulti" not in [p.component for p in view.parts]
+
+
+def test_view_group_checks_its_parts(data):
+    part = _all_views(data)[2]
+    with pytest.raises(InputError):
+        ViewGroup(())
+    with pytest.raises(InputError):
+        ViewGroup((part, "<b>not a view</b>"))  # type: ignore[arg-type]
+    with pytest.raises(InputError):
+        ViewGroup((part,), layout="carousel")  # type: ignore[arg-type]
+    group = ViewGroup((part, part), title="t " + EVIL)
+    with pytest.raises(InputError):
+        group.mount_js(["only-one"])
+    with pytest.raises(InputError):
+        group.container_html(["ok", 'x");alert(1);("'])
+    assert "<img" not in group.to_html(include_bundle=False)
 
 
 def test_views_accept_torch_and_lists(data):
@@ -213,7 +268,7 @@ def test_views_accept_torch_and_lists(data):
     tokens, norms, attn = data
     a = norm_view(tokens, torch.tensor(norms, dtype=torch.float16).float())
     b = attention_view(tokens, attn.tolist(), layer="x")
-    assert a.props["values"] and b.props["attentionHeadNames"][0] == "LxH0"
+    assert a.parts[0].props["values"] and b.props["attentionHeadNames"][0] == "LxH0"
 
 
 @pytest.mark.parametrize(
@@ -242,14 +297,17 @@ def test_labels_are_used(data):
     tokens, norms, pattern = data
     blocks = [f"b{i}" for i in range(norms.shape[1])]
     heads = [f"head-{i}" for i in range(pattern.shape[0])]
-    assert norm_view(tokens, norms, block_labels=blocks, include_peak=False).props["labels"] == blocks
+    assert [p.title for p in norm_view(tokens, norms, block_labels=blocks, include_peak=False).parts] == blocks
     assert attention_view(tokens, pattern, 3, head_labels=heads).props["attentionHeadNames"] == heads
     assert attention_view(tokens, pattern, 3).props["attentionHeadNames"][0] == "L3H0"
 
 
 def test_page_refuses_bad_ids_and_non_png(data):
     with pytest.raises(InputError):
-        _all_views(data)[0].mount_js('x");alert(1);("')
+        _all_views(data)[2].mount_js('x");alert(1);("')
+    group = _all_views(data)[0]
+    with pytest.raises(InputError):
+        group.mount_js(['x");alert(1);("'] * len(group.parts))
     with pytest.raises(InputError):
         Page("p").figure(b"GIF89a...")
     with pytest.raises(InputError):

@@ -186,42 +186,10 @@ class AnalysisResult:
         return text
 
     def sentences(self) -> list[str]:
-        """Each defect's findings in plain sentences."""
-        out = []
-        if not self.defects.defects:
-            out.append(
-                f"No state rose above {self.defects.threshold}x its block's median norm on this corpus: "
-                "no singular defect found."
-            )
-        for d, f in zip(self.defects, self.findings):
-            # a typical token's norm entering the explosion block (the embedding's for block 0)
-            before = float(self.probe.typical_norm("resid_pre")[d.explosion_layer])
-            c = f.causal
-            s = (
-                f"Defect D{d.index} is carried by {d.carriers()}. It explodes in block {d.explosion_layer} "
-                f"(typical norm entering the block: {before:,.0f}), peaks at {d.peak_norm:,.0f} in block "
-                f"{d.peak_layer} (typical there: {d.typical_norm:,.0f}) and stays high through block {d.last_layer}"
-            )
-            s += f"; it decays in block(s) {', '.join(map(str, d.decay_layers))}." if d.decay_layers else "; it does not decay within the model."
-            s += (
-                f" The block's leading singular direction is {f.predicted_angle_deg:.1f} deg from it "
-                f"(FFN alone: {f.ffn_angle_deg:.1f} deg); the nearest of all blocks is block {f.closest_block}"
-                f"{' (the explosion block)' if f.closest_block == d.explosion_layer else ''}."
-            )
-            if not d.initial_token:
-                s += " The causal check acts on the initial token, which does not carry this defect, so it does not test it."
-            else:
-                s += (
-                    f" Removing v0 from the FFN input of block {c.layer} takes the initial token from "
-                    f"{c.norm_before:,.0f} to {c.norm_after:,.0f} (a random direction: {c.random_control_after:,.0f}); "
-                    f"setting token {c.position} ({c.tokens[c.position]!r})'s v0 coefficient to the initial token's "
-                    f"takes it from {float(c.norms_clean[c.position]):,.0f} to {float(c.norms_patched[c.position]):,.0f}."
-                )
-            for k in f.decay_checks:
-                sign = "negative, as claim (ii) predicts" if k.rayleigh < 0 else "positive, against claim (ii)"
-                s += f" At decay block {k.layer} the Rayleigh quotient along the direction is {k.rayleigh:.1f} ({sign})."
-            out.append(s)
-        return out
+        """Each defect's findings in plain sentences (written by :func:`sd_lens.report.prose.defect_sentences`)."""
+        from sd_lens.report.prose import defect_sentences
+
+        return defect_sentences(self)
 
 
 def run_analysis(

@@ -127,22 +127,10 @@ class DefectReport:
         return self.defects[i]
 
     def summary(self) -> str:
-        if not self.defects and self.n_high_states == 0:
-            return f"{self.model}: no state above {self.threshold}x its block's median norm: no defect."
-        if not self.defects:
-            return (
-                f"{self.model}: {self.n_high_states} state(s) above {self.threshold}x the block median, but the "
-                f"probe kept none of their vectors, so no defect could be formed; {_UNDIRECTED_FIX}"
-            )
-        lines = [f"{self.model}: {len(self.defects)} defect(s) (threshold {self.threshold}x the block median)"]
-        for d in self.defects:
-            lines.append(
-                f"  D{d.index}: explodes in block {d.explosion_layer}, high-norm in blocks {d.first_layer}-"
-                f"{d.last_layer}, decays in {d.decay_layers or 'no block'}; peak {d.peak_norm:.0f} vs typical "
-                f"{d.typical_norm:.0f} at block {d.peak_layer}; carried by {d.carriers()}; states within "
-                f"{d.mean_angle_deg:.1f} deg of its direction on average"
-            )
-        return "\n".join(lines)
+        """The defects in a few lines (written by :func:`sd_lens.report.prose.defects_summary`)."""
+        from sd_lens.report.prose import defects_summary
+
+        return defects_summary(self)
 
 
 _UNDIRECTED_FIX = (

@@ -1,8 +1,49 @@
 """The singular-defect report: one self-contained HTML page (plus the JSON) per analysis run.
 
-Subpackage layout: :mod:`~sd_lens.report.build` lays out the page, :mod:`~sd_lens.report.views`
-and :mod:`~sd_lens.report.figures` draw, :mod:`~sd_lens.report.page` writes the offline HTML.
+The subpackage reads as the pipeline, one job per module:
+
+* :mod:`~sd_lens.report.adapters`: results → views and figures (:func:`views_for`, :func:`figures_for`, ...);
+* :mod:`~sd_lens.report.views`: the circuitsvis views, from plain arrays;
+* :mod:`~sd_lens.report.figures`: the matplotlib figures, from plain arrays;
+* :mod:`~sd_lens.report.prose`: every sentence and table about defects;
+* :mod:`~sd_lens.report.build`: the page as an ordered list of sections (:data:`SECTIONS`),
+  :func:`build_report` and :func:`write_report`;
+* :mod:`~sd_lens.report.page`: the offline HTML page (:class:`~sd_lens.report.page.Page`).
 """
 
-from sd_lens.report.build import *  # noqa: F401,F403
-from sd_lens.report.build import __all__  # noqa: F401
+from sd_lens.analyses.text_run import TextRun, run_text
+from sd_lens.report.adapters import (
+    ablation_views_for,
+    attention_layers_for,
+    attention_view_for_text,
+    coefficient_view_for,
+    corpus_norm_view,
+    figures_for,
+    norm_view_for_text,
+    patching_view_for,
+    pick_text,
+    trigger_text_of,
+    views_for,
+)
+from sd_lens.report.build import SECTIONS, ReportContext, Section, build_report, write_report
+
+__all__ = [
+    "SECTIONS",
+    "ReportContext",
+    "Section",
+    "TextRun",
+    "ablation_views_for",
+    "attention_layers_for",
+    "attention_view_for_text",
+    "build_report",
+    "coefficient_view_for",
+    "corpus_norm_view",
+    "figures_for",
+    "norm_view_for_text",
+    "patching_view_for",
+    "pick_text",
+    "run_text",
+    "trigger_text_of",
+    "views_for",
+    "write_report",
+]

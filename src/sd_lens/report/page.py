@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from sd_lens.errors import InputError
-from sd_lens.report.views import VIEW_CSS, CircuitsView, circuitsvis_bundle
+from sd_lens.report.views import VIEW_CSS, CircuitsView, View, ViewGroup, circuitsvis_bundle
 
 __all__ = ["PAGE_CSS", "Page"]
 
@@ -107,13 +107,17 @@ class Page:
         self._blocks.append(f"<ul>{lis}</ul>")
         return self
 
-    def view(self, view: CircuitsView) -> Page:
-        """Add an interactive circuitsvis view (mounted when the page loads)."""
-        if not isinstance(view, CircuitsView):
-            raise InputError(f"expected a CircuitsView (from sd_lens.report.views), got {type(view).__name__}")
-        div_id = f"sd-view-{len(self._views) + 1}"
-        self._views.append((div_id, view))
-        self._blocks.append(view.container_html(div_id))
+    def view(self, view: View) -> Page:
+        """Add an interactive circuitsvis view, or a group of them (mounted when the page loads)."""
+        if not isinstance(view, (CircuitsView, ViewGroup)):
+            raise InputError(
+                f"expected a CircuitsView or ViewGroup (from sd_lens.report.views), got {type(view).__name__}"
+            )
+        ids = []
+        for part in view.parts:
+            ids.append(f"sd-view-{len(self._views) + 1}")
+            self._views.append((ids[-1], part))
+        self._blocks.append(view.container_html(ids[0]) if isinstance(view, CircuitsView) else view.container_html(ids))
         return self
 
     def figure(self, fig: Any, caption: str | None = None, alt: str | None = None, dpi: int = 100) -> Page:
@@ -173,7 +177,7 @@ class Page:
     # ------------------------------------------------------------------ output
     @property
     def n_views(self) -> int:
-        """How many circuitsvis views the page holds."""
+        """How many circuitsvis views the page holds (each part of a group counts)."""
         return len(self._views)
 
     def render(self) -> str:

@@ -1,10 +1,16 @@
 """Interactive circuitsvis views of singular defects, for notebooks and for the HTML report.
 
 Every function here takes plain arrays (numpy, torch or nested lists) and returns a
-:class:`CircuitsView`: the name of a circuitsvis React component plus the props to mount it
-with. A view displays itself in Jupyter (``_repr_html_``: it embeds circuitsvis's JavaScript
-bundle, so it works offline), and :class:`sd_lens.report.page.Page` mounts many views on one page
-with a single copy of the bundle.
+:class:`CircuitsView` (the name of a circuitsvis React component plus the props to mount it with)
+or a :class:`ViewGroup` (several such views read together, all visible at once: the norm of each
+token in every block, a run before and after an intervention). A view displays itself in Jupyter
+(``_repr_html_``: it embeds circuitsvis's JavaScript bundle, so it works offline), and
+:class:`sd_lens.report.page.Page` mounts many views on one page with a single copy of the bundle.
+
+Everything a view shows is on screen without interaction: hovering a token only adds its value.
+For that reason no helper uses ``ColoredTokensMulti``, which shows one value set at a time and
+always renders two text inputs (with "Reset" buttons) for editing its colour bounds; the norm and
+intervention views are groups of ``ColoredTokens`` on one shared colour scale instead.
 
 Safety: circuitsvis writes token text into the page with ``innerHTML`` (``ColoredTokens``,
 ``ColoredTokensMulti``), so a token such as ``<img src=x onerror=...>`` would become markup.
@@ -23,7 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, TypeAlias
 
 import numpy as np
 
@@ -32,6 +38,8 @@ from sd_lens.errors import InputError
 __all__ = [
     "BUNDLE_COMPONENTS",
     "CircuitsView",
+    "View",
+    "ViewGroup",
     "attention_view",
     "circuitsvis_bundle",
     "coefficient_view",
@@ -165,6 +173,11 @@ class CircuitsView:
             object.__setattr__(self, "props", {**self.props, "tokens": _escape_tokens(self.props["tokens"])})
         script_json(self.props)  # fail now, not in the browser, on NaN or unserialisable props
 
+    @property
+    def parts(self) -> tuple[CircuitsView, ...]:
+        """The circuitsvis views to mount: this one (a :class:`ViewGroup` has several)."""
+        return (self,)
+
     def props_json(self) -> str:
         """The props as JSON that is safe inside ``<script>`` (see :func:`script_json`)."""
         return script_json(self.props)
@@ -187,19 +200,16 @@ class CircuitsView:
 
     def container_html(self, div_id: str) -> str:
         """The ``<figure>`` holding the title, the empty mount ``<div>`` and the caption."""
+        return _figure_html(self.kind, self.title, self.mount_html(div_id), self.caption)
+
+    def mount_html(self, div_id: str) -> str:
+        """The empty ``<div>`` the component is mounted into."""
         if not _ID_RE.match(div_id):
             raise InputError(f"element id {div_id!r} must match {_ID_RE.pattern}")
-        parts = [f'<figure class="sd-view sd-view-{html.escape(self.kind)}">']
-        if self.title:
-            parts.append(f'<div class="sd-view-title">{html.escape(self.title)}</div>')
-        parts.append(
+        return (
             f'<div id="{div_id}" class="sd-cv {html.escape(self.css_class)}" '
             f'data-component="{html.escape(self.component)}"></div>'
         )
-        if self.caption:
-            parts.append(f"<figcaption>{html.escape(self.caption)}</figcaption>")
-        parts.append("</figure>")
-        return "".join(parts)
 
     def to_html(self, include_bundle: bool = True, div_id: str | None = None) -> str:
         """A self-contained HTML fragment showing this view (what a notebook displays).
@@ -209,12 +219,8 @@ class CircuitsView:
                 page already loaded it.
             div_id: Id of the mount element; a random one by default.
         """
-        div_id = div_id or "sd-view-" + uuid.uuid4().hex[:12]
-        bundle = f"<script>{circuitsvis_bundle()}</script>" if include_bundle else ""
-        return (
-            f"<style>{VIEW_CSS}</style>{self.container_html(div_id)}{bundle}"
-            f"<script>{self.mount_js(div_id)}</script>"
-        )
+        div_id = div_id or _random_id()
+        return _fragment(self.container_html(div_id), self.mount_js(div_id), include_bundle)
 
     def _repr_html_(self) -> str:
         return self.to_html()
@@ -223,9 +229,108 @@ class CircuitsView:
         return self.to_html()
 
 
+@dataclass(frozen=True)
+class ViewGroup:
+    """Several circuitsvis views read together and shown at once, each under its own label.
+
+    Attributes:
+        parts: The views; each one's ``title`` is its label in the group (its caption is not shown).
+        layout: ``"row"``: side by side (one under the other on a narrow page), for comparing a
+            few runs; ``"grid"``: one line per part, labels in a column on the left, all lines
+            scrolling sideways together, for the same tokens under many value sets.
+        title: Short heading shown above the group (plain text; escaped when rendered).
+        caption: One or two sentences saying how to read the group (plain text).
+        kind: Which sd_lens function made the group (``"norm"``, ``"intervention"``, ...).
+    """
+
+    parts: tuple[CircuitsView, ...]
+    layout: Literal["row", "grid"] = "row"
+    title: str | None = None
+    caption: str | None = None
+    kind: str = "group"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parts", tuple(self.parts))
+        if not self.parts:
+            raise InputError("a view group needs at least one view")
+        if not all(isinstance(p, CircuitsView) for p in self.parts):
+            raise InputError("every part of a view group must be a CircuitsView")
+        if self.layout not in ("row", "grid"):
+            raise InputError(f"layout must be 'row' or 'grid', got {self.layout!r}")
+
+    @property
+    def components(self) -> list[str]:
+        """The circuitsvis component of each part."""
+        return [p.component for p in self.parts]
+
+    def mount_js(self, div_ids: Sequence[str]) -> str:
+        """JavaScript that mounts every part, part ``i`` into ``div_ids[i]``."""
+        self._check_ids(div_ids)
+        return "\n".join(p.mount_js(i) for p, i in zip(self.parts, div_ids))
+
+    def container_html(self, div_ids: Sequence[str]) -> str:
+        """The ``<figure>`` holding the title, each part's label and mount ``<div>``, and the caption."""
+        self._check_ids(div_ids)
+        cells = "".join(
+            '<div class="sd-part">'
+            + f'<div class="sd-part-label">{html.escape(p.title or "")}</div>'
+            + p.mount_html(i)
+            + "</div>"
+            for p, i in zip(self.parts, div_ids)
+        )
+        body = f'<div class="sd-group sd-group-{self.layout}">{cells}</div>'
+        return _figure_html(self.kind, self.title, body, self.caption)
+
+    def to_html(self, include_bundle: bool = True, div_ids: Sequence[str] | None = None) -> str:
+        """A self-contained HTML fragment showing the group (what a notebook displays).
+
+        Args:
+            include_bundle: Embed the circuitsvis bundle (about 1.3 MB), once for all parts.
+            div_ids: Ids of the mount elements, one per part; random ones by default.
+        """
+        ids = list(div_ids) if div_ids is not None else [_random_id() for _ in self.parts]
+        return _fragment(self.container_html(ids), self.mount_js(ids), include_bundle)
+
+    def _check_ids(self, div_ids: Sequence[str]) -> None:
+        if len(div_ids) != len(self.parts):
+            raise InputError(f"{len(div_ids)} element ids for {len(self.parts)} views")
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+    def __html__(self) -> str:
+        return self.to_html()
+
+
+#: What :meth:`sd_lens.report.page.Page.view` takes: one circuitsvis view or a group of them.
+View: TypeAlias = CircuitsView | ViewGroup
+
+
+def _random_id() -> str:
+    return "sd-view-" + uuid.uuid4().hex[:12]
+
+
+def _figure_html(kind: str, title: str | None, body: str, caption: str | None) -> str:
+    parts = [f'<figure class="sd-view sd-view-{html.escape(kind)}">']
+    if title:
+        parts.append(f'<div class="sd-view-title">{html.escape(title)}</div>')
+    parts.append(body)
+    if caption:
+        parts.append(f"<figcaption>{html.escape(caption)}</figcaption>")
+    parts.append("</figure>")
+    return "".join(parts)
+
+
+def _fragment(container: str, mount: str, include_bundle: bool) -> str:
+    bundle = f"<script>{circuitsvis_bundle()}</script>" if include_bundle else ""
+    return f"<style>{VIEW_CSS}</style>{container}{bundle}<script>{mount}</script>"
+
+
 #: CSS the views need (also included by the page). ColoredTokensMulti pads itself by 20 px per
 #: value set to make room for its tooltip; with one value set per block that is hundreds of
-#: blank pixels, so the padding is removed.
+#: blank pixels, so the padding is removed (``css_class="sd-cv-multi"``). In a ``"grid"`` group
+#: each part stays on one line (a newline token's line break is dropped; it shows as ¶), so that
+#: a token sits in the same column in every line.
 VIEW_CSS = (
     ".sd-view{margin:1em 0;padding:0;position:relative}"
     ".sd-view-title{font-weight:600;margin-bottom:.3em}"
@@ -234,6 +339,17 @@ VIEW_CSS = (
     ".sd-cv-multi>div{padding-bottom:0!important}"
     ".sd-view-attention .sd-cv{max-width:760px}"
     ".sd-view-error{color:#b00020;font-family:monospace}"
+    ".sd-part-label{color:#444;font-size:.85em;white-space:nowrap}"
+    ".sd-group-row{display:flex;flex-wrap:wrap;gap:.3em 2em}"
+    ".sd-group-row>.sd-part{flex:1 1 320px;min-width:0}"
+    ".sd-group-row .sd-part-label{font-weight:600;margin-bottom:.2em}"
+    ".sd-group-grid{display:grid;grid-template-columns:max-content max-content;column-gap:.6em;"
+    "align-items:center;overflow-x:auto;padding-bottom:.2em}"
+    ".sd-group-grid>.sd-part{display:contents}"
+    ".sd-group-grid .sd-part-label{position:sticky;left:0;z-index:1;background:#fff;padding-right:.2em}"
+    ".sd-group-grid .sd-cv{overflow:visible}"
+    ".sd-group-grid .colored-tokens{white-space:nowrap}"
+    ".sd-group-grid .colored-tokens br{display:none}"
 )
 
 
@@ -279,6 +395,29 @@ def _round(arr: np.ndarray, digits: int = 4) -> list:
     return np.array(flat, dtype=object).reshape(r.shape).tolist()
 
 
+def _colored_tokens_group(
+    tokens: list[str],
+    values: np.ndarray,
+    labels: Sequence[str],
+    layout: Literal["row", "grid"],
+    title: str | None,
+    caption: str,
+    kind: str,
+) -> ViewGroup:
+    """One ``ColoredTokens`` view per column of ``values [n_tokens, k]``, all on one symmetric scale."""
+    bound = max(float(np.abs(values).max()), 1e-12)
+    parts = tuple(
+        CircuitsView(
+            "ColoredTokens",
+            {"tokens": list(tokens), "values": _round(values[:, j]), "minValue": -bound, "maxValue": bound},
+            title=str(label),
+            kind=kind,
+        )  # tokens escaped by CircuitsView
+        for j, label in enumerate(labels)
+    )
+    return ViewGroup(parts, layout=layout, title=title, caption=caption, kind=kind)
+
+
 def norm_view(
     tokens: Sequence[str],
     norms: Any,
@@ -286,11 +425,12 @@ def norm_view(
     scale: Literal["log", "linear"] = "log",
     include_peak: bool = True,
     title: str | None = "Residual-stream norm of each token",
-) -> CircuitsView:
-    """Tokens coloured by their residual-stream norm, with a selector over blocks.
+) -> ViewGroup:
+    """Tokens coloured by their residual-stream norm, one line per block, all on screen at once.
 
-    Uses circuitsvis ``ColoredTokensMulti``: one value set per block (hover a label to switch,
-    click to lock; hover a token to see its value in every block).
+    A ``"grid"`` :class:`ViewGroup` of circuitsvis ``ColoredTokens``: the same tokens on every
+    line, the block's label on the left, one colour scale for all lines, so a column that turns
+    blue from some block on is a token whose norm exploded there. Hover a token for its value.
 
     Args:
         tokens: The ``n_tokens`` token strings.
@@ -299,12 +439,12 @@ def norm_view(
         scale: ``"log"`` (default) colours ``log10(norm / median norm of the block)``, so that
             ordinary tokens are white, high-norm tokens blue and below-median tokens faintly
             red, and a 100x token does not wash out a 5x one; ``"linear"`` colours raw norms.
-        include_peak: Prepend a value set ``"peak"`` holding each token's largest value over
-            blocks (shown first, so every high-norm token stands out on load).
+        include_peak: Put a first line ``"peak"`` holding each token's largest value over
+            blocks, so every high-norm token stands out at the top.
         title: Heading shown above the view.
 
     Returns:
-        The view. One colour scale is shared by all blocks, so colours compare across blocks.
+        The group, one part per line (``parts[j].props["values"]`` is line ``j``).
     """
     arr = _as_array(norms, "norms", 2)
     n_tokens, n_blocks = arr.shape
@@ -329,24 +469,14 @@ def norm_view(
     if include_peak:
         values = np.concatenate([values.max(axis=1, keepdims=True), values], axis=1)
         labels = ["peak"] + labels
-    bound = max(float(np.abs(values).max()), 1e-6)
-    k = values.shape[1]
-    props = {
-        "tokens": list(toks),  # escaped by CircuitsView
-        "values": _round(values),
-        "labels": labels,
-        "positiveBounds": [bound] * k,
-        "negativeBounds": [-bound] * k,
-    }
     caption = (
         f"Colour: {unit}, one scale for all blocks (blue high, white typical"
         + (", red below the median)." if scale == "log" else ").")
-        + " Hover a block label to switch blocks, click it to lock; hover a token for its"
-        " value in every block."
+        + " One line per block"
+        + (", after the first, peak: each token's largest value over the blocks." if include_peak else ".")
+        + " Hover a token for its value."
     )
-    return CircuitsView(
-        "ColoredTokensMulti", props, title=title, caption=caption, kind="norm", css_class="sd-cv-multi"
-    )
+    return _colored_tokens_group(toks, values, labels, "grid", title, caption, "norm")
 
 
 def attention_view(
@@ -453,22 +583,23 @@ def intervention_view(
     title: str = "Before / after the intervention",
     labels: tuple[str, str] = ("before", "after"),
     scale: Literal["log", "linear"] = "linear",
-) -> CircuitsView:
-    """Per-token values before and after an ablation or patching run (``ColoredTokensMulti``).
+) -> ViewGroup:
+    """Per-token values before and after an ablation or patching run, side by side.
 
-    Both value sets share one colour scale, so a token that loses (ablation) or gains (patching)
-    its high norm visibly changes colour when switching between them.
+    A ``"row"`` :class:`ViewGroup` of two circuitsvis ``ColoredTokens``, both on screen at once
+    and on one colour scale, so the token that loses (ablation) or gains (patching) its high norm
+    is dark in one and pale in the other without any interaction.
 
     Args:
         tokens: The ``n_tokens`` token strings.
         before: Array ``[n_tokens]`` (e.g. norms at the output of the explosion block, clean run).
         after: Array ``[n_tokens]`` (the same with the intervention hook).
-        title: Heading shown above the view.
-        labels: Names of the two value sets.
+        title: Heading shown above the pair.
+        labels: Names of the two runs, shown above each.
         scale: ``"linear"`` (default) or ``"log"`` (``log10`` of the values; needs them positive).
 
     Returns:
-        The view.
+        The group: ``parts[0]`` the run before, ``parts[1]`` the run after.
     """
     b = _as_array(before, "before", 1)
     a = _as_array(after, "after", 1)
@@ -485,20 +616,5 @@ def intervention_view(
         unit = "value"
     else:
         raise InputError(f"scale must be 'log' or 'linear', got {scale!r}")
-    bound = max(float(np.abs(values).max()), 1e-12)
-    props = {
-        "tokens": list(toks),  # escaped by CircuitsView
-        "values": _round(values),
-        "labels": [str(labels[0]), str(labels[1])],
-        "positiveBounds": [bound, bound],
-        "negativeBounds": [-bound, -bound],
-    }
-    return CircuitsView(
-        "ColoredTokensMulti",
-        props,
-        title=title,
-        caption=f"Colour: {unit}, one scale for both runs. Hover '{labels[0]}' / '{labels[1]}' "
-        "to switch; hover a token for both values.",
-        kind="intervention",
-        css_class="sd-cv-multi",
-    )
+    caption = f"Colour: {unit}, one scale for both runs (blue high, white zero). Hover a token for its value."
+    return _colored_tokens_group(toks, values, [str(labels[0]), str(labels[1])], "row", title, caption, "intervention")

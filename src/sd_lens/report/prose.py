@@ -1,0 +1,197 @@
+"""Everything sd_lens says about defects in words: sentences, summaries and the findings tables.
+
+One module holds all of it, so a sentence is changed in one place, whichever way it is read:
+
+* :func:`defects_summary`: the defect finder's result in a few lines (``DefectReport.summary()``,
+  printed by ``sd-lens analyze`` and ``sd-lens report``);
+* :func:`defect_sentences`: each defect's findings in plain sentences
+  (``AnalysisResult.sentences()``, also the paragraph under each defect's heading in the report);
+* :func:`report_summary`: the opening paragraph of the report;
+* :func:`overview_table`, :func:`defect_table`, :func:`decay_table`: the report's tables, as
+  ``(header, rows)``;
+* :func:`carrier_note`, :func:`no_decay_note`: the report's remarks on one defect.
+
+Every function takes the typed results and returns plain text (the page escapes it); nothing here
+runs a model or draws.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sd_lens.analyses.defects import DefectReport
+    from sd_lens.pipeline import AnalysisResult
+
+__all__ = [
+    "Table",
+    "carrier_note",
+    "decay_table",
+    "defect_sentences",
+    "defect_table",
+    "defects_summary",
+    "no_decay_note",
+    "number",
+    "overview_table",
+    "report_summary",
+]
+
+#: A table for :meth:`~sd_lens.report.page.Page.table`: its header and its rows.
+Table = tuple[list[str], list[list[Any]]]
+
+
+def number(x: float) -> str:
+    """A norm for a sentence: thousands separators from 100 up, three significant digits below."""
+    x = float(x)
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def defects_summary(report: DefectReport) -> str:
+    """The defects found, one line each (what :meth:`DefectReport.summary` returns)."""
+    from sd_lens.analyses.defects import _UNDIRECTED_FIX
+
+    if not report.defects and report.n_high_states == 0:
+        return f"{report.model}: no state above {report.threshold}x its block's median norm: no defect."
+    if not report.defects:
+        return (
+            f"{report.model}: {report.n_high_states} state(s) above {report.threshold}x the block median, but the "
+            f"probe kept none of their vectors, so no defect could be formed; {_UNDIRECTED_FIX}"
+        )
+    lines = [f"{report.model}: {len(report.defects)} defect(s) (threshold {report.threshold}x the block median)"]
+    for d in report.defects:
+        lines.append(
+            f"  D{d.index}: explodes in block {d.explosion_layer}, high-norm in blocks {d.first_layer}-"
+            f"{d.last_layer}, decays in {d.decay_layers or 'no block'}; peak {d.peak_norm:.0f} vs typical "
+            f"{d.typical_norm:.0f} at block {d.peak_layer}; carried by {d.carriers()}; states within "
+            f"{d.mean_angle_deg:.1f} deg of its direction on average"
+        )
+    return "\n".join(lines)
+
+
+def defect_sentences(result: AnalysisResult) -> list[str]:
+    """Each defect's findings in plain sentences (what :meth:`AnalysisResult.sentences` returns)."""
+    out = []
+    if not result.defects.defects:
+        out.append(
+            f"No state rose above {result.defects.threshold}x its block's median norm on this corpus: "
+            "no singular defect found."
+        )
+    for d, f in zip(result.defects, result.findings):
+        # a typical token's norm entering the explosion block (the embedding's for block 0)
+        before = float(result.probe.typical_norm("resid_pre")[d.explosion_layer])
+        c = f.causal
+        s = (
+            f"Defect D{d.index} is carried by {d.carriers()}. It explodes in block {d.explosion_layer} "
+            f"(typical norm entering the block: {before:,.0f}), peaks at {d.peak_norm:,.0f} in block "
+            f"{d.peak_layer} (typical there: {d.typical_norm:,.0f}) and stays high through block {d.last_layer}"
+        )
+        s += f"; it decays in block(s) {', '.join(map(str, d.decay_layers))}." if d.decay_layers else "; it does not decay within the model."
+        s += (
+            f" The block's leading singular direction is {f.predicted_angle_deg:.1f} deg from it "
+            f"(FFN alone: {f.ffn_angle_deg:.1f} deg); the nearest of all blocks is block {f.closest_block}"
+            f"{' (the explosion block)' if f.closest_block == d.explosion_layer else ''}."
+        )
+        if not d.initial_token:
+            s += " The causal check acts on the initial token, which does not carry this defect, so it does not test it."
+        else:
+            s += (
+                f" Removing v0 from the FFN input of block {c.layer} takes the initial token from "
+                f"{c.norm_before:,.0f} to {c.norm_after:,.0f} (a random direction: {c.random_control_after:,.0f}); "
+                f"setting token {c.position} ({c.tokens[c.position]!r})'s v0 coefficient to the initial token's "
+                f"takes it from {float(c.norms_clean[c.position]):,.0f} to {float(c.norms_patched[c.position]):,.0f}."
+            )
+        for k in f.decay_checks:
+            sign = "negative, as claim (ii) predicts" if k.rayleigh < 0 else "positive, against claim (ii)"
+            s += f" At decay block {k.layer} the Rayleigh quotient along the direction is {k.rayleigh:.1f} ({sign})."
+        out.append(s)
+    return out
+
+
+def report_summary(result: AnalysisResult) -> str:
+    """The report's opening paragraph: the model, the corpus, the threshold and one clause per defect."""
+    n = len(result.defects)
+    head = (
+        f"{result.model} ({result.architecture}, {result.n_layers} blocks, d_model {result.d_model}) was probed on "
+        f"{len(result.texts)} text(s), {result.probe.n_tokens:,} tokens. A state counts as high-norm when its "
+        f"norm exceeds {result.defects.threshold:g} times its block's median norm. "
+    )
+    if n == 0:
+        return head + "No state crossed that line: sd_lens found no singular defect on this corpus."
+    parts = [
+        f"D{d.index} explodes in block {d.explosion_layer} (peak {number(d.peak_norm)} against a typical "
+        f"{number(d.typical_norm)}), "
+        + (f"decays in block(s) {', '.join(map(str, d.decay_layers))}" if d.decay_layers else "does not decay")
+        + f", and the explosion block's leading singular direction is {f.predicted_angle_deg:.1f}\u00b0 from it"
+        for d, f in zip(result.defects, result.findings)
+    ]
+    return head + f"sd_lens found {n} singular defect(s): " + "; ".join(parts) + "."
+
+
+def overview_table(result: AnalysisResult) -> Table:
+    """One row per defect: blocks, norms, angles and the ablation's before/after/random control."""
+    header = ["defect", "explosion block", "decay blocks", "peak norm", "typical norm", "angle u\u2080(L) (deg)",
+              "angle u\u2080(F) (deg)", "ablation before", "after", "random control"]
+    rows: list[list[Any]] = [
+        [f"D{d.index}", d.explosion_layer, ", ".join(map(str, d.decay_layers)) or "none", d.peak_norm,
+         d.typical_norm, f.predicted_angle_deg, f.ffn_angle_deg, f.causal.norm_before, f.causal.norm_after,
+         f.causal.random_control_after]
+        for d, f in zip(result.defects, result.findings)
+    ]
+    return header, rows
+
+
+def defect_table(result: AnalysisResult, k: int) -> Table:
+    """Every quantity measured about defect ``k``, one per row."""
+    d, f = result.defects[k], result.findings[k]
+    c, sub = f.causal, f.subspace
+    pos = c.position
+    v0_out = max(float(sub.plus_norms[0]), float(sub.minus_norms[0]))
+    rows: list[list[Any]] = [
+        ["carried by", d.carriers()],
+        ["explosion block", d.explosion_layer],
+        ["high-norm blocks", f"{d.first_layer}\u2013{d.last_layer}"],
+        ["decay blocks", ", ".join(map(str, d.decay_layers)) or "none within the model"],
+        [f"peak norm (block {d.peak_layer})", d.peak_norm],
+        [f"typical norm (block {d.peak_layer} median)", d.typical_norm],
+        ["angle of u\u2080 of L at the explosion block to the direction (deg)", f.predicted_angle_deg],
+        ["angle of u\u2080 of F (FFN alone) there (deg)", f.ffn_angle_deg],
+        ["block whose u\u2080 of L is nearest the direction", f.closest_block],
+        ["FFN output norm along v\u2080 / random directions (mean)",
+         f"{number(v0_out)} / {number(float(sub.random_norms.mean()))}"],
+        [f"ablation at block {c.layer}: initial-token norm before", c.norm_before],
+        ["ablation: after removing v\u2080", c.norm_after],
+        ["ablation: after removing a random direction (control)", c.random_control_after],
+        [f"patching at block {c.layer}: token {pos} ({c.tokens[pos] if pos < len(c.tokens) else '?'!r}) norm before",
+         float(c.norms_clean[pos])],
+        ["patching: after setting its v\u2080 coefficient to the initial token's", float(c.norms_patched[pos])],
+    ]
+    return ["quantity", "value"], rows
+
+
+def decay_table(result: AnalysisResult, k: int) -> Table:
+    """Defect ``k``'s decay blocks: the eigen-check of R = L − I and how to read its sign."""
+    header = ["block", "eigenvalue nearest the direction (real)", "imaginary part",
+              "its eigenvector's angle to the direction (deg)", "Rayleigh quotient u\u1d40Ru", "reading"]
+    rows: list[list[Any]] = []
+    for c in result.findings[k].decay_checks:
+        reading = "cancels the state (negative)" if c.rayleigh < 0 else "does not cancel it (positive)"
+        rows.append([c.layer, c.eigenvalue, c.eigenvalue_imag, c.eigvec_angle_deg, c.rayleigh, reading])
+    return header, rows
+
+
+def carrier_note(result: AnalysisResult, k: int) -> str | None:
+    """A warning when defect ``k`` is not carried by the initial token (the causal check does not test
+    it), else None."""
+    if result.defects[k].initial_token:
+        return None
+    label = f"D{result.defects[k].index}"
+    return (
+        f"Note: {label} is carried only by non-initial tokens, while the causal check below measures the "
+        "initial token of the trigger text and patches one token of it: it does not test this defect's "
+        "own carriers."
+    )
+
+
+def no_decay_note(result: AnalysisResult, k: int) -> str:
+    """What the report says in place of the decay check when defect ``k`` has no decay block."""
+    return f"D{result.defects[k].index} does not decay within the model: no decay block to check."
