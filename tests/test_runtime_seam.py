@@ -141,3 +141,29 @@ def test_stream_stops_at_the_deepest_hooked_block_and_pads_exactly(tiny):
     batch, values = out[0]
     alone = run(model, seqs[1], watch)[act_name("resid_post", 0)]
     assert batch.padded and torch.allclose(values[act_name("resid_post", 0)][0, :2], alone[0], atol=1e-5)
+
+
+def test_right_padding_needs_no_mask_on_causal_models(tiny):
+    """The engine's padding policy: real positions of a padded batch equal each sequence run alone,
+    with or without the mask passed to the model (why stream() does not pass it by default)."""
+    model = tiny
+    seqs = [torch.tensor([1, 5, 7, 9, 3, 2]), torch.tensor([1, 4]), torch.tensor([1, 8, 2, 6])]
+    names = {act_name("resid_post", layer): token_norms for layer in range(model.cfg.n_layers)}
+    for masked in (False, True):
+        for batch, out in stream(model, seqs, names, batch_size=3, attention_mask=masked):
+            for row, i in enumerate(batch.index):
+                alone = run(model, seqs[i], names)
+                n = len(seqs[i])
+                for name in names:
+                    assert torch.allclose(out[name][row, :n], alone[name][0], rtol=1e-5, atol=1e-5), (masked, i, name)
+
+
+def test_importing_sd_lens_does_not_import_the_model_libraries():
+    """load_model overlaps importing transformers/TransformerLens with its checksum work: a plain
+    ``import sd_lens`` must not pay for them first."""
+    import subprocess
+    import sys
+
+    code = "import sys, sd_lens; print(sorted(m for m in ('transformer_lens', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -10,21 +10,28 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from functools import lru_cache
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from sd_lens.errors import UnsupportedArchitectureError
 from sd_lens.types import HookedModel, HookFn
 
-try:  # TransformerLens 4
-    from transformer_lens.utilities import get_act_name as _get_act_name
-except ImportError:  # pragma: no cover - TransformerLens 2.x / 3.x
-    from transformer_lens.utils import get_act_name as _get_act_name
-
 __all__ = ["FFN_INPUT", "act_name", "block_of", "ffn_input", "require_hooks", "temporary_hooks"]
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
+
+
+@lru_cache(maxsize=1)
+def _get_act_name() -> Callable[..., str]:
+    """TransformerLens's ``get_act_name``, imported on first use: importing TransformerLens takes
+    seconds, and :func:`sd_lens.load_model` overlaps that import with its checksum work."""
+    try:  # TransformerLens 4
+        from transformer_lens.utilities import get_act_name
+    except ImportError:  # pragma: no cover - TransformerLens 2.x / 3.x
+        from transformer_lens.utils import get_act_name
+    return get_act_name
 
 
 def act_name(kind: str, layer: int | None = None, sub: str | None = None) -> str:
@@ -33,7 +40,7 @@ def act_name(kind: str, layer: int | None = None, sub: str | None = None) -> str
     Examples: ``act_name("resid_post", 3)``, ``act_name("pattern", 2)``,
     ``act_name("normalized", 5, "ln2")``.
     """
-    return str(_get_act_name(kind, layer, sub))
+    return str(_get_act_name()(kind, layer, sub))
 
 
 #: ``(kind, sub)`` of the FFN's normalised input: where v₀ of the linearised FFN lives.

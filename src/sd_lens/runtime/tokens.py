@@ -2,8 +2,9 @@
 
 * :func:`encode` — one text to token ids with the model's BOS convention (``model.to_tokens``);
 * :func:`tokenize` — many texts, validated and truncated to ``max_tokens_per_text``;
-* :func:`pad` — right padding with an attention mask. Right padding is exact for causal models:
-  no real token attends to a pad, so padded positions are never read back;
+* :func:`pad` / :func:`attention_mask` — right padding, and the mask of real positions. Right
+  padding is exact for causal models: no real token attends to a pad, and padded positions are
+  never read back;
 * :func:`decode_one` / :func:`decode` — token ids to strings, one token at a time
   (``tokenizer.decode([id])``; ``"<id>"`` for a model without a tokenizer).
 """
