@@ -11,21 +11,54 @@ The subpackage reads as the pipeline, one job per module:
 * :mod:`~sd_lens.report.page`: the offline HTML page (:class:`~sd_lens.report.page.Page`).
 """
 
-from sd_lens.analyses.text_run import TextRun, run_text
-from sd_lens.report.adapters import (
-    ablation_views_for,
-    attention_layers_for,
-    attention_view_for_text,
-    coefficient_view_for,
-    corpus_norm_view,
-    figures_for,
-    norm_view_for_text,
-    patching_view_for,
-    pick_text,
-    trigger_text_of,
-    views_for,
-)
-from sd_lens.report.build import SECTIONS, ReportContext, Section, build_report, write_report
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover - the same names, imported on first use at run time
+    from sd_lens.analyses.text_run import TextRun, run_text
+    from sd_lens.report.adapters import (
+        ablation_views_for,
+        attention_layers_for,
+        attention_view_for_text,
+        coefficient_view_for,
+        corpus_norm_view,
+        figures_for,
+        norm_view_for_text,
+        patching_view_for,
+        pick_text,
+        trigger_text_of,
+        views_for,
+    )
+    from sd_lens.report.build import SECTIONS, ReportContext, Section, build_report, write_report
+
+#: where each public name lives; imported on first use, so that ``sd_lens.report.prose`` (which
+#: ``DefectReport.summary`` uses) does not pull in matplotlib and circuitsvis
+_HOME = {
+    "TextRun": "sd_lens.analyses.text_run",
+    "run_text": "sd_lens.analyses.text_run",
+    **dict.fromkeys(
+        ["ablation_views_for", "attention_layers_for", "attention_view_for_text", "coefficient_view_for",
+         "corpus_norm_view", "figures_for", "norm_view_for_text", "patching_view_for", "pick_text",
+         "trigger_text_of", "views_for"],
+        "sd_lens.report.adapters",
+    ),
+    **dict.fromkeys(["SECTIONS", "ReportContext", "Section", "build_report", "write_report"], "sd_lens.report.build"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        value = getattr(importlib.import_module(_HOME[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sd_lens.report' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME))
+
 
 __all__ = [
     "SECTIONS",
