@@ -49,8 +49,8 @@ def test_defects_born_in_one_block_share_the_block_analyses(planted, monkeypatch
 
     def two_defects(*args, **kwargs):
         report = real_find(*args, **kwargs)
-        report.defects.append(dataclasses.replace(report.defects[0], index=1))  # results are frozen
-        return report
+        twin = dataclasses.replace(report.defects[0], index=1)  # results are frozen: a changed copy
+        return dataclasses.replace(report, defects=[*report.defects, twin])
 
     monkeypatch.setattr(analysis, "find_defects", two_defects)
     monkeypatch.setattr(analysis, "verify_trigger", lambda *a, **k: calls.append(a[1]) or real_verify(*a, **k))

@@ -3,12 +3,14 @@ flags generated from it."""
 
 from __future__ import annotations
 
+import argparse
 import math
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
+from typing import Literal
 
 import pytest
 
-from sd_lens.cli import build_parser, config_from_args, main
+from sd_lens.cli import add_config_arguments, build_parser, config_from_args, main
 from sd_lens.errors import InputError
 from sd_lens.pipeline import AnalysisConfig, run_analysis
 
@@ -71,3 +73,22 @@ def test_cli_refuses_bad_options_before_loading(capsys, monkeypatch):
     monkeypatch.setattr(sd_lens, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     assert main(["analyze", "--model", "no-such-model", "--vocab-limit", "-3"]) == 2
     assert "vocab_limit=-3" in capsys.readouterr().err
+
+
+def test_generated_flags_cover_none_literals_and_true_booleans():
+    @dataclass(frozen=True)
+    class Options:
+        limit: int | None = field(default=5, metadata={"help": "a limit"})
+        mode: Literal["a", "b"] = field(default="a", metadata={"help": "a mode"})
+        fast: bool = field(default=True, metadata={"help": "go fast"})
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, Options)
+    assert vars(parser.parse_args([])) == {"limit": 5, "mode": "a", "fast": True}
+    assert vars(parser.parse_args(["--limit", "none", "--mode", "b", "--no-fast"])) == {
+        "limit": None, "mode": "b", "fast": False
+    }
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mode", "c"])
+    args = build_parser().parse_args(["analyze", "--max-tokens-per-text", "none"])
+    assert config_from_args(args).max_tokens_per_text is None

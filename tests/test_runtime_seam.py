@@ -26,14 +26,44 @@ FORBIDDEN_METHODS = {
     "run_with_hooks", "run_with_cache", "hooks", "add_hook", "add_perma_hook", "register_forward_hook",
     "register_forward_pre_hook", "register_full_backward_hook", "forward", "generate",
     "to_tokens", "to_str_tokens", "to_string", "decode", "batch_decode",
+    "encode", "tokenize", "convert_ids_to_tokens", "to_single_token", "tokenizer",
 }
 #: names a model is held in, whose direct call is a forward
 MODEL_NAMES = {"model", "bridge", "hooked", "tl_model"}
+#: ... and any variable ending like these (``lm_model``, ``self._model``, ``hf_bridge``)
+MODEL_SUFFIXES = ("_model", "_bridge")
 
 
 def _is_bytes_decode(node: ast.Call) -> bool:
-    """``b.decode("ascii")``: a codec name, not token ids."""
+    """``b.decode("ascii")`` / ``s.encode("utf-8")``: a codec name, not token ids or text."""
     return bool(node.args) and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+
+
+def _package_functions() -> set[str]:
+    """Functions defined in the package (``load_model`` is a call *of* a function, not *of* a model)."""
+    return {
+        n.name for p in SRC.rglob("*.py") for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+    }
+
+
+_FUNCTIONS = _package_functions()
+
+
+def _holds_a_model(name: str) -> bool:
+    bare = name.lstrip("_")
+    if bare in MODEL_NAMES:
+        return True
+    # a variable (lower case, not a function of ours) named like a model
+    return bare.islower() and ("_" + bare).endswith(MODEL_SUFFIXES) and name not in _FUNCTIONS
+
+
+def _calls_into_blocks(func: ast.expr) -> bool:
+    """``model.blocks[0].mlp(x)``: a module of a block called directly."""
+    return any(
+        isinstance(n, ast.Subscript) and isinstance(n.value, ast.Attribute) and n.value.attr == "blocks"
+        for n in ast.walk(func)
+    )
 
 
 def _violations(path: Path, root: Path = SRC) -> list[str]:
@@ -45,12 +75,14 @@ def _violations(path: Path, root: Path = SRC) -> list[str]:
             continue
         f = node.func
         if isinstance(f, ast.Attribute) and f.attr in FORBIDDEN_METHODS:
-            if not (f.attr == "decode" and _is_bytes_decode(node)):
+            if not (f.attr in ("decode", "encode") and _is_bytes_decode(node)):
                 out.append(f"{where}:{node.lineno}: .{f.attr}(...)")
-        elif isinstance(f, ast.Name) and f.id in MODEL_NAMES:
+        elif isinstance(f, ast.Name) and (_holds_a_model(f.id) or f.id == "tokenizer"):
             out.append(f"{where}:{node.lineno}: {f.id}(...)")
-        elif isinstance(f, ast.Attribute) and f.attr in MODEL_NAMES:
+        elif isinstance(f, ast.Attribute) and _holds_a_model(f.attr):
             out.append(f"{where}:{node.lineno}: .{f.attr}(...)")
+        elif _calls_into_blocks(f):
+            out.append(f"{where}:{node.lineno}: a block's module called directly")
     return out
 
 
@@ -71,9 +103,12 @@ def test_the_scan_catches_what_it_should(tmp_path):
         "model(tokens)\nm.run_with_hooks(t)\nwith m.hooks(fwd_hooks=h):\n    pass\n"
         "m.blocks[0].hook_resid_post.add_hook(f)\nself.model(x)\nm.to_tokens('a')\ntok.decode([1])\n"
         "png.decode('ascii')\nlen(x)\n"
+        "lm_model(tokens)\nself._model(x)\nmodel.blocks[0].mlp(x)\ntokenizer(text)\nm.tokenizer.encode(text)\n"
+        "text.encode('utf-8')\nmodel_view(model)\n"
     )
     found = _violations(snippet, tmp_path)
-    assert sorted((v.split(": ", 1)[0] for v in found), key=lambda s: int(s.split(":")[1])) == [f"x.py:{n}" for n in (1, 2, 3, 5, 6, 7, 8)], found
+    lines = sorted((v.split(": ", 1)[0] for v in found), key=lambda s: int(s.split(":")[1]))
+    assert lines == [f"x.py:{n}" for n in (1, 2, 3, 5, 6, 7, 8, 11, 12, 13, 14, 15)], found
 
 
 def test_the_runtime_is_where_the_forward_is():

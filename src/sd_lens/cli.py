@@ -26,29 +26,46 @@ def _flag(name: str, meta: Any) -> str:
     return str(meta.get("flag", "--" + name.replace("_", "-")))
 
 
-def _scalar_type(annotation: Any) -> Any:
-    """``int`` for ``int | None`` etc.; the annotation itself otherwise."""
-    hint = annotation
-    if isinstance(hint, (types.UnionType,)) or typing.get_origin(hint) is typing.Union:
+def _argument(annotation: Any) -> tuple[Any, bool, tuple[Any, ...] | None]:
+    """(argparse type, None allowed, choices) of a field's annotation: ``int | None``, ``Literal[...]``..."""
+    hint, optional = annotation, False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
         hint = args[0] if len(args) == 1 else str
-    return hint
+    if typing.get_origin(hint) is typing.Literal:
+        choices = typing.get_args(hint)
+        return type(choices[0]), optional, choices
+    return hint, optional, None
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per :class:`AnalysisConfig` field (``--kebab-name``, or the field's ``flag``)."""
-    hints = typing.get_type_hints(AnalysisConfig)
-    for f in fields(AnalysisConfig):
+def _or_none(kind: Any) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = getattr(kind, "__name__", "value")  # argparse names the type in its errors
+    return parse
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_class: type = AnalysisConfig) -> None:
+    """Add one flag per :class:`AnalysisConfig` field (``--kebab-name``, or the field's ``flag``).
+
+    A ``bool`` field becomes ``--flag`` / ``--no-flag``; a ``Literal`` field gets its values as
+    choices; a field that may be None accepts ``none``.
+    """
+    hints = typing.get_type_hints(config_class)
+    for f in fields(config_class):
         meta = f.metadata
-        kind = _scalar_type(hints[f.name])
+        kind, optional, choices = _argument(hints[f.name])
         help_text = str(meta.get("help", ""))
         if kind is bool:
-            parser.add_argument(_flag(f.name, meta), dest=f.name, action="store_true", default=f.default, help=help_text)
+            action = "store_true" if f.default is False else argparse.BooleanOptionalAction
+            parser.add_argument(_flag(f.name, meta), dest=f.name, action=action, default=f.default, help=help_text)
             continue
-        shown = "" if f.default is None else f" (default: {f.default})"
+        shown = f" (default: {f.default}{'; none for no limit' if optional else ''})"
         parser.add_argument(
-            _flag(f.name, meta), dest=f.name, type=kind, default=f.default, choices=meta.get("choices"),
-            help=help_text + shown,
+            _flag(f.name, meta), dest=f.name, type=_or_none(kind) if optional else kind, default=f.default,
+            choices=choices, help=help_text + shown,
         )
 
 

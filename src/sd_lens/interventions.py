@@ -102,7 +102,8 @@ def intervene(model: HookedModel, fwd_hooks: list[tuple[str, HookFn]]) -> Iterat
     """Attach ``fwd_hooks`` for the ``with`` block only (pre-existing hooks are left alone).
 
     Inside, call the model as usual (``model(tokens)``, ``model.run_with_cache(...)``); the hooks
-    are removed on exit, also when the body raises.
+    are removed on exit, also when the body raises. Gradients are off inside (``torch.no_grad``,
+    like every sd_lens forward); for a backward pass use ``model.hooks(fwd_hooks=...)`` instead.
     """
     with temporary_hooks(model, fwd_hooks):
         yield model

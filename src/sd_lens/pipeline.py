@@ -30,6 +30,7 @@ from sd_lens.analyses.explosion import (
     noninitial_pathway,
     vocab_coefficients,
 )
+from sd_lens.analyses.ffn_fit import METHODS, Method
 from sd_lens.analyses.ffn_inputs import collect_ffn_inputs
 from sd_lens.analyses.probe import NormProbe, probe_norms
 from sd_lens.analyses.spectra import (
@@ -46,7 +47,7 @@ from sd_lens.types import HookedModel
 
 SCHEMA_VERSION = 1
 DEFAULT_TRIGGER_TEXT = "The cat sat on the mat because it was warm."
-FIT_METHODS = ("gaussian", "monte_carlo", "real")
+FIT_METHODS = METHODS
 
 
 def _option(default: Any, help: str, **cli: Any) -> Any:
@@ -63,9 +64,7 @@ class AnalysisConfig:
     """
 
     seed: int = _option(0, "seeds every random choice (Monte-Carlo fit, random control direction)")
-    fit_method: str = _option(
-        "gaussian", "FFN linearisation for the spectra", flag="--fit", choices=FIT_METHODS
-    )
+    fit_method: Method = _option("gaussian", "FFN linearisation for the spectra", flag="--fit")
     vocab: bool = _option(False, "also sweep the whole vocabulary at each explosion block (slow)")
     vocab_limit: int | None = _option(None, "sweep only the first N token ids")
     trigger_text: str = _option(DEFAULT_TRIGGER_TEXT, "the text of the causal checks")
@@ -98,7 +97,7 @@ class AnalysisConfig:
         return [f.name for f in fields(cls)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DefectFindings:
     """Everything measured about one defect."""
 
@@ -112,7 +111,7 @@ class DefectFindings:
     pathway: NoninitialPathway | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AnalysisResult:
     """Typed results of :func:`run_analysis`; ``to_dict()`` is the JSON contract.
 
@@ -136,7 +135,7 @@ class AnalysisResult:
         return self.config.seed
 
     @property
-    def fit_method(self) -> str:
+    def fit_method(self) -> Method:
         return self.config.fit_method
 
     @property

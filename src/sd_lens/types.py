@@ -16,16 +16,7 @@ from torch import Tensor
 if TYPE_CHECKING:  # pragma: no cover
     from sd_lens.models.view import BlockView, ModelView
 
-__all__ = ["HookFn", "HookedModel", "ModelConfig", "ModelOrView"]
-
-
-@runtime_checkable
-class ModelConfig(Protocol):
-    """The fields of ``model.cfg`` sd_lens reads (``HookedTransformerConfig`` / ``TransformerBridgeConfig``)."""
-
-    n_layers: int
-    d_model: int
-    d_vocab: int
+__all__ = ["HookFn", "HookedModel", "ModelOrView"]
 
 
 @runtime_checkable
@@ -38,6 +29,7 @@ class HookedModel(Protocol):
 
     cfg: Any
     tokenizer: Any
+    blocks: Any
 
     @property
     def hook_dict(self) -> Mapping[str, Any]: ...

@@ -33,7 +33,7 @@ from sd_lens.types import HookedModel, HookFn
 __all__ = ["CausalCheck", "verify_trigger"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CausalCheck:
     """Ablation, random control and patching at one block (norms at that block's resid_post)."""
 
@@ -132,7 +132,7 @@ def verify_trigger(
     randomed, _ = _norms_and_coefs(model, tokens, layer, v, ablation_hooks(layer, rand))
     init_coef = float(coefs[0])
     patched, _ = _norms_and_coefs(model, tokens, layer, v, patching_hooks(layer, v, init_coef, position))
-    strs = decode(model, tokens[0]) if getattr(model, "tokenizer", None) else []
+    strs = decode(model, tokens[0])
     return CausalCheck(
         layer=layer,
         tokens=strs,

@@ -41,7 +41,7 @@ from sd_lens.runtime.reducers import last_token
 from sd_lens.types import HookedModel
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Episode:
     """One token's run of high-norm blocks (inclusive), with its onset block."""
 
@@ -59,7 +59,7 @@ class Episode:
         return self.position == 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Defect:
     """A singular defect: high-norm episodes sharing a direction and an explosion block."""
 
@@ -105,7 +105,7 @@ class Defect:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DefectReport:
     """All defects of a model on a corpus (possibly none: an explicit empty list)."""
 

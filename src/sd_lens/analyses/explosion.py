@@ -37,7 +37,7 @@ from sd_lens.runtime.tokens import decode_one
 from sd_lens.types import HookedModel, HookFn, ModelOrView
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ExplosionSubspace:
     """FFN output norms along the right singular vectors of ``F`` at one block."""
 
@@ -70,6 +70,7 @@ def explosion_subspace(
 ) -> ExplosionSubspace:
     """Output norm of the block's real FFN along ``±v_k`` (k = 0..k-1) and random directions."""
     view = resolve_block(model_or_view, layer)
+    layer = view.layer  # a negative index counts from the end
     fit = fit or fit_ffn(view, layer, n_eval=0)
     _, S, Vh = fit.svd()
     k = min(k, Vh.shape[0])
@@ -84,7 +85,7 @@ def explosion_subspace(
     return ExplosionSubspace(layer, S[:k].clone(), plus, minus, rand, v.clone())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class VocabCoefficients:
     """v₀ coefficient of every vocabulary token's FFN input at one block."""
 
@@ -118,10 +119,10 @@ def _vocab_size(model: HookedModel) -> int:
 
 
 def _sweep(
-    model: HookedModel, layer: int, batch_size: int, prefix: list[int], reducers: Mapping[str, Reducer],
+    model: HookedModel, batch_size: int, prefix: list[int], reducers: Mapping[str, Reducer],
     fwd_hooks: Sequence[tuple[str, HookFn]], limit: int | None,
 ) -> Tensor:
-    """Run every vocabulary token (after ``prefix``) up to block ``layer``; one value per token.
+    """Run every vocabulary token (after ``prefix``) up to the deepest block a reducer reads; one value per token.
 
     ``reducers`` has one entry; its value for a batch is ``[batch]``.
     """
@@ -160,15 +161,15 @@ def vocab_coefficients(
 
     reducers = {ffn_input(layer): last_coefficient}
     t0 = time.perf_counter()
-    initial = _sweep(model, layer, batch_size, [], reducers, [], limit)
-    second = _sweep(model, layer, batch_size, [int(bos)], reducers, [], limit)
+    initial = _sweep(model, batch_size, [], reducers, [], limit)
+    second = _sweep(model, batch_size, [int(bos)], reducers, [], limit)
     seconds = time.perf_counter() - t0
     n_tok = len(initial) * 1 + len(second) * 2
     bare = (_bare_rate(model, layer, batch_size, 1) + _bare_rate(model, layer, batch_size, 2)) / 2
     return VocabCoefficients(layer, initial, second, seconds, n_tok / seconds, bare)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class NoninitialPathway:
     """Tokens that explode at block ``layer`` alone and with all attention up to it zeroed."""
 
@@ -206,10 +207,9 @@ def noninitial_pathway(
 
     zero_attention = [(act_name("attn_out", b), zero) for b in range(layer + 1)]
     t0 = time.perf_counter()
-    norms = _sweep(model, layer, batch_size, [], {act_name("resid_post", layer): last_norm}, zero_attention, limit)
+    norms = _sweep(model, batch_size, [], {act_name("resid_post", layer): last_norm}, zero_attention, limit)
     seconds = time.perf_counter() - t0
     idx = torch.nonzero(norms > threshold).flatten()
     idx = idx[norms[idx].argsort(descending=True)]
-    tok = getattr(model, "tokenizer", None)
-    exploding = [(int(i), decode_one(model, int(i)) if tok else str(int(i)), float(norms[i])) for i in idx]
+    exploding = [(int(i), decode_one(model, int(i)), float(norms[i])) for i in idx]
     return NoninitialPathway(layer, norms, threshold, exploding, seconds, len(norms) / seconds)

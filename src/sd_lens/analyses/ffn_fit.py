@@ -33,7 +33,7 @@ Three ways to choose the inputs of the fit (``method``):
     ``b_hidden`` is ``E[h(n)]``, the intercept of the population fit.
 ``"real"``
     Least squares with intercept on normalised inputs collected from real text
-    (:func:`collect_ffn_inputs`), solved with the normal equations and an eigen-decomposition
+    (:func:`~sd_lens.analyses.ffn_inputs.collect_ffn_inputs`), solved with the normal equations and an eigen-decomposition
     pseudo-inverse (real inputs can be rank-deficient). The intercept absorbs the non-zero mean of
     real inputs and activations, so ``M`` is the slope; ``b_hidden`` is the intercept. Needs many
     more inputs than dimensions (a warning is raised at or below ``d``; ≥ 5·d recommended).
@@ -52,8 +52,8 @@ LayerNorm models (GPT-2, GPT-NeoX): normalised inputs are centred, so ``n`` live
 ``n ~ N(0, P)`` with ``P = I − 11ᵀ/d`` (sampled in an orthonormal basis of that subspace) and the
 fits are the minimum-norm ones: ``M = M P``, ``M 1 = 0``, for every method.
 
-Nothing here modifies the model: :class:`~sd_lens.models.view.BlockView` holds float32 copies, and
-:func:`collect_ffn_inputs` removes its hook whatever happens.
+Nothing here runs or modifies the model: :class:`~sd_lens.models.view.BlockView` holds float32
+copies (the real inputs come from :func:`~sd_lens.analyses.ffn_inputs.collect_ffn_inputs`).
 
 Reference: the least-squares FFN approximation on Gaussian inputs (``"monte_carlo"``) of Wang et al.,
 *Demystifying Singular Defects in Large Language Models* (ICML 2025); the closed form rests on Stein's
@@ -125,7 +125,7 @@ class FFNFit(LeadingTriplet):
 
     def svd(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(U, S, Vh)`` of ``F`` (cached; float64 SVD, float32 results, sign convention of
-        :func:`~sd_lens.analyses.attention_matrix.svd_signed`)."""
+        :func:`~sd_lens.linalg.svd_signed`)."""
         return self._svd
 
     def predict_hidden(self, n: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_mlp"]:
@@ -397,7 +397,7 @@ def fit_ffn(
             ``"monte_carlo"`` (the paper's sampled fit) or ``"real"`` (fit on ``inputs``).
         n_samples: Gaussian samples of the Monte-Carlo fit (ignored otherwise).
         inputs: ``[N, d_model]`` real normalised FFN inputs (required for ``"real"``), e.g. from
-            :func:`collect_ffn_inputs`.
+            :func:`~sd_lens.analyses.ffn_inputs.collect_ffn_inputs`.
         seed: seeds the Gaussian samples and the real-data split (results are deterministic).
         holdout: fraction of ``inputs`` held out for R² (``"real"``); for ``"monte_carlo"`` the
             default number of fresh held-out Gaussian samples is ``round(holdout · n_samples)``.

@@ -65,7 +65,7 @@ def collect_ffn_inputs(
         texts_or_tokens: a string, a list of strings (each tokenized on its own with the model's
             BOS convention), a ``[batch, pos]`` token tensor (every position is real) or a list of
             token-id sequences of any lengths. Sequences are batched by length and right-padded
-            with an attention mask; padding positions are never returned.
+            (exact for causal attention); padding positions are never returned.
         layer: 0-based block index, or several (one forward pass collects them all, stopping
             after the deepest).
         max_tokens: use only as many leading sequences as give this many rows, and truncate to

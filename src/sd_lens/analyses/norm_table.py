@@ -31,7 +31,7 @@ from sd_lens.types import HookedModel
 __all__ = ["NormTable", "first_token_norms"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class NormTable:
     """Norms of the residual stream after every block, for the first tokens of a text.
 

@@ -29,7 +29,7 @@ from sd_lens.types import HookedModel
 HOOK_POINTS = ("resid_pre", "resid_mid", "resid_post")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class NormProbe:
     """Norms of the residual stream, one row per (text, position) token.
 
@@ -53,7 +53,8 @@ class NormProbe:
     hook_points: tuple[str, ...] = HOOK_POINTS
     #: resid_post vectors of candidate high-norm states: layer -> (token rows [k], vectors [k, d])
     state_vectors: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
-    _typical: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    #: memo of typical_norm (not an init field: ``dataclasses.replace`` starts a fresh one)
+    _typical: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n_tokens(self) -> int:

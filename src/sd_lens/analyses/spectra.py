@@ -28,7 +28,7 @@ from sd_lens.analyses.attention_matrix import attention_matrix
 from sd_lens.analyses.ffn_fit import FFNFit, fit_ffn
 from sd_lens.linalg import acute_angle_deg, unit
 from sd_lens.models.view import BlockView, ModelView, model_view, resolve_block
-from sd_lens.types import ModelOrView
+from sd_lens.types import HookedModel, ModelOrView
 
 
 def _post_scaled(m: Tensor, scale: Tensor | None) -> Tensor:
@@ -38,7 +38,7 @@ def _post_scaled(m: Tensor, scale: Tensor | None) -> Tensor:
     return scale[:, None] * m / max(rho, 1e-12)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BlockLinearization:
     """``A``, ``F`` and ``L`` of one block (column form, float32)."""
 
@@ -59,6 +59,7 @@ def linearize_block(
 ) -> BlockLinearization:
     """The block's linear approximation ``L`` (see the module docstring)."""
     view: BlockView = resolve_block(model_or_view, layer)
+    layer = view.layer  # a negative index counts from the end
     fit = fit or fit_ffn(view, layer, method=method, **fit_kwargs)  # type: ignore[arg-type]
     A = _post_scaled(attention_matrix(view).A, view.attn_post_scale)
     F = _post_scaled(fit.F, view.mlp_post_scale)
@@ -72,7 +73,7 @@ def top_singular(m: Float[Tensor, "d d"]) -> tuple[float, Float[Tensor, " d"], F
 
     From the symmetric eigenproblem of ``m mᵀ`` (u0 its top eigenvector, ``s0 = √λ``,
     ``v0 = mᵀ u0 / s0``): several times cheaper than a full SVD and exact for the top triplet.
-    Signs follow :func:`~sd_lens.analyses.attention_matrix.svd_signed`: the largest-magnitude entry of
+    Signs follow :func:`~sd_lens.linalg.svd_signed`: the largest-magnitude entry of
     ``u0`` is positive, so ``u0``/``v0`` agree with those of ``FFNFit``/``AttentionMatrix``
     (angles are sign-free anyway).
     """
@@ -86,7 +87,7 @@ def top_singular(m: Float[Tensor, "d d"]) -> tuple[float, Float[Tensor, " d"], F
     return s0, u0.float(), v0.float()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BlockSpectrum:
     """Leading singular triplet of ``L`` and of ``F`` for one block, and angles to directions."""
 
@@ -102,7 +103,7 @@ class BlockSpectrum:
     ffn_r2: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LayerSpectra:
     """Per-block spectra for a model, with angles to the given directions."""
 
@@ -134,7 +135,7 @@ class LayerSpectra:
 
 
 def layer_spectra(
-    model_or_view: ModelOrView,
+    model_or_view: HookedModel | ModelView,
     directions: Sequence[Float[Tensor, " d_model"]] = (),
     *,
     method: str = "gaussian",
@@ -152,7 +153,7 @@ def layer_spectra(
         layers: blocks to analyse (default all).
         keep: blocks whose :class:`BlockLinearization` is kept in the result (for eigen-checks).
         inputs_by_layer: real normalised FFN inputs per block for ``method="real"`` (see
-            :func:`~sd_lens.analyses.ffn_fit.collect_ffn_inputs`, which returns this dict for a list of blocks).
+            :func:`~sd_lens.analyses.ffn_inputs.collect_ffn_inputs`, which returns this dict for a list of blocks).
     """
     t0 = time.perf_counter()
     fit_kwargs.setdefault("n_eval", 1024)  # held-out samples for the reported R² (of 576+ output dims): enough
@@ -208,12 +209,14 @@ def decay_check(
     method: str = "gaussian",
 ) -> DecayCheck:
     """Eigen-decomposition of ``R = L − I`` at ``layer`` against a defect direction (observation ii)."""
-    lin = lin or linearize_block(resolve_block(model_or_view, layer), layer, method=method)
+    if lin is None:
+        block = resolve_block(model_or_view, layer)
+        lin = linearize_block(block, block.layer, method=method)
     R = lin.residual().double()
     u = unit(direction.detach().double().cpu())
     value, angle = nearest_eigenvector(R, u)
     return DecayCheck(
-        layer=layer,
+        layer=lin.layer,
         eigenvalue=float(value.real),
         eigenvalue_imag=float(value.imag),
         eigvec_angle_deg=angle,

@@ -1,6 +1,6 @@
 """One text through the model: per-token residual norms of every block, and attention patterns.
 
-:func:`run_text` is what the report's per-text views and :func:`sd_lens.first_token_norms` run:
+:func:`run_text` is what the report's per-text views and :func:`sd_lens.analyses.norm_table.first_token_norms` run:
 one forward (stopping after the last block, no unembedding) that keeps ‖x‖ at every
 ``blocks.{l}.hook_resid_post`` and, for the blocks asked for, ``blocks.{l}.attn.hook_pattern``.
 
@@ -27,7 +27,7 @@ from sd_lens.types import HookedModel
 __all__ = ["TextRun", "run_text"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TextRun:
     """Per-token norms (and optionally attention patterns) of one text, from one hooked forward.
 

@@ -6,9 +6,8 @@ architectures; :func:`sd_lens.model_view` then reads their blocks with the gener
 
 from __future__ import annotations
 
-from typing import Any
-
 from sd_lens.models.registry import Family, one_plus_weight, register_family
+from sd_lens.types import HookedModel
 
 # Llama, and the architectures with the same block: RMSNorm, SwiGLU, grouped-query attention.
 LLAMA = register_family(
@@ -36,7 +35,7 @@ GEMMA3 = register_family(
 GPT2 = register_family(Family(name="gpt2", architectures=("GPT2LMHeadModel",), norm="layer", gated=False))
 
 
-def _neox_parallel(model: Any) -> bool:
+def _neox_parallel(model: HookedModel) -> bool:
     """Pythia runs attention and FFN in parallel; a GPT-NeoX config may say otherwise."""
     parallel = bool(getattr(model.cfg, "parallel_attn_mlp", False))
     hf_config = getattr(getattr(model, "original_model", None), "config", None)

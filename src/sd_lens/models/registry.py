@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 from torch import Tensor
 
 from sd_lens.errors import InputError, UnsupportedArchitectureError
+from sd_lens.types import HookedModel
 
 if TYPE_CHECKING:
     from sd_lens.models.view import BlockView
@@ -76,7 +77,7 @@ class Family:
         if self.norm not in ("rms", "layer"):
             raise InputError(f"Family {self.name!r}: norm must be 'rms' or 'layer', got {self.norm!r}")
 
-    def is_parallel(self, model: Any) -> bool:
+    def is_parallel(self, model: HookedModel) -> bool:
         """Whether ``model``'s blocks run attention and FFN in parallel."""
         return bool(self.parallel(model) if callable(self.parallel) else self.parallel)
 
@@ -128,7 +129,7 @@ def registered_architectures() -> list[str]:
     return sorted(_BY_ARCHITECTURE)
 
 
-def architecture_of(model: Any) -> str:
+def architecture_of(model: HookedModel) -> str:
     """The Hugging Face architecture class name behind a TransformerLens model."""
     original = getattr(model, "original_model", None)
     if original is not None:

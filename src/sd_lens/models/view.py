@@ -32,6 +32,7 @@ from torch import Tensor
 
 from sd_lens.errors import InputError, UnsupportedArchitectureError
 from sd_lens.models.registry import Family, architecture_of, get_family, weight_is_scale
+from sd_lens.types import HookedModel, ModelOrView
 
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "silu": F.silu,
@@ -192,7 +193,7 @@ def _check_layout(family: Family, what: str, declared: object, found: object) ->
         )
 
 
-def standard_block_view(model: Any, layer: int, family: Family) -> BlockView:
+def standard_block_view(model: HookedModel, layer: int, family: Family) -> BlockView:
     """Read block ``layer`` through TransformerLens's attribute names, as ``family`` declares it.
 
     The builder of every family without its own ``block_view``. Works for a ``TransformerBridge``
@@ -252,7 +253,7 @@ class ModelView:
     The cache is keyed on the view object, so make a new view after editing weights.
     """
 
-    def __init__(self, model: Any):
+    def __init__(self, model: HookedModel):
         self._family = get_family(model)
         self.family: str = self._family.name
         self.architecture = architecture_of(model)
@@ -283,12 +284,12 @@ class ModelView:
         return self.block(0).parallel
 
 
-def model_view(model: Any) -> ModelView:
+def model_view(model: HookedModel) -> ModelView:
     """Build the :class:`ModelView` of a model (raises for architectures no family covers)."""
     return ModelView(model)
 
 
-def resolve_block(model_or_view: Any, layer: int | None) -> BlockView:
+def resolve_block(model_or_view: ModelOrView, layer: int | None) -> BlockView:
     """The :class:`~sd_lens.models.view.BlockView` of ``layer``.
 
     ``model_or_view`` is a TransformerLens model, a :class:`~sd_lens.models.view.ModelView` (reuse

@@ -18,7 +18,7 @@ on exit, also on error) and never touch the weights.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor
@@ -40,6 +40,8 @@ from sd_lens.report.views import (
     intervention_view,
     norm_view,
 )
+from sd_lens.runtime.hooks import act_name
+from sd_lens.types import HookedModel
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -67,7 +69,7 @@ def _block_labels(n_layers: int) -> list[str]:
     return [f"block {layer}" for layer in range(n_layers)]
 
 
-def norm_view_for_text(model: Any, text: str, max_tokens: int | None = 64, title: str | None = None) -> ViewGroup:
+def norm_view_for_text(model: HookedModel, text: str, max_tokens: int | None = 64, title: str | None = None) -> ViewGroup:
     """Tokens of ``text`` coloured by their residual norm after each block (one hooked forward).
 
     Args:
@@ -88,7 +90,7 @@ def norm_view_for_text(model: Any, text: str, max_tokens: int | None = 64, title
 
 
 def attention_view_for_text(
-    model: Any, text: str, layer: int, max_tokens: int | None = 64, title: str | None = None
+    model: HookedModel, text: str, layer: int, max_tokens: int | None = 64, title: str | None = None
 ) -> CircuitsView:
     """The attention patterns of block ``layer``'s heads on ``text`` (one hooked forward).
 
@@ -214,7 +216,7 @@ def attention_layers_for(result: AnalysisResult) -> list[int]:
 
 
 def views_for(
-    model: Any,
+    model: HookedModel,
     result: AnalysisResult,
     *,
     trigger_text: str | None = None,
@@ -239,7 +241,7 @@ def views_for(
     """
     text = trigger_text or trigger_text_of(result)
     if attention_layers is None:
-        layers = [b for b in attention_layers_for(result) if f"blocks.{b}.attn.hook_pattern" in model.hook_dict]
+        layers = [b for b in attention_layers_for(result) if act_name("pattern", b) in model.hook_dict]
     else:
         layers = [int(b) for b in attention_layers]
     run = run_text(model, text, layers, max_tokens=max_tokens)

@@ -31,6 +31,7 @@ from sd_lens.report import prose
 from sd_lens.report.adapters import defect_label, figures_for, pick_text, trigger_text_of, views_for
 from sd_lens.report.page import Page
 from sd_lens.report.views import View
+from sd_lens.types import HookedModel
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -61,7 +62,7 @@ class ReportContext:
         draw_s: seconds spent drawing the views and figures.
     """
 
-    model: Any
+    model: HookedModel
     result: AnalysisResult
     trigger_text: str
     text_index: int
@@ -218,7 +219,7 @@ SECTIONS: list[Section] = [
 # the page
 # --------------------------------------------------------------------------------------------
 def build_report(
-    model: Any,
+    model: HookedModel,
     result: AnalysisResult,
     *,
     trigger_text: str | None = None,
@@ -261,7 +262,7 @@ def build_report(
 
 
 def write_report(
-    model: Any,
+    model: HookedModel,
     result: AnalysisResult,
     out_dir: str | Path,
     *,

@@ -1,14 +1,15 @@
 """The one place sd_lens runs a model.
 
 * :mod:`~sd_lens.runtime.tokens` — one tokenisation policy (the model's BOS convention,
-  truncation, right padding with an attention mask) and one token decoder;
+  truncation, right padding and the mask of real positions) and one token decoder;
 * :mod:`~sd_lens.runtime.hooks` — hook-point names (TransformerLens's ``get_act_name``) and one
   context manager for temporary hooks;
 * :mod:`~sd_lens.runtime.engine` — :func:`forward` (the only call of a model's forward),
   :func:`run` (one batch) and :func:`stream` (batches of texts), each applying a *reducer* per hook
   point so that no full activation cache is held unless a reducer keeps it.
 
-Every analysis that runs the model is a short specialisation of :func:`stream` or :func:`run`;
+Every analysis that runs the model is a short specialisation of :func:`stream` or :func:`run`
+(:func:`run_batch` for one prepared :class:`Batch`, :func:`forward` for a bare forward);
 ``tests/test_runtime_seam.py`` fails if any other module calls a forward or attaches a hook.
 """
 

@@ -37,7 +37,7 @@ from sd_lens.runtime.tokens import attention_mask as padding_mask
 from sd_lens.runtime.tokens import length_sorted_batches, model_device, pad
 from sd_lens.types import HookedModel, HookFn
 
-__all__ = ["Batch", "Reducer", "forward", "keep", "run", "stream"]
+__all__ = ["Batch", "Reducer", "forward", "keep", "make_batch", "run", "run_batch", "stream"]
 
 
 @dataclass(frozen=True)

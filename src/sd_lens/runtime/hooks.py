@@ -74,7 +74,7 @@ def require_hooks(model: HookedModel, names: Sequence[str]) -> None:
 def temporary_hooks(model: HookedModel, fwd_hooks: Sequence[tuple[str, HookFn]]) -> Iterator[HookedModel]:
     """Attach ``fwd_hooks`` (under ``torch.no_grad``) for the ``with`` block only.
 
-    Exactly the hooks attached here are removed on exit — also when the body raises, including
+    Gradients are off inside. Exactly the hooks attached here are removed on exit — also when the body raises, including
     ``KeyboardInterrupt`` — and hooks the model had before are left alone. Every name must be a
     hook point of the model (checked before anything is attached).
     """

@@ -22,7 +22,19 @@ from sd_lens.corpus import validate_texts
 from sd_lens.errors import InputError
 from sd_lens.types import HookedModel
 
-__all__ = ["Tokenized", "context_length", "decode", "decode_one", "encode", "model_device", "pad", "tokenize"]
+__all__ = [
+    "Tokenized",
+    "as_sequences",
+    "attention_mask",
+    "context_length",
+    "decode",
+    "decode_one",
+    "encode",
+    "length_sorted_batches",
+    "model_device",
+    "pad",
+    "tokenize",
+]
 
 
 @dataclass(frozen=True)
