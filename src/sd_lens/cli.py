@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 import types
@@ -16,8 +17,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from sd_lens.errors import SdLensError
+from sd_lens.errors import InputError, SdLensError
 from sd_lens.models.loading import DEFAULT_MODEL, known_models
+from sd_lens.outputs import output_dir, output_file
 from sd_lens.pipeline import AnalysisConfig, AnalysisResult
 from sd_lens.types import HookedModel
 
@@ -82,6 +84,30 @@ class Loaded:
     seconds: float
 
 
+def _device(name: str) -> str:
+    """``name`` if torch can run on it here; an :class:`InputError` naming the choices otherwise."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(f"--device {name!r} is not a device torch knows; use cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: this torch build or machine has no CUDA device; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s); use cuda:0..")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {name}: sd_lens runs on cpu or cuda")
+    return name
+
+
+def _texts(text_file: Path | None) -> list[str] | None:
+    """The corpus of ``--text-file`` (read now, before the model loads), or None for the default."""
+    from sd_lens.corpus import read_texts
+
+    return read_texts(text_file) if text_file else None
+
+
 def _load(model: str, device: str = "cpu") -> Loaded:
     import sd_lens
 
@@ -90,20 +116,23 @@ def _load(model: str, device: str = "cpu") -> Loaded:
     return Loaded(loaded, time.perf_counter() - t0)
 
 
-def _analyze(loaded: Loaded, text_file: Path | None, config: AnalysisConfig) -> AnalysisResult:
-    from sd_lens.corpus import read_texts
+def _analyze(loaded: Loaded, texts: list[str] | None, config: AnalysisConfig) -> AnalysisResult:
     from sd_lens.pipeline import run_analysis
 
     t0 = time.perf_counter() - loaded.seconds
-    texts = read_texts(text_file) if text_file else None
     result = run_analysis(loaded.model, texts, config)
     timings = {"load_model": loaded.seconds, **result.timings_s, "total": time.perf_counter() - t0}
     return replace(result, timings_s=timings)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    # every input and output is checked before the model loads: a bad one costs nothing
     config = config_from_args(args)
-    result = _analyze(_load(args.model, args.device), args.text_file, config)
+    texts = _texts(args.text_file)
+    if args.json is not None:
+        output_file(args.json, "--json")
+    device = _device(args.device)
+    result = _analyze(_load(args.model, device), texts, config)
     text = result.to_json(args.json)
     if args.json is None:
         print(text)
@@ -113,10 +142,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(loaded: Loaded, text_file: Path | None, config: AnalysisConfig, out: Path) -> int:
+def _report(loaded: Loaded, texts: list[str] | None, config: AnalysisConfig, out: Path) -> int:
     from sd_lens.report import write_report
 
-    result = _analyze(loaded, text_file, config)
+    result = _analyze(loaded, texts, config)
     path = write_report(loaded.model, result, out)
     print(result.defects.summary())
     print(f"Report written to {path.resolve()}")
@@ -126,12 +155,17 @@ def _report(loaded: Loaded, text_file: Path | None, config: AnalysisConfig, out:
 
 def cmd_report(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    return _report(_load(args.model, args.device), args.text_file, config, args.out)
+    texts = _texts(args.text_file)
+    output_dir(args.out, "--out")
+    device = _device(args.device)
+    return _report(_load(args.model, device), texts, config, args.out)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from sd_lens.analyses.norm_table import first_token_norms
 
+    if args.report:
+        output_dir(args.out, "--out")
     loaded = _load(args.model)
     print(first_token_norms(loaded.model, args.text).format())
     if args.report:
@@ -168,7 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``sd-lens``; returns the exit code: 0 done, 2 an error sd_lens explains (one line on
+    stderr, nothing written), 1 anything else (a bug: please report the traceback)."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    # the libraries' own "Loading weights" bars (read by huggingface_hub and transformers at import)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -43,6 +43,7 @@ from sd_lens.corpus import read_texts
 from sd_lens.errors import InputError
 from sd_lens.models.loading import model_name
 from sd_lens.models.view import model_view
+from sd_lens.outputs import atomic_write_text
 from sd_lens.types import HookedModel
 
 SCHEMA_VERSION = 1
@@ -181,7 +182,7 @@ class AnalysisResult:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=1, ensure_ascii=False)
         if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
+            atomic_write_text(path, text + "\n")
         return text
 
     def sentences(self) -> list[str]:

@@ -120,6 +120,11 @@ def verify_trigger(
     if tokens.shape[1] < 2:
         raise InputError("verify_trigger needs a text of at least one token besides BOS")
     v = unit(v0.detach().float().cpu())
+    if v.ndim != 1 or not bool(torch.isfinite(v).all()) or not bool(v.any()):
+        raise InputError(
+            f"v0 must be a finite, non-zero vector of d_model={model.cfg.d_model} numbers (e.g. fit_ffn(...).v0); "
+            f"got shape {tuple(v0.shape)}" + ("" if bool(torch.isfinite(v0).all()) else " with NaN or inf entries")
+        )
     clean, coefs = _norms_and_coefs(model, tokens, layer, v, [])
     if position is None:
         cand = list(range(1, min(4, tokens.shape[1])))

@@ -12,6 +12,7 @@ Models* (2024), judge activations.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -117,6 +118,12 @@ def probe_norms(
     if not 1 <= n_layers <= int(model.cfg.n_layers):
         raise InputError(f"layers must be in 1..{model.cfg.n_layers}, got {layers}")
     tok = texts if isinstance(texts, Tokenized) else tokenize(model, texts, max_tokens_per_text=max_tokens_per_text)
+    if tok.n_truncated:
+        warnings.warn(
+            f"{tok.n_truncated} of {len(tok.texts)} texts were cut to their first {tok.max_tokens_per_text} tokens "
+            "(BOS included); pass max_tokens_per_text (sd-lens: --max-tokens-per-text N, or none) to keep more",
+            stacklevel=2,
+        )
     seqs = tok.sequences
     offsets = torch.tensor([0] + [len(s) for s in seqs]).cumsum(0)
     n_tokens = int(offsets[-1])

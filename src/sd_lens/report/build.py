@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from sd_lens.outputs import output_dir
 from sd_lens.report import prose
 from sd_lens.report.adapters import defect_label, figures_for, pick_text, trigger_text_of, views_for
 from sd_lens.report.page import Page
@@ -287,8 +288,7 @@ def write_report(
     Returns:
         The path of ``report.html``.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out_dir, "report folder")
     page = build_report(
         model, result, trigger_text=trigger_text, text_index=text_index, attention_layers=attention_layers
     )

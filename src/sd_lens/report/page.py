@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from sd_lens.errors import InputError
+from sd_lens.outputs import atomic_write_text
 from sd_lens.report.views import VIEW_CSS, CircuitsView, View, ViewGroup, circuitsvis_bundle
 
 __all__ = ["PAGE_CSS", "Page"]
@@ -209,8 +210,6 @@ class Page:
         return head + "\n".join(body) + tail + "\n</body></html>\n"
 
     def write(self, path: str | Path) -> Path:
-        """Write the page (UTF-8), creating parent folders; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.render(), encoding="utf-8")
-        return path
+        """Write the page (UTF-8, atomically: a reader never sees half a page), creating parent
+        folders; returns the path."""
+        return atomic_write_text(path, self.render())

@@ -43,6 +43,9 @@ class Tokenized:
 
     sequences: list[Int[Tensor, " pos"]]
     texts: list[str]
+    #: how many texts were cut to ``max_tokens_per_text``, and that limit
+    n_truncated: int = 0
+    max_tokens_per_text: int | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -102,7 +105,7 @@ def tokenize(
     prepend_bos: bool | None = None,
 ) -> Tokenized:
     """Tokenise each text with the model's BOS convention (``prepend_bos=None``), truncating to
-    ``max_tokens_per_text``.
+    ``max_tokens_per_text`` (the result counts the texts cut: ``n_truncated``).
 
     Raises:
         InputError: empty input, or (with ``max_tokens_per_text=None``) a text longer than the
@@ -111,9 +114,11 @@ def tokenize(
     texts = validate_texts(texts)
     n_ctx = context_length(model)
     seqs = []
+    n_truncated = 0
     for i, text in enumerate(texts):
         ids = encode(model, text, prepend_bos=prepend_bos)
         if max_tokens_per_text is not None:
+            n_truncated += len(ids) > max_tokens_per_text
             ids = ids[:max_tokens_per_text]
         elif len(ids) > n_ctx:
             raise InputError(
@@ -123,7 +128,7 @@ def tokenize(
         if len(ids) == 0:
             raise InputError(f"text {i} produced no tokens")
         seqs.append(ids)
-    return Tokenized(seqs, texts)
+    return Tokenized(seqs, texts, n_truncated, max_tokens_per_text)
 
 
 def as_sequences(model: HookedModel, texts_or_tokens: Any) -> list[Int[Tensor, " pos"]]:
