@@ -149,6 +149,7 @@ def write_fake_conversion(target: Path, gguf: Path, payload: bytes = b"weights" 
         "source": str(gguf),
         "source_size": gguf.stat().st_size,
         "weights_sha256": {"model.safetensors": loading._sha256(target / "model.safetensors")},
+        "files_sha256": loading._file_sums(target),
     }
     (target / loading._MANIFEST).write_text(json.dumps(manifest))
 
@@ -179,7 +180,8 @@ def test_cache_is_invalid_after_corruption(tmp_path, fake_gguf):
     "damage",
     [
         "no manifest", "bad json", "old format", "other source size", "no sums", "missing weights", "missing key",
-        "missing config", "missing tokenizer",
+        "missing config", "missing tokenizer", "edited config", "unparsable config", "edited tokenizer",
+        "no file sums", "extra file",
     ],
 )
 def test_cache_is_invalid_when_damaged(tmp_path, fake_gguf, damage):
@@ -205,7 +207,17 @@ def test_cache_is_invalid_when_damaged(tmp_path, fake_gguf, damage):
         (target / "config.json").unlink()
     elif damage == "missing tokenizer":
         (target / "tokenizer.json").unlink()
-    if damage in ("old format", "no sums", "missing key"):
+    elif damage == "edited config":
+        (target / "config.json").write_text('{"rms_norm_eps": 1.0}')
+    elif damage == "unparsable config":
+        (target / "config.json").write_text("{not json")
+    elif damage == "edited tokenizer":
+        (target / "tokenizer.json").write_text('{"added": 1}')
+    elif damage == "no file sums":  # a manifest written before files_sha256 existed
+        del manifest["files_sha256"]
+    elif damage == "extra file":
+        (target / "stray.bin").write_bytes(b"x")
+    if damage in ("old format", "no sums", "missing key", "no file sums"):
         manifest_path.write_text(json.dumps(manifest))
     assert not _cache_is_valid(target, fake_gguf)
 
@@ -309,3 +321,27 @@ def test_damaged_gemma3_assembly_is_redone(tmp_cache, caplog):
         path = loading._gemma3_gguf()
     assert path == damaged and path.stat().st_size > 100_000_000
     assert "assembling again" in caplog.text
+
+
+def test_concurrent_first_loads_convert_once(monkeypatch, tmp_cache, fake_gguf):
+    """Two loads racing on an empty cache: the file lock lets one convert; the other waits and uses it."""
+    import threading
+    import time as _time
+
+    calls: list[Path] = []
+
+    def slow_convert(gguf: Path, target: Path) -> None:
+        calls.append(target)
+        _time.sleep(0.5)
+        write_fake_conversion(target, gguf)
+
+    monkeypatch.setattr(loading, "_convert_gguf", slow_convert)
+    monkeypatch.setattr(loading, "_import_backends", lambda: None)
+    results: list[Path] = []
+    threads = [threading.Thread(target=lambda: results.append(loading._local_gguf_dir(fake_gguf))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(results) == 2 and results[0] == results[1]
+    assert _cache_is_valid(results[0], fake_gguf)

@@ -125,6 +125,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _file_sums(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file of a conversion (weights, config, tokenizer...) but the manifest itself."""
+    return {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != _MANIFEST}
+
+
 def _require(module: str, pip_install: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise MissingDependencyError(f"sd_lens needs the package {module!r} for this. Install it with: {pip_install}")
@@ -156,6 +161,8 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
             "source": str(gguf),
             "source_size": gguf.stat().st_size,
             "weights_sha256": {name: _sha256(tmp / name) for name in weights},
+            # every file the model is read from: an edited config.json or tokenizer fails the check too
+            "files_sha256": _file_sums(tmp),
             "convert_seconds": round(time.perf_counter() - t0, 2),
         }
         (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -177,8 +184,10 @@ def _cache_is_valid(target: Path, gguf: Path) -> bool:
             return False
         if not (target / "config.json").is_file() or not any(target.glob("tokenizer*.json")):
             return False
-        sums = manifest["weights_sha256"]
-        return bool(sums) and all(_sha256(target / name) == digest for name, digest in sums.items())
+        if not manifest["weights_sha256"] or not set(manifest["weights_sha256"]) <= set(manifest["files_sha256"]):
+            return False
+        # every file, weights, config and tokenizer alike (a manifest from before files_sha256: reconvert)
+        return bool(_file_sums(target) == manifest["files_sha256"])
     except (OSError, ValueError, KeyError):
         return False
 
@@ -220,10 +229,17 @@ def _cached_conversion(locate: Callable[[], tuple[Path, Path]], label: str) -> P
         finally:
             gguf, target, valid = check.result()
     if not valid:
-        if target.exists():
-            log.warning("sd_lens cache at %s failed its checksum; converting again", target)
-        log.info("Converting %s from GGUF (first load only)...", label)
-        _convert_gguf(gguf, target)
+        from filelock import FileLock
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # one conversion at a time per cache entry, across processes; a process that waited finds
+        # the entry converted by the other and uses it
+        with FileLock(str(target) + ".lock"):
+            if not _cache_is_valid(target, gguf):
+                if target.exists():
+                    log.warning("sd_lens cache at %s failed its checksum; converting again", target)
+                log.info("Converting %s from GGUF (first load only)...", label)
+                _convert_gguf(gguf, target)
     return target
 
 
