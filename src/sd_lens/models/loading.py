@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 
 from sd_lens.errors import (
+    InputError,
     MissingDependencyError,
     UnknownModelError,
     UnsupportedArchitectureError,
@@ -141,10 +142,17 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:  # the GGUF reader's errors (numpy reshape, struct, KeyError) say nothing useful
+        raise InputError(
+            f"cannot read the GGUF file {gguf} ({type(exc).__name__}: {str(exc)[:160]}); it looks truncated, "
+            "damaged or of an architecture transformers cannot dequantize. Download it again, or reinstall "
+            "the package that ships it."
+        ) from exc
     # A GGUF-loaded model refuses to serialise while it still believes it is quantized.
     if hasattr(hf.config, "quantization_config"):
         del hf.config.quantization_config
@@ -299,11 +307,24 @@ def load_model(
 def _boot(model_dir: Path, label: str, *, device: Any, dtype: torch.dtype, compatibility_mode: bool) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
-        # add_bos_token=True up front: TransformerLens would otherwise load the tokenizer a second time
-        tok = AutoTokenizer.from_pretrained(model_dir, add_bos_token=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+            # add_bos_token=True up front: TransformerLens would otherwise load the tokenizer a second time
+            tok = AutoTokenizer.from_pretrained(model_dir, add_bos_token=True)
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc) or "does not recognize this architecture" in str(exc):
+            raise UnsupportedArchitectureError(
+                f"{model_dir} is not a causal language model transformers can load as one ({str(exc)[:120]}...); "
+                f"sd_lens analyses decoder-only LMs: {', '.join(registered_architectures())}"
+            ) from exc
+        raise InputError(f"cannot load the model in {model_dir}: {str(exc)[:200]}") from exc
+    except OSError as exc:
+        raise InputError(
+            f"cannot load the model in {model_dir}: {str(exc).splitlines()[0][:200]}. A model folder needs "
+            "config.json, its weights (*.safetensors or pytorch_model.bin) and the tokenizer files."
+        ) from exc
     return bridge_from_hf(hf, tok, name=label, device=device, dtype=dtype, compatibility_mode=compatibility_mode)
 
 
