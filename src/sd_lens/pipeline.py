@@ -48,7 +48,6 @@ from sd_lens.types import HookedModel
 
 SCHEMA_VERSION = 1
 DEFAULT_TRIGGER_TEXT = "The cat sat on the mat because it was warm."
-FIT_METHODS = METHODS
 
 
 def _option(default: Any, help: str, **cli: Any) -> Any:
@@ -80,8 +79,8 @@ class AnalysisConfig:
 
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise bad("seed", "give an integer in 0..2**63-1")
-        if self.fit_method not in FIT_METHODS:
-            raise bad("fit_method", f"choose one of {', '.join(FIT_METHODS)}")
+        if self.fit_method not in METHODS:
+            raise bad("fit_method", f"choose one of {', '.join(METHODS)}")
         if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold) and self.threshold > 1):
             raise bad("threshold", "give a finite multiple of the median norm above 1 (the default is 4)")
         for name in ("batch_size", "vocab_limit", "max_tokens_per_text"):

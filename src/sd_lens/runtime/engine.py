@@ -96,7 +96,7 @@ def forward(
         model: a TransformerLens model.
         tokens: ``[B, T]`` token ids (moved to the model's device).
         fwd_hooks: ``(hook name, hook)`` pairs, attached for this forward only.
-        attention_mask: ``[B, T]``, 1 at real tokens; None when no row is padded.
+        attention_mask: ``[B, T]``, 1 at real tokens; None: not passed (exact for right-padded causal models).
         stop_at_layer: run blocks ``0..stop_at_layer-1`` only (None: the whole model).
         return_type: TransformerLens's ``return_type`` (``None``: nothing, ``"logits"``, ``"loss"``).
     """
