@@ -192,3 +192,18 @@ def test_right_padding_needs_no_mask_on_causal_models(tiny):
                 for name in names:
                     assert torch.allclose(out[name][row, :n], alone[name][0], rtol=1e-5, atol=1e-5), (masked, i, name)
 
+
+
+def test_reading_the_last_block_runs_no_final_norm_or_unembedding(tiny):
+    """stop_at_layer cannot stop after the last block; the engine ends the forward once every reducer has read."""
+    model = tiny
+    fired: list[str] = []
+    last = act_name("resid_post", model.cfg.n_layers - 1)
+    spy = [("ln_final.hook_normalized", lambda act, hook: fired.append(hook.name)), ("hook_unembed", lambda act, hook: fired.append(hook.name))]
+    tokens = torch.tensor([[1, 5, 7, 9]])
+    before = _n_hooks(model)
+    early = run(model, tokens, {last: token_norms}, fwd_hooks=spy)
+    assert not fired and _n_hooks(model) == before
+    full = run(model, tokens, {last: token_norms}, fwd_hooks=spy, stop_at_layer=None)
+    assert fired  # the whole model ran when asked to: the spies work
+    assert torch.equal(early[last], full[last])

@@ -13,7 +13,8 @@ caller keeps (a norm per token, one token's vector, a coefficient). The engine
   and costs about 10 %. Reducers always get it as ``batch.mask``.
 * attaches the caller's interventions (ordinary TransformerLens forward hooks) and the reducers
   as temporary hooks, removed after every forward even on error or ``KeyboardInterrupt``,
-* stops after the deepest block a hook names (no later block and no unembedding runs), and
+* stops as soon as every reducer has read its value (no later block, final norm or unembedding
+  runs, also when the deepest hook is in the last block), and
 * keeps nothing but what the reducers return: a full activation cache exists only when a reducer
   returns the whole activation (:func:`keep`).
 
@@ -108,10 +109,18 @@ def forward(
         return model(tokens.to(device), **kwargs)
 
 
-def _reducer_hooks(reducers: Mapping[str, Reducer], batch: Batch, out: dict[str, Any]) -> list[tuple[str, HookFn]]:
+class _AllRead(Exception):
+    """Raised by the last reducer to fire: nothing later in the forward can change what was read."""
+
+
+def _reducer_hooks(
+    reducers: Mapping[str, Reducer], batch: Batch, out: dict[str, Any], stop_when_read: bool = False
+) -> list[tuple[str, HookFn]]:
     def make(name: str, reducer: Reducer) -> HookFn:
         def hook(act: Tensor, hook: Any) -> None:
             out[name] = reducer(act.detach(), batch)
+            if stop_when_read and len(out) == len(reducers):
+                raise _AllRead
 
         return hook
 
@@ -133,12 +142,19 @@ def run_batch(
     for causal models, see the module docstring).
     """
     out: dict[str, Any] = {}
-    hooks = list(fwd_hooks) + _reducer_hooks(reducers, batch, out)
-    stop = _stop_layer(reducers, stop_at_layer)  # interventions deeper than every reducer cannot matter
-    forward(
-        model, batch.tokens, fwd_hooks=hooks, stop_at_layer=stop,
-        attention_mask=batch.mask.long() if attention_mask and batch.padded else None,
-    )
+    # "auto": the forward ends once every reducer has read its value (interventions deeper than every
+    # reducer cannot matter) — also in the last block, where stop_at_layer cannot stop the final norm
+    # and unembedding from running
+    auto = stop_at_layer == "auto" and bool(reducers)
+    hooks = list(fwd_hooks) + _reducer_hooks(reducers, batch, out, stop_when_read=auto)
+    stop = _stop_layer(reducers, stop_at_layer)
+    try:
+        forward(
+            model, batch.tokens, fwd_hooks=hooks, stop_at_layer=stop,
+            attention_mask=batch.mask.long() if attention_mask and batch.padded else None,
+        )
+    except _AllRead:
+        pass
     silent = [name for name in reducers if name not in out]
     if silent:
         raise UnsupportedArchitectureError(
