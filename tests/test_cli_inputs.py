@@ -109,3 +109,15 @@ def test_truncation_is_counted_and_warned(tiny):
     with pytest.warns(UserWarning, match="2 of 3 texts were cut to their first 20 tokens"):
         sd_lens.probe_norms(tiny, tok)
     assert tokenize(tiny, ["short"], max_tokens_per_text=20).n_truncated == 0
+
+
+def test_progress_bars_follow_the_terminal(monkeypatch):
+    """Progress bars are on when stderr is a terminal, off otherwise; --progress / --no-progress decide."""
+    from sd_lens.cli import build_parser, config_from_args
+
+    parse = build_parser().parse_args
+    for tty in (True, False):
+        monkeypatch.setattr("sys.stderr.isatty", lambda tty=tty: tty)
+        assert config_from_args(parse(["analyze"])).progress is tty
+        assert config_from_args(parse(["analyze", "--progress"])).progress is True
+        assert config_from_args(parse(["analyze", "--no-progress"])).progress is False

@@ -326,3 +326,23 @@ def test_tutorial_runs(smollm2, smollm2_analysis, tmp_path, monkeypatch):
     assert [d.explosion_layer for d in ns["defects"]] == [2, 11]
     assert (tmp_path / "sd_lens_report" / "report.html").stat().st_size < MAX_REPORT_BYTES
     assert ns["check"].norm_after < 0.05 * ns["check"].norm_before
+
+
+def test_minor_groups_have_their_own_section_and_json(tmp_path):
+    """A defect made minor (here by asking for a peak no state reaches) is listed apart, with its reasons."""
+    import dataclasses
+
+    from sd_lens.analyses.defects import find_defects
+
+    model = planted_model()
+    result = run_analysis(model, TEXTS)
+    report = find_defects(model, result.probe, major_ratio=1e9)
+    assert len(report) == 0 and report.minor
+    minor_result = dataclasses.replace(result, defects=report, findings=[])
+    data = minor_result.to_dict()
+    assert data["defects"] == [] and data["minor_groups"][0]["minor_reasons"]
+    assert not data["minor_groups"][0]["major"]
+    path = write_report(model, minor_result, tmp_path / "out")
+    html = path.read_text(encoding="utf-8")
+    assert "Minor high-norm groups" in html and "m0" in html and "peaks at" in html
+    assert "No major singular defect" in html

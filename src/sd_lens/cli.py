@@ -61,6 +61,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type = A
         kind, optional, choices = _argument(hints[f.name])
         help_text = str(meta.get("help", ""))
         if kind is bool:
+            if f.name == "progress":  # on by default where a person watches (stderr is a terminal)
+                parser.add_argument(
+                    "--progress", dest="progress", action=argparse.BooleanOptionalAction, default=None,
+                    help=help_text + " (default: when stderr is a terminal)",
+                )
+                continue
             action = "store_true" if f.default is False else argparse.BooleanOptionalAction
             parser.add_argument(_flag(f.name, meta), dest=f.name, action=action, default=f.default, help=help_text)
             continue
@@ -73,7 +79,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type = A
 
 def config_from_args(args: argparse.Namespace) -> AnalysisConfig:
     """The :class:`AnalysisConfig` the parsed flags describe (validated)."""
-    return AnalysisConfig(**{f.name: getattr(args, f.name) for f in fields(AnalysisConfig)})
+    values = {f.name: getattr(args, f.name) for f in fields(AnalysisConfig)}
+    if values.get("progress") is None:
+        values["progress"] = sys.stderr.isatty()
+    return AnalysisConfig(**values)
 
 
 @dataclass(frozen=True)

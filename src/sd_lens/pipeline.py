@@ -46,7 +46,7 @@ from sd_lens.models.view import model_view
 from sd_lens.outputs import atomic_write_text
 from sd_lens.types import HookedModel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_TRIGGER_TEXT = "The cat sat on the mat because it was warm."
 
 
@@ -174,6 +174,8 @@ class AnalysisResult:
             "threshold": self.defects.threshold,
             "typical_norm": [round(float(x), 3) for x in self.defects.typical_norm],
             "defects": defects,
+            "major_ratio": self.defects.major_ratio,
+            "minor_groups": [d.to_dict() for d in self.defects.minor],
             "layers": self.spectra.to_dict(),
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
         }
@@ -230,16 +232,17 @@ def run_analysis(
         model, texts, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text, progress=cfg.progress
     )
     t = tick("probe", t)
-    report = find_defects(model, probe, threshold=threshold)
+    report = find_defects(model, probe, threshold=threshold, batch_size=cfg.batch_size, progress=cfg.progress)
     t = tick("defects", t)
     view = model_view(model)
     keep = sorted({layer for d in report for layer in [d.explosion_layer, *d.decay_layers]})
     inputs = None
     if cfg.fit_method == "real":
-        inputs = collect_ffn_inputs(model, probe.sequences, list(range(view.n_layers)))
+        inputs = collect_ffn_inputs(model, probe.sequences, list(range(view.n_layers)), progress=cfg.progress)
         t = tick("collect_ffn_inputs", t)
     spectra = layer_spectra(
-        view, [d.direction for d in report], method=cfg.fit_method, keep=keep, inputs_by_layer=inputs, seed=seed
+        view, [d.direction for d in report], method=cfg.fit_method, keep=keep, inputs_by_layer=inputs, seed=seed,
+        progress=cfg.progress and "block spectra",
     )
     t = tick("spectra", t)
     findings = []
@@ -263,11 +266,16 @@ def run_analysis(
         t = tick("causal", t)
         vocab = pathway = None
         if cfg.vocab:
-            vocab = once("vocab", layer, lambda: vocab_coefficients(model, layer, lin.ffn_fit.v0, limit=limit))
+            vocab = once(
+                "vocab", layer,
+                lambda: vocab_coefficients(model, layer, lin.ffn_fit.v0, limit=limit, progress=cfg.progress),
+            )
             pathway = once(
                 "pathway",
                 layer,
-                lambda: noninitial_pathway(model, layer, threshold * float(report.typical_norm[layer]), limit=limit),
+                lambda: noninitial_pathway(
+                    model, layer, threshold * float(report.typical_norm[layer]), limit=limit, progress=cfg.progress
+                ),
             )
             t = tick("vocab", t)
         findings.append(

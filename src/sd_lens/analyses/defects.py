@@ -1,4 +1,4 @@
-"""Defect finder: group high-norm states into *defects* that share a direction and an explosion block.
+"""Defect finder: group high-norm states into *defects*, and tell major defects from minor groups.
 
 Definitions (all relative to the probed corpus, nothing tuned to a model):
 
@@ -6,13 +6,27 @@ Definitions (all relative to the probed corpus, nothing tuned to a model):
   block's median norm over the corpus.
 * An **episode** is a maximal run of blocks where one token's norm stays above ``threshold / 2``
   times the median and that contains at least one high-norm state (hysteresis, so one dip does
-  not split it). Its *onset block* is the block inside the run whose update grows the norm most.
-* Episodes with the same onset block are split by direction (greedy, ``split_angle_deg``): each
-  group is a **defect**. Its **direction** is the normalised mean of its states' unit vectors.
-* The **explosion block** of a defect is the block whose update adds the most to its states'
-  component along the direction (measured on re-run carrier prefixes, within each episode).
-* Its **decay blocks** are the blocks after the explosion, up to one past the last high-norm state,
-  whose update removes at least ``decay_fraction`` of the peak component.
+  not split it).
+* At each block, the states of all episodes are clustered by direction (within
+  ``split_angle_deg``, sign-free; :mod:`sd_lens.analyses.state_directions`). Clusters of consecutive
+  blocks are **linked** when they share at least half the states of the smaller one (the same tokens
+  go on, in the same cluster). A **defect** is a connected set of linked clusters: tokens that share
+  blocks and directions form one defect even when their episodes start in different blocks, and a
+  direction that turns slowly from block to block stays one defect (its **turn** is measured).
+  Its **direction** is the normalised mean of all its states' sign-aligned unit vectors; its
+  **spread** is the arccos of their mean cosine to their own block's direction.
+* The **explosion block** is the block whose update adds the most to the carriers' component along
+  the direction (measured on re-run carrier prefixes, within each carrier's blocks); the **decay
+  blocks** are the blocks after it, up to one past its last high-norm state, whose update removes at
+  least ``decay_fraction`` of the peak component.
+* **Severity.** A defect is *major* when it peaks at least ``major_ratio`` (default twice the
+  threshold) times its block's median, is high-norm in at least two blocks, is carried by more than
+  one token occurrence (or by the initial token, whose state is the same in every text), and its
+  states are not looser than ``split_angle_deg``. Everything else is a *minor group*, kept apart with
+  the reasons; the downstream analyses run on the major defects.
+
+Nothing here depends on how many states a corpus has: directions are exact sums over every state,
+with no storage cap (memory grows with tokens x blocks, not with d_model).
 
 The authors' code (github.com/haoqiwang/singular_defect) takes the empirical direction as the mean of
 every state above a fixed, per-model norm; here the threshold is relative to the corpus and the states
@@ -24,7 +38,7 @@ Defects in Large Language Models* (ICML 2025), observations (i) and (ii).
 
 from __future__ import annotations
 
-import warnings
+import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -34,8 +48,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sd_lens.analyses.probe import NormProbe
+from sd_lens.analyses.state_directions import StateClusters, cluster_state_directions
+from sd_lens.errors import InputError
 from sd_lens.linalg import acute_angle_deg, unit
-from sd_lens.runtime.engine import make_batch, run_batch
+from sd_lens.runtime.engine import make_batch, run_batch, stream
 from sd_lens.runtime.hooks import act_name
 from sd_lens.runtime.reducers import last_token
 from sd_lens.types import HookedModel
@@ -43,7 +59,7 @@ from sd_lens.types import HookedModel
 
 @dataclass(frozen=True, eq=False)
 class Episode:
-    """One token's run of high-norm blocks (inclusive), with its onset block."""
+    """One token's run of high-norm blocks (inclusive), with its onset block (largest norm growth)."""
 
     row: int
     seq: int
@@ -52,7 +68,6 @@ class Episode:
     start: int
     end: int
     onset: int
-    direction: Tensor | None = None
 
     @property
     def initial(self) -> bool:
@@ -61,7 +76,13 @@ class Episode:
 
 @dataclass(frozen=True, eq=False)
 class Defect:
-    """A singular defect: high-norm episodes sharing a direction and an explosion block."""
+    """A singular defect (or a minor high-norm group): linked direction clusters over a run of blocks.
+
+    ``major`` says which; ``minor_reasons`` says why not, in words. ``peak_ratio`` is the largest
+    norm over its block's median among its states; ``spread_deg`` the arccos of its states' mean
+    cosine to the direction of their own block (``block_directions``); ``turn_deg`` the angle between
+    its directions at its first and last blocks. ``direction`` is the mean over all its states.
+    """
 
     index: int
     direction: Tensor
@@ -72,14 +93,28 @@ class Defect:
     peak_norm: float
     peak_layer: int
     typical_norm: float
+    peak_ratio: float
     initial_token: bool
     noninitial_tokens: list[tuple[str, int]]
     n_episodes: int
     n_states: int
-    mean_angle_deg: float
+    spread_deg: float
+    turn_deg: float
+    major: bool
+    minor_reasons: list[str]
     component: Tensor  # mean component along the direction at resid_post of each block (traced carriers)
-    update: Tensor  # mean per-block update of that component (within the carriers' episodes)
+    update: Tensor  # mean per-block update of that component (within the carriers' blocks)
+    block_directions: dict[int, Tensor] = field(default_factory=dict, repr=False)
     episodes: list[Episode] = field(default_factory=list, repr=False)
+
+    @property
+    def n_blocks(self) -> int:
+        """Blocks from the first to the last high-norm state."""
+        return self.last_layer - self.first_layer + 1
+
+    @property
+    def label(self) -> str:
+        return f"D{self.index}" if self.major else f"m{self.index}"
 
     def carriers(self, max_items: int = 8) -> str:
         toks = ["the initial token"] if self.initial_token else []
@@ -89,6 +124,8 @@ class Defect:
     def to_dict(self) -> dict[str, Any]:
         return {
             "index": self.index,
+            "major": self.major,
+            "minor_reasons": list(self.minor_reasons),
             "explosion_layer": self.explosion_layer,
             "decay_layers": self.decay_layers,
             "first_layer": self.first_layer,
@@ -96,18 +133,23 @@ class Defect:
             "peak_norm": round(self.peak_norm, 3),
             "peak_layer": self.peak_layer,
             "typical_norm": round(self.typical_norm, 3),
+            "peak_ratio": round(self.peak_ratio, 3),
             "initial_token": self.initial_token,
             "noninitial_tokens": [t for t, _ in self.noninitial_tokens],
             "noninitial_token_counts": {t: c for t, c in self.noninitial_tokens},
             "n_episodes": self.n_episodes,
             "n_states": self.n_states,
-            "mean_angle_deg": round(self.mean_angle_deg, 3),
+            "spread_deg": round(self.spread_deg, 3),
+            "turn_deg": round(self.turn_deg, 3),
         }
 
 
 @dataclass(frozen=True, eq=False)
 class DefectReport:
-    """All defects of a model on a corpus (possibly none: an explicit empty list)."""
+    """All defects of a model on a corpus: the major ones (possibly none) and the minor groups apart.
+
+    Iterating, ``len`` and indexing go over the major defects, which the downstream analyses use.
+    """
 
     model: str
     n_layers: int
@@ -115,7 +157,9 @@ class DefectReport:
     typical_norm: Tensor
     n_high_states: int
     defects: list[Defect]
-    n_undirected_episodes: int = 0  # high-norm episodes left out: the probe kept none of their vectors
+    minor: list[Defect] = field(default_factory=list)
+    major_ratio: float = 8.0
+    clusters: StateClusters | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.defects)
@@ -126,16 +170,16 @@ class DefectReport:
     def __getitem__(self, i: int) -> Defect:
         return self.defects[i]
 
+    @property
+    def all(self) -> list[Defect]:
+        """Major defects, then minor groups."""
+        return [*self.defects, *self.minor]
+
     def summary(self) -> str:
         """The defects in a few lines (written by :func:`sd_lens.report.prose.defects_summary`)."""
         from sd_lens.report.prose import defects_summary
 
         return defects_summary(self)
-
-
-_UNDIRECTED_FIX = (
-    "run probe_norms with keep_vectors_ratio set (and a larger max_vectors_per_layer for a big corpus)"
-)
 
 
 def find_episodes(probe: NormProbe, threshold: float = 4.0) -> list[Episode]:
@@ -173,14 +217,6 @@ def find_episodes(probe: NormProbe, threshold: float = 4.0) -> list[Episode]:
     return episodes
 
 
-def _state_lookup(probe: NormProbe) -> dict[tuple[int, int], Tensor]:
-    out: dict[tuple[int, int], Tensor] = {}
-    for layer, (rows, vecs) in probe.state_vectors.items():
-        for r, v in zip(rows.tolist(), vecs):
-            out[(r, layer)] = v
-    return out
-
-
 def residual_trajectories(
     model: HookedModel, prefixes: list[Int[Tensor, " pos"]], n_layers: int | None = None
 ) -> Float[Tensor, "k n_layers_plus_1 d_model"]:
@@ -196,24 +232,55 @@ def residual_trajectories(
     return torch.stack([out[name] for name in names], dim=1)
 
 
-def _cluster_by_direction(episodes: list[Episode], max_angle: float) -> list[list[Episode]]:
-    clusters: list[tuple[Tensor, list[Episode]]] = []
-    for ep in sorted(episodes, key=lambda e: (e.start - e.end, e.row)):  # long episodes seed clusters
-        if ep.direction is None:
+def _trajectories(
+    model: HookedModel, prefixes: list[Tensor], n_layers: int, batch_size: int
+) -> Float[Tensor, "k n_layers_plus_1 d_model"]:
+    """:func:`residual_trajectories` of many prefixes, streamed in batches."""
+    names = [act_name("resid_pre", 0)] + [act_name("resid_post", layer) for layer in range(n_layers)]
+    out = torch.zeros(len(prefixes), n_layers + 1, int(model.cfg.d_model))
+    for batch, values in stream(model, prefixes, {name: last_token for name in names}, batch_size=batch_size):
+        out[batch.index] = torch.stack([values[name].float().cpu() for name in names], dim=1)
+    return out
+
+
+def _components(clusters: StateClusters, link_fraction: float) -> list[list[tuple[int, int]]]:
+    """Linked clusters (block, id): consecutive blocks sharing >= link_fraction of the smaller one's states."""
+    nodes = [(layer, k) for layer in range(clusters.n_layers) for k in range(clusters.n_clusters(layer))]
+    parent = {n: n for n in nodes}
+
+    def find(n: tuple[int, int]) -> tuple[int, int]:
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    a_all = clusters.assignment
+    for layer in range(clusters.n_layers - 1):
+        a, b = a_all[:, layer].long(), a_all[:, layer + 1].long()
+        both = (a >= 0) & (b >= 0)
+        if not bool(both.any()):
             continue
-        best, best_angle = None, max_angle
-        for i, (centroid, _) in enumerate(clusters):
-            angle = float(acute_angle_deg(centroid, ep.direction))
-            if angle <= best_angle:
-                best, best_angle = i, angle
-        if best is None:
-            clusters.append((ep.direction.clone(), [ep]))
-        else:
-            centroid, members = clusters[best]
-            sign = 1.0 if float(centroid @ ep.direction) >= 0 else -1.0
-            members.append(ep)
-            clusters[best] = (unit(centroid * (len(members) - 1) + sign * ep.direction), members)
-    return [members for _, members in clusters]
+        pairs, shared = torch.unique(torch.stack([a[both], b[both]], dim=1), dim=0, return_counts=True)
+        for (i, j), n in zip(pairs.tolist(), shared.tolist()):
+            smaller = min(float(clusters.counts[layer][i]), float(clusters.counts[layer + 1][j]))
+            if n >= link_fraction * smaller:
+                parent[find((layer, i))] = find((layer + 1, j))
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for n in nodes:
+        groups.setdefault(find(n), []).append(n)
+    return sorted(groups.values())
+
+
+def _orient(component: list[tuple[int, int]], clusters: StateClusters) -> dict[tuple[int, int], float]:
+    """A sign per cluster so that their sums point the same way (each relative to the nearest already placed)."""
+    ordered = sorted(component, key=lambda n: (-float(clusters.counts[n[0]][n[1]]), n))
+    signs = {ordered[0]: 1.0}
+    acc = clusters.sums[ordered[0][0]][ordered[0][1]].double().clone()
+    for n in ordered[1:]:
+        s = clusters.sums[n[0]][n[1]].double()
+        signs[n] = 1.0 if float(acc @ s) >= 0 else -1.0
+        acc += signs[n] * s
+    return signs
 
 
 def find_defects(
@@ -223,128 +290,230 @@ def find_defects(
     threshold: float = 4.0,
     split_angle_deg: float = 30.0,
     decay_fraction: float = 0.1,
+    major_ratio: float | None = None,
+    link_fraction: float = 0.5,
     max_traces: int = 8,
+    batch_size: int = 16,
+    progress: bool = False,
 ) -> DefectReport:
-    """Group the probe's high-norm states into defects (see the module docstring).
+    """Group the probe's high-norm states into defects and minor groups (see the module docstring).
 
     Args:
-        model: the model the probe ran on (carrier prefixes are re-run to trace components).
-        probe: a :class:`~sd_lens.analyses.probe.NormProbe` with kept state vectors.
+        model: the model the probe ran on (texts with high-norm tokens are re-run for directions,
+            and a few carrier prefixes per defect to trace its component).
+        probe: a :class:`~sd_lens.analyses.probe.NormProbe`.
         threshold: high-norm means above ``threshold`` x the block's median norm.
-        split_angle_deg: episodes with one onset block but directions further apart than this
-            form separate defects.
+        split_angle_deg: at one block, states further apart than this are different directions;
+            a defect whose states are looser than this is a minor group.
         decay_fraction: a decay block removes at least this fraction of the peak component.
+        major_ratio: a major defect peaks at least this many times its block's median (default
+            ``2 * threshold``).
+        link_fraction: clusters of consecutive blocks are one defect when they share at least this
+            fraction of the smaller one's states.
         max_traces: carrier prefixes re-run per defect to measure the component profile.
+        batch_size: texts per forward of the second pass.
+        progress: tqdm bars for the passes.
     """
+    for name, value in (("threshold", threshold), ("split_angle_deg", split_angle_deg)):
+        if not (math.isfinite(value) and value > 0):
+            raise InputError(f"{name} must be a positive number, got {value}")
+    if not 0 < split_angle_deg <= 90:
+        raise InputError(f"split_angle_deg must be in (0, 90], got {split_angle_deg}")
+    major_ratio = 2.0 * threshold if major_ratio is None else float(major_ratio)
     typical = probe.typical_norm("resid_post")
-    episodes = find_episodes(probe, threshold)
-    states = _state_lookup(probe)
-    episodes = [_with_direction(ep, states) for ep in episodes]
-    by_onset: dict[int, list[Episode]] = {}
-    for ep in episodes:
-        by_onset.setdefault(ep.onset, []).append(ep)
-    groups = [g for onset in sorted(by_onset) for g in _cluster_by_direction(by_onset[onset], split_angle_deg)]
-    n_undirected = sum(ep.direction is None for ep in episodes)
-    if n_undirected:
-        warnings.warn(
-            f"{n_undirected} of {len(episodes)} high-norm episodes have no kept state vector and are left out "
-            f"of the defects; {_UNDIRECTED_FIX}",
-            stacklevel=2,
-        )
-
-    defects = []
-    for members in groups:
-        defects.append(_make_defect(model, probe, members, states, typical, threshold, decay_fraction, max_traces))
-    defects.sort(key=lambda d: (d.explosion_layer, -d.peak_norm))
-    defects = [replace(d, index=i) for i, d in enumerate(defects)]
-    n_high = int((probe.ratio("resid_post") > threshold).sum())
-    return DefectReport(probe.model, probe.n_layers, threshold, typical, n_high, defects, n_undirected)
-
-
-def _with_direction(ep: Episode, states: dict[tuple[int, int], Tensor]) -> Episode:
-    """The episode with its direction: the normalised mean of its kept states' unit vectors (None if none kept)."""
-    vecs = [states[(ep.row, layer)] for layer in range(ep.start, ep.end + 1) if (ep.row, layer) in states]
-    return replace(ep, direction=unit(unit(torch.stack(vecs)).mean(0))) if vecs else ep
-
-
-def _make_defect(
-    model: HookedModel,
-    probe: NormProbe,
-    members: list[Episode],
-    states: dict[tuple[int, int], Tensor],
-    typical: Tensor,
-    threshold: float,
-    decay_fraction: float,
-    max_traces: int,
-) -> Defect:
-    vecs = [states[(e.row, layer)] for e in members for layer in range(e.start, e.end + 1) if (e.row, layer) in states]
-    units = unit(torch.stack(vecs))
-    ref = members[0].direction
-    assert ref is not None
-    signs = torch.where(units @ ref >= 0, 1.0, -1.0)
-    direction = unit((units * signs[:, None]).mean(0))
-    if float(direction @ unit(torch.stack(vecs).mean(0))) < 0:  # point along the states themselves
-        direction = -direction
-    mean_angle = float(acute_angle_deg(units, direction).mean())
-
-    post = probe.hook("resid_post")
-    peak_norm, peak_layer = 0.0, members[0].start
-    for e in members:
-        seg = post[e.row, e.start : e.end + 1]
-        if float(seg.max()) > peak_norm:
-            peak_norm, peak_layer = float(seg.max()), e.start + int(seg.argmax())
-
-    # re-run a few carrier prefixes (distinct token sequences) to measure the component profile
-    traced, seen = [], set()
-    for e in sorted(members, key=lambda e: (not e.initial, e.position, e.row)):
-        prefix = probe.sequences[e.seq][: e.position + 1]
-        key = tuple(prefix.tolist())
-        if key not in seen:
-            seen.add(key)
-            traced.append((e, prefix))
-        if len(traced) >= max_traces:
-            break
-    traj = residual_trajectories(model, [p for _, p in traced], probe.n_layers)  # [K, L+1, d], the probe's blocks
-    comp = traj @ direction  # [K, L+1]
-    n_layers = probe.n_layers
-    delta = comp[:, 1:] - comp[:, :-1]  # update of block l
-    # each carrier counts only inside its own episode (and the block right after it, where it decays)
-    window = torch.zeros_like(delta)
-    for k, (e, _) in enumerate(traced):
-        window[k, e.start : min(e.end + 2, n_layers)] = 1.0
-    weight = window.sum(0).clamp(min=1)
-    update = (delta * window).sum(0) / weight
-    component = (comp[:, 1:] * window).sum(0) / weight
-    # only blocks some carrier's episode covers can be the explosion block
-    explosion = int(update.masked_fill(window.sum(0) == 0, float("-inf")).argmax())
     ratio = probe.ratio("resid_post")
-    high = [
-        layer for e in members for layer in range(e.start, e.end + 1) if float(ratio[e.row, layer]) > threshold
-    ]
-    first, last = (min(high), max(high)) if high else (members[0].start, members[0].end)
-    peak_comp = float(component[explosion : max(last, explosion) + 1].max())
-    decay = [
-        layer
-        for layer in range(explosion + 1, min(last + 2, n_layers))
-        if float(update[layer]) <= -decay_fraction * peak_comp
-    ]
-    counts = Counter(probe.token_string(e.token_id) for e in members if not e.initial)
+    post = probe.hook("resid_post")
+    episodes = find_episodes(probe, threshold)
+    marked = torch.zeros(probe.n_tokens, probe.n_layers, dtype=torch.bool)
+    for ep in episodes:
+        marked[ep.row, ep.start : ep.end + 1] = True
+    clusters = cluster_state_directions(
+        model, probe, marked, max_angle_deg=split_angle_deg, batch_size=batch_size,
+        progress=progress and "high-norm directions",
+    )
+    # component id of every state
+    comps = _components(clusters, link_fraction)
+    lookup = [torch.full((clusters.n_clusters(layer) + 1,), -1, dtype=torch.long) for layer in range(probe.n_layers)]
+    for g, comp in enumerate(comps):
+        for layer, k in comp:
+            lookup[layer][k] = g
+    group_of = torch.full((probe.n_tokens, probe.n_layers), -1, dtype=torch.long)
+    for layer in range(probe.n_layers):
+        group_of[:, layer] = lookup[layer][clusters.assignment[:, layer].long()]  # -1 indexes the trailing -1
+    high = ratio > threshold
+
+    drafts = []
+    for g, comp in enumerate(comps):
+        mine = group_of == g
+        mine_high = mine & high
+        if not bool(mine_high.any()):
+            continue  # the shoulder of an episode whose high-norm states lie elsewhere: not a defect
+        drafts.append((g, _draft(probe, clusters, comp, mine, mine_high, ratio, post, typical, episodes)))
+
+    majors: list[tuple[int, Defect]] = []
+    minors: list[tuple[int, Defect]] = []
+    for g, d in drafts:
+        reasons = _minor_reasons(d, threshold, major_ratio, split_angle_deg)
+        (minors if reasons else majors).append((g, replace(d, major=not reasons, minor_reasons=reasons)))
+    traced = _trace(model, probe, [*majors, *minors], group_of, decay_fraction, max_traces, batch_size)
+    major = sorted(traced[: len(majors)], key=lambda d: (d.explosion_layer, -d.peak_norm))
+    minor = sorted(traced[len(majors) :], key=lambda d: (-d.peak_ratio, d.first_layer))
+    return DefectReport(
+        model=probe.model,
+        n_layers=probe.n_layers,
+        threshold=threshold,
+        typical_norm=typical,
+        n_high_states=int(high.sum()),
+        defects=[replace(d, index=i) for i, d in enumerate(major)],
+        minor=[replace(d, index=i) for i, d in enumerate(minor)],
+        major_ratio=major_ratio,
+        clusters=clusters,
+    )
+
+
+def _minor_reasons(d: Defect, threshold: float, major_ratio: float, split_angle_deg: float) -> list[str]:
+    reasons = []
+    if d.peak_ratio < major_ratio:
+        reasons.append(f"peaks at {d.peak_ratio:.1f}x its block's median (a major defect reaches {major_ratio:g}x)")
+    if d.n_blocks < 2:
+        reasons.append(f"high-norm in one block only (block {d.first_layer})")
+    if not d.initial_token and d.n_episodes < 2:
+        reasons.append("carried by a single token occurrence")
+    if d.spread_deg > split_angle_deg:
+        reasons.append(f"loose: its states lie {d.spread_deg:.1f} deg from their block's direction (mean cosine)")
+    return reasons
+
+
+def _draft(
+    probe: NormProbe,
+    clusters: StateClusters,
+    comp: list[tuple[int, int]],
+    mine: Tensor,
+    mine_high: Tensor,
+    ratio: Tensor,
+    post: Tensor,
+    typical: Tensor,
+    episodes: list[Episode],
+) -> Defect:
+    """A defect from one component, without its traced explosion and decay blocks."""
+    signs = _orient(comp, clusters)
+    total = torch.stack([signs[n] * clusters.sums[n[0]][n[1]].double() for n in comp]).sum(0)
+    raw = torch.stack([clusters.raw_sums[n[0]][n[1]].double() for n in comp]).sum(0)
+    direction = unit(total)
+    if float(direction @ raw) < 0:  # point along the states themselves
+        direction = -direction
+    n_states = sum(float(clusters.counts[layer][k]) for layer, k in comp)
+    block_dirs: dict[int, Tensor] = {}
+    resultant = 0.0  # sum over blocks of |sum of the block's aligned unit vectors| = sum of cosines to each block's direction
+    for layer in sorted({layer for layer, _ in comp}):
+        t = torch.stack([signs[n] * clusters.sums[layer][n[1]].double() for n in comp if n[0] == layer]).sum(0)
+        resultant += float(t.norm())
+        v = unit(t)
+        block_dirs[layer] = (v if float(v @ direction) >= 0 else -v).float()
+    # spread within blocks: a direction that turns from block to block is measured by the turn, not here
+    spread = math.degrees(math.acos(min(1.0, resultant / n_states)))
+    blocks = sorted(block_dirs)
+    turn = float(acute_angle_deg(block_dirs[blocks[0]], block_dirs[blocks[-1]]))
+
+    layers_high = torch.nonzero(mine_high.any(dim=0)).flatten()
+    first, last = int(layers_high.min()), int(layers_high.max())
+    masked_post = torch.where(mine, post, torch.full_like(post, -1.0))
+    flat = int(masked_post.argmax())
+    peak_row, peak_layer = divmod(flat, probe.n_layers)
+    peak_ratio = float(torch.where(mine, ratio, torch.zeros_like(ratio)).max())
+    rows = set(torch.nonzero(mine.any(dim=1)).flatten().tolist())
+    members = [e for e in episodes if e.row in rows and bool(mine[e.row, e.start : e.end + 1].any())]
+    carrier_rows = torch.nonzero(mine_high.any(dim=1)).flatten().tolist()
+    counts = Counter(
+        probe.token_string(int(probe.token_ids[r])) for r in carrier_rows if int(probe.positions[r]) > 0
+    )
     return Defect(
         index=0,
-        direction=direction,
-        explosion_layer=explosion,
-        decay_layers=decay,
+        direction=direction.float(),
+        explosion_layer=first,
+        decay_layers=[],
         first_layer=first,
         last_layer=last,
-        peak_norm=peak_norm,
+        peak_norm=float(post[peak_row, peak_layer]),
         peak_layer=peak_layer,
         typical_norm=float(typical[peak_layer]),
-        initial_token=any(e.initial for e in members),
+        peak_ratio=peak_ratio,
+        initial_token=any(int(probe.positions[r]) == 0 for r in carrier_rows),
         noninitial_tokens=sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])),
         n_episodes=len(members),
-        n_states=len(vecs),
-        mean_angle_deg=mean_angle,
-        component=component,
-        update=update,
+        n_states=int(round(n_states)),
+        spread_deg=spread,
+        turn_deg=turn,
+        major=False,
+        minor_reasons=[],
+        component=torch.zeros(probe.n_layers),
+        update=torch.zeros(probe.n_layers),
+        block_directions=block_dirs,
         episodes=members,
     )
+
+
+def _trace(
+    model: HookedModel,
+    probe: NormProbe,
+    drafts: list[tuple[int, Defect]],
+    group_of: Tensor,
+    decay_fraction: float,
+    max_traces: int,
+    batch_size: int,
+) -> list[Defect]:
+    """Explosion and decay blocks of every draft from re-run carrier prefixes (all drafts in one stream)."""
+    n_layers = probe.n_layers
+    plans = []  # per draft: [(trajectory index, first block, last block)]
+    prefixes: list[Tensor] = []
+    index: dict[tuple[int, ...], int] = {}
+    for g, d in drafts:
+        # the initial token first, then one occurrence of each carrier token, most frequent first,
+        # then more occurrences: the traced set represents the carriers, whatever the corpus size
+        rank = {t: i for i, (t, _) in enumerate(d.noninitial_tokens)}
+        by_token: dict[str, list[Episode]] = {}
+        initial = []
+        for e in sorted(d.episodes, key=lambda e: (e.position, e.row)):
+            if e.initial:
+                initial.append(e)
+            else:
+                by_token.setdefault(probe.token_string(e.token_id), []).append(e)
+        queues = [by_token[t] for t in sorted(by_token, key=lambda t: rank.get(t, len(rank)))]
+        order = initial[:1] + [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+        plan, seen = [], set()
+        for e in order:
+            prefix = probe.sequences[e.seq][: e.position + 1]
+            key = tuple(prefix.tolist())
+            if key in seen:
+                continue
+            seen.add(key)
+            blocks = torch.nonzero(group_of[e.row] == g).flatten()
+            if key not in index:
+                index[key] = len(prefixes)
+                prefixes.append(prefix)
+            plan.append((index[key], int(blocks.min()), int(blocks.max())))
+            if len(plan) >= max_traces:
+                break
+        plans.append(plan)
+    traj = _trajectories(model, prefixes, n_layers, batch_size) if prefixes else torch.zeros(0, n_layers + 1, 1)
+    out = []
+    for (_, d), plan in zip(drafts, plans):
+        comp = traj[[i for i, _, _ in plan]] @ d.direction  # [K, L+1]
+        delta = comp[:, 1:] - comp[:, :-1]  # update of block l
+        # each carrier counts only inside its own blocks (and the block right after, where it decays)
+        window = torch.zeros_like(delta)
+        for k, (_, lo, hi) in enumerate(plan):
+            window[k, lo : min(hi + 2, n_layers)] = 1.0
+        weight = window.sum(0).clamp(min=1)
+        update = (delta * window).sum(0) / weight
+        component = (comp[:, 1:] * window).sum(0) / weight
+        explosion = int(update.masked_fill(window.sum(0) == 0, float("-inf")).argmax())
+        last = d.last_layer
+        peak_comp = float(component[explosion : max(last, explosion) + 1].max())
+        decay = [
+            layer
+            for layer in range(explosion + 1, min(last + 2, n_layers))
+            if float(update[layer]) <= -decay_fraction * peak_comp
+        ]
+        out.append(replace(d, explosion_layer=explosion, decay_layers=decay, component=component, update=update))
+    return out

@@ -120,7 +120,7 @@ def _vocab_size(model: HookedModel) -> int:
 
 def _sweep(
     model: HookedModel, batch_size: int, prefix: list[int], reducers: Mapping[str, Reducer],
-    fwd_hooks: Sequence[tuple[str, HookFn]], limit: int | None,
+    fwd_hooks: Sequence[tuple[str, HookFn]], limit: int | None, progress: bool | str = False,
 ) -> Tensor:
     """Run every vocabulary token (after ``prefix``) up to the deepest block a reducer reads; one value per token.
 
@@ -129,7 +129,12 @@ def _sweep(
     vocab = _vocab_size(model) if limit is None else min(limit, _vocab_size(model))
     (name,) = reducers
     out = torch.empty(vocab)
-    for start in range(0, vocab, batch_size):
+    starts: Any = range(0, vocab, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=progress if isinstance(progress, str) else "vocabulary", unit="batch")
+    for start in starts:
         ids = torch.arange(start, min(start + batch_size, vocab))
         tokens = torch.cat([torch.tensor(prefix, dtype=torch.long).expand(len(ids), len(prefix)), ids[:, None]], 1)
         with warnings.catch_warnings():
@@ -148,7 +153,8 @@ def _bare_rate(model: HookedModel, layer: int, batch_size: int, seq_len: int) ->
 
 
 def vocab_coefficients(
-    model: HookedModel, layer: int, v0: Float[Tensor, " d_model"], *, batch_size: int = 1024, limit: int | None = None
+    model: HookedModel, layer: int, v0: Float[Tensor, " d_model"], *, batch_size: int = 1024, limit: int | None = None,
+    progress: bool = False,
 ) -> VocabCoefficients:
     """v₀ coefficient of the FFN input at block ``layer`` for every vocabulary token (see module doc)."""
     v = unit(v0.detach().float().cpu())
@@ -161,8 +167,8 @@ def vocab_coefficients(
 
     reducers = {ffn_input(layer): last_coefficient}
     t0 = time.perf_counter()
-    initial = _sweep(model, batch_size, [], reducers, [], limit)
-    second = _sweep(model, batch_size, [int(bos)], reducers, [], limit)
+    initial = _sweep(model, batch_size, [], reducers, [], limit, progress and "vocabulary at position 0")
+    second = _sweep(model, batch_size, [int(bos)], reducers, [], limit, progress and "vocabulary after BOS")
     seconds = time.perf_counter() - t0
     n_tok = len(initial) * 1 + len(second) * 2
     bare = (_bare_rate(model, layer, batch_size, 1) + _bare_rate(model, layer, batch_size, 2)) / 2
@@ -192,7 +198,8 @@ class NoninitialPathway:
 
 
 def noninitial_pathway(
-    model: HookedModel, layer: int, threshold: float, *, batch_size: int = 1024, limit: int | None = None
+    model: HookedModel, layer: int, threshold: float, *, batch_size: int = 1024, limit: int | None = None,
+    progress: bool = False,
 ) -> NoninitialPathway:
     """Every vocabulary token alone with attention zeroed in blocks ``0..layer``; norm > ``threshold`` explodes.
 
@@ -207,7 +214,10 @@ def noninitial_pathway(
 
     zero_attention = [(act_name("attn_out", b), zero) for b in range(layer + 1)]
     t0 = time.perf_counter()
-    norms = _sweep(model, batch_size, [], {act_name("resid_post", layer): last_norm}, zero_attention, limit)
+    norms = _sweep(
+        model, batch_size, [], {act_name("resid_post", layer): last_norm}, zero_attention, limit,
+        progress and "vocabulary, attention off",
+    )
     seconds = time.perf_counter() - t0
     idx = torch.nonzero(norms > threshold).flatten()
     idx = idx[norms[idx].argsort(descending=True)]

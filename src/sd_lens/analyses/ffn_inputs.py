@@ -32,14 +32,14 @@ ffn_hook_name = ffn_input
 @overload
 def collect_ffn_inputs(
     model: HookedModel, texts_or_tokens: Any, layer: int, *, max_tokens: int | None = ...,
-    batch_size: int = ..., exclude_positions: Sequence[int] = ...,
+    batch_size: int = ..., exclude_positions: Sequence[int] = ..., progress: bool | str = ...,
 ) -> Float[Tensor, "N d_model"]: ...
 
 
 @overload
 def collect_ffn_inputs(
     model: HookedModel, texts_or_tokens: Any, layer: Sequence[int], *, max_tokens: int | None = ...,
-    batch_size: int = ..., exclude_positions: Sequence[int] = ...,
+    batch_size: int = ..., exclude_positions: Sequence[int] = ..., progress: bool | str = ...,
 ) -> dict[int, Float[Tensor, "N d_model"]]: ...
 
 
@@ -51,6 +51,7 @@ def collect_ffn_inputs(
     max_tokens: int | None = 20_000,
     batch_size: int = 16,
     exclude_positions: Sequence[int] = (0,),
+    progress: bool | str = False,
 ) -> Float[Tensor, "N d_model"] | dict[int, Float[Tensor, "N d_model"]]:
     """Normalised FFN inputs ``n`` of block ``layer`` on real text, one row per token.
 
@@ -118,6 +119,7 @@ def collect_ffn_inputs(
     batches = stream(
         model, [seqs[i] for i in needed], {name: kept_rows for name in names.values()},
         batch_size=batch_size, longest_first=True, pad_id=0 if pad_id is None else int(pad_id),
+        progress=progress and "FFN inputs",
     )
     for batch, out in batches:  # batch similar lengths together, longest first
         for lay, name in names.items():

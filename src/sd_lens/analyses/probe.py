@@ -22,8 +22,9 @@ from torch import Tensor
 
 from sd_lens.errors import InputError, NonFiniteActivationError
 from sd_lens.models.loading import model_name
-from sd_lens.runtime.engine import Batch, Reducer, stream
+from sd_lens.runtime.engine import stream
 from sd_lens.runtime.hooks import act_name
+from sd_lens.runtime.reducers import token_norms
 from sd_lens.runtime.tokens import Tokenized, decode_one, tokenize
 from sd_lens.types import HookedModel
 
@@ -52,8 +53,6 @@ class NormProbe:
     token_strings: dict[int, str]
     seconds: float
     hook_points: tuple[str, ...] = HOOK_POINTS
-    #: resid_post vectors of candidate high-norm states: layer -> (token rows [k], vectors [k, d])
-    state_vectors: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
     #: memo of typical_norm (not an init field: ``dataclasses.replace`` starts a fresh one)
     _typical: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -92,8 +91,6 @@ def probe_norms(
     batch_size: int = 16,
     max_tokens_per_text: int | None = 64,
     layers: int | None = None,
-    keep_vectors_ratio: float | None = 2.0,
-    max_vectors_per_layer: int = 1024,
     progress: bool = False,
 ) -> NormProbe:
     """Measure the residual norm of every token at every hook point of blocks ``0..layers-1``.
@@ -104,10 +101,6 @@ def probe_norms(
         batch_size: texts per forward pass.
         max_tokens_per_text: truncate longer texts (``None``: error if over the context).
         layers: probe only the first ``layers`` blocks (the forward stops there); default all.
-        keep_vectors_ratio: also keep the resid_post vector of every state whose norm exceeds
-            this multiple of its batch's median norm at that block (the few candidate high-norm
-            states, used by :func:`sd_lens.analyses.defects.find_defects` for directions); ``None``: keep none.
-        max_vectors_per_layer: cap on kept vectors per block (bounds memory on huge corpora).
         progress: show a tqdm progress bar.
 
     Raises:
@@ -130,24 +123,7 @@ def probe_norms(
     norms = torch.full((n_tokens, n_layers, len(HOOK_POINTS)), float("nan"), dtype=torch.float32)
     t0 = time.perf_counter()
     hook_dict = model.hook_dict
-    kept: dict[int, list[tuple[Tensor, Tensor]]] = {}
-    n_kept = [0] * n_layers
     post = HOOK_POINTS.index("resid_post")
-
-    def reducer(layer: int, k: int) -> Reducer:
-        def reduce(act: Tensor, batch: Batch) -> Tensor:
-            nrm = torch.linalg.vector_norm(act.float(), dim=-1)
-            if k == post and keep_vectors_ratio is not None and n_kept[layer] < max_vectors_per_layer:
-                thr = keep_vectors_ratio * nrm[batch.mask].median()
-                where = torch.nonzero((nrm > thr) & batch.mask)[: max_vectors_per_layer - n_kept[layer]]
-                if len(where):
-                    n_kept[layer] += len(where)
-                    # (batch row, position) -> global token row
-                    rows = offsets[torch.tensor(batch.index)][where[:, 0].cpu()] + where[:, 1].cpu()
-                    kept.setdefault(layer, []).append((rows, act[where[:, 0], where[:, 1]].float().cpu()))
-            return nrm.cpu()
-
-        return reduce
 
     # resid_pre of block l is resid_post of block l-1: hook it at block 0 only and copy.
     names = {
@@ -156,7 +132,7 @@ def probe_norms(
         for k, hp in enumerate(HOOK_POINTS)
         if (k != 0 or layer == 0) and act_name(hp, layer) in hook_dict
     }
-    reducers = {name: reducer(layer, k) for (layer, k), name in names.items()}
+    reducers = {name: token_norms for name in names.values()}
     for batch, out in stream(model, seqs, reducers, batch_size=batch_size, progress=progress and "norm probe"):
         buf = torch.full((*batch.tokens.shape, n_layers, len(HOOK_POINTS)), float("nan"))
         for (layer, k), name in names.items():
@@ -176,12 +152,8 @@ def probe_norms(
     positions = torch.cat([torch.arange(len(s)) for s in seqs])
     token_ids = torch.cat(seqs)
     strings = {int(t): decode_one(model, int(t)) for t in token_ids.unique().tolist()}
-    state_vectors = {
-        layer: (torch.cat([w for w, _ in items]), torch.cat([v for _, v in items])) for layer, items in kept.items()
-    }
     return NormProbe(
         model=model_name(model),
-        state_vectors=state_vectors,
         n_layers=n_layers,
         norms=norms,
         seq_index=seq_index,

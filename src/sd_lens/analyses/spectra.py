@@ -142,6 +142,7 @@ def layer_spectra(
     layers: Sequence[int] | None = None,
     keep: Sequence[int] = (),
     inputs_by_layer: dict[int, Float[Tensor, "n d_model"]] | None = None,
+    progress: bool | str = False,
     **fit_kwargs: Any,
 ) -> LayerSpectra:
     """Leading singular direction of every block's ``L`` (and ``F``) and its angle to ``directions``.
@@ -154,13 +155,19 @@ def layer_spectra(
         keep: blocks whose :class:`BlockLinearization` is kept in the result (for eigen-checks).
         inputs_by_layer: real normalised FFN inputs per block for ``method="real"`` (see
             :func:`~sd_lens.analyses.ffn_inputs.collect_ffn_inputs`, which returns this dict for a list of blocks).
+        progress: a tqdm bar over the blocks (a string is its label).
     """
     t0 = time.perf_counter()
     fit_kwargs.setdefault("n_eval", 1024)  # held-out samples for the reported R² (of 576+ output dims): enough
     view: ModelView = model_or_view if isinstance(model_or_view, ModelView) else model_view(model_or_view)
     dirs = [unit(d.detach().float().cpu()) for d in directions]
     blocks, kept = [], {}
-    for layer in layers if layers is not None else range(view.n_layers):
+    todo: Any = list(layers) if layers is not None else list(range(view.n_layers))
+    if progress:
+        from tqdm.auto import tqdm
+
+        todo = tqdm(todo, desc=progress if isinstance(progress, str) else "block spectra", unit="block")
+    for layer in todo:
         extra: dict[str, Any] = {"inputs": inputs_by_layer[layer]} if inputs_by_layer is not None else {}
         lin = linearize_block(view.block(layer), layer, method=method, **fit_kwargs, **extra)
         s0, u0, v0 = top_singular(lin.L)

@@ -91,6 +91,22 @@ def summary_section(page: Page, ctx: ReportContext) -> None:
         page.table(rows, header=header)
 
 
+def minor_section(page: Page, ctx: ReportContext) -> None:
+    """The minor high-norm groups, one table row each with why it is not a major defect (nothing if none)."""
+    if not ctx.result.defects.minor:
+        return
+    report = ctx.result.defects
+    page.heading("Minor high-norm groups")
+    page.paragraph(
+        f"States above {report.threshold:g}x their block's median that do not form a major defect: a major defect "
+        f"peaks at {report.major_ratio:g}x the median or more, is high-norm in two blocks or more, has more than one "
+        "carrier occurrence (or is carried by the initial token, the same state in every text) and its states lie "
+        "within the split angle of its direction. These groups are not analysed further."
+    )
+    header, rows = prose.minor_table(ctx.result)
+    page.table(rows, header=header)
+
+
 def corpus_section(page: Page, ctx: ReportContext) -> None:
     """Size of the corpus and its first lines."""
     result = ctx.result
@@ -209,6 +225,7 @@ SECTIONS: list[Section] = [
     corpus_section,
     norms_section,
     defects_section,
+    minor_section,
     angles_section,
     attention_section,
     timings_section,

@@ -7,8 +7,9 @@ One module holds all of it, so a sentence is changed in one place, whichever way
 * :func:`defect_sentences`: each defect's findings in plain sentences
   (``AnalysisResult.sentences()``, also the paragraph under each defect's heading in the report);
 * :func:`report_summary`: the opening paragraph of the report;
-* :func:`overview_table`, :func:`defect_table`, :func:`decay_table`: the report's tables, as
-  ``(header, rows)``;
+* :func:`overview_table`, :func:`defect_table`, :func:`decay_table`, :func:`minor_table`: the
+  report's tables, as ``(header, rows)``;
+* :func:`minor_line`: one minor high-norm group in a line;
 * :func:`carrier_note`, :func:`no_decay_note`: the report's remarks on one defect.
 
 Every function takes the typed results and returns plain text (the page escapes it); nothing here
@@ -20,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from sd_lens.analyses.defects import DefectReport
+    from sd_lens.analyses.defects import Defect, DefectReport
     from sd_lens.pipeline import AnalysisResult
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "defect_sentences",
     "defect_table",
     "defects_summary",
+    "minor_line",
+    "minor_table",
     "no_decay_note",
     "number",
     "overview_table",
@@ -47,25 +50,36 @@ def number(x: float) -> str:
 
 
 def defects_summary(report: DefectReport) -> str:
-    """The defects found, one line each (what :meth:`DefectReport.summary` returns)."""
-    from sd_lens.analyses.defects import _UNDIRECTED_FIX
-
-    if not report.defects and report.n_high_states == 0:
+    """The defects found, one line each, then the minor groups (what :meth:`DefectReport.summary` returns)."""
+    if not report.all and report.n_high_states == 0:
         return f"{report.model}: no state above {report.threshold}x its block's median norm: no defect."
-    if not report.defects:
-        return (
-            f"{report.model}: {report.n_high_states} state(s) above {report.threshold}x the block median, but the "
-            f"probe kept none of their vectors, so no defect could be formed; {_UNDIRECTED_FIX}"
-        )
-    lines = [f"{report.model}: {len(report.defects)} defect(s) (threshold {report.threshold}x the block median)"]
+    lines = [
+        f"{report.model}: {len(report.defects)} defect(s) (threshold {report.threshold}x the block median; "
+        f"a major defect peaks at {report.major_ratio:g}x or more, spans two blocks or more and has more than "
+        "one carrier occurrence)"
+    ]
     for d in report.defects:
         lines.append(
             f"  D{d.index}: explodes in block {d.explosion_layer}, high-norm in blocks {d.first_layer}-"
             f"{d.last_layer}, decays in {d.decay_layers or 'no block'}; peak {d.peak_norm:.0f} vs typical "
-            f"{d.typical_norm:.0f} at block {d.peak_layer}; carried by {d.carriers()}; states within "
-            f"{d.mean_angle_deg:.1f} deg of its direction on average"
+            f"{d.typical_norm:.0f} at block {d.peak_layer} ({d.peak_ratio:.1f}x); carried by {d.carriers()}; "
+            f"states {d.spread_deg:.1f} deg from their block's direction (mean cosine), turning {d.turn_deg:.1f} deg "
+            f"from block {min(d.block_directions, default=d.first_layer)} to {max(d.block_directions, default=d.last_layer)}"
         )
+    if report.minor:
+        lines.append(f"  {len(report.minor)} minor group(s), not analysed further:")
+        for d in report.minor:
+            lines.append(f"  {minor_line(d)}")
     return "\n".join(lines)
+
+
+def minor_line(d: Defect) -> str:
+    """One minor group in a line: where, how high, carried by what, and why it is minor."""
+    blocks = f"block {d.first_layer}" if d.first_layer == d.last_layer else f"blocks {d.first_layer}-{d.last_layer}"
+    return (
+        f"m{d.index}: {blocks}, peak {number(d.peak_norm)} ({d.peak_ratio:.1f}x the median) at block {d.peak_layer}, "
+        f"{d.n_episodes} occurrence(s) of {d.carriers(4)}; minor: {'; '.join(d.minor_reasons)}"
+    )
 
 
 def defect_sentences(result: AnalysisResult) -> list[str]:
@@ -115,8 +129,15 @@ def report_summary(result: AnalysisResult) -> str:
         f"{len(result.texts)} text(s), {result.probe.n_tokens:,} tokens. A state counts as high-norm when its "
         f"norm exceeds {result.defects.threshold:g} times its block's median norm. "
     )
+    minor = result.defects.minor
+    tail = (
+        f" {len(minor)} minor high-norm group(s) (short-lived, barely above the line, or carried by one token) are "
+        "listed apart." if minor else ""
+    )
     if n == 0:
-        return head + "No state crossed that line: sd_lens found no singular defect on this corpus."
+        if result.defects.n_high_states == 0:
+            return head + "No state crossed that line: sd_lens found no singular defect on this corpus."
+        return head + "No major singular defect on this corpus." + tail
     parts = [
         f"D{d.index} explodes in block {d.explosion_layer} (peak {number(d.peak_norm)} against a typical "
         f"{number(d.typical_norm)}), "
@@ -124,7 +145,18 @@ def report_summary(result: AnalysisResult) -> str:
         + f", and the explosion block's leading singular direction is {f.predicted_angle_deg:.1f}\u00b0 from it"
         for d, f in zip(result.defects, result.findings)
     ]
-    return head + f"sd_lens found {n} singular defect(s): " + "; ".join(parts) + "."
+    return head + f"sd_lens found {n} singular defect(s): " + "; ".join(parts) + "." + tail
+
+
+def minor_table(result: AnalysisResult) -> Table:
+    """One row per minor high-norm group, with the reasons it is not a major defect."""
+    header = ["group", "blocks", "peak norm", "peak / median", "occurrences", "carried by", "spread (deg)", "why minor"]
+    rows: list[list[Any]] = [
+        [f"m{d.index}", f"{d.first_layer}\u2013{d.last_layer}", d.peak_norm, round(d.peak_ratio, 2), d.n_episodes,
+         d.carriers(4), round(d.spread_deg, 1), "; ".join(d.minor_reasons)]
+        for d in result.defects.minor
+    ]
+    return header, rows
 
 
 def overview_table(result: AnalysisResult) -> Table:
@@ -150,6 +182,11 @@ def defect_table(result: AnalysisResult, k: int) -> Table:
         ["carried by", d.carriers()],
         ["explosion block", d.explosion_layer],
         ["high-norm blocks", f"{d.first_layer}\u2013{d.last_layer}"],
+        ["peak norm / block median", round(d.peak_ratio, 2)],
+        ["carrier occurrences (episodes) / states", f"{d.n_episodes} / {d.n_states}"],
+        ["spread: arccos of the states' mean cosine to their block's direction (deg)", round(d.spread_deg, 2)],
+        [f"turn: direction at block {min(d.block_directions, default=d.first_layer)} vs block "
+         f"{max(d.block_directions, default=d.last_layer)} (deg)", round(d.turn_deg, 2)],
         ["decay blocks", ", ".join(map(str, d.decay_layers)) or "none within the model"],
         [f"peak norm (block {d.peak_layer})", d.peak_norm],
         [f"typical norm (block {d.peak_layer} median)", d.typical_norm],

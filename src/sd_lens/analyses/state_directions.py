@@ -1,0 +1,249 @@
+"""Directions of the high-norm states, clustered block by block, without storing the vectors.
+
+The norm probe keeps one float per state, so it knows *which* states are high-norm but not their
+directions. This second pass re-runs only what it must: each text up to its last high-norm token
+(identical prefixes once: every text's initial token is the same state), to the deepest block
+with one. At every block, each state of a high-norm episode joins, online, the nearest direction
+cluster of that block within ``max_angle_deg`` (sign-free: a line, not an arrow) or opens a new one;
+within a batch the largest norms come first, so the strongest states seed the clusters.
+
+A cluster keeps the sum of its members' sign-aligned unit vectors and their count, a state keeps
+only its cluster's id: memory is tokens x blocks small integers plus blocks x clusters x d_model
+floats — never tokens x d_model, and there is no cap that stops keeping states part-way through a
+corpus (the cap on stored vectors that split one defect in two on long corpora).
+
+Because the sums are kept, the mean cosine of any set of clusters' states to any direction is
+exact: ``sum_c sign_c (S_c . d) / sum_c n_c``.
+
+Reference: the empirical high-norm direction of Wang et al., *Demystifying Singular Defects in Large
+Language Models* (ICML 2025), Sec. 3 — there the mean of every state above a fixed norm; here per
+block and per direction cluster, so that several defects and turning directions can be told apart.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from sd_lens.analyses.probe import NormProbe
+from sd_lens.runtime.engine import Batch, Reducer, stream
+from sd_lens.runtime.hooks import act_name
+from sd_lens.types import HookedModel
+
+__all__ = ["StateClusters", "cluster_state_directions"]
+
+
+@dataclass(frozen=True, eq=False)
+class StateClusters:
+    """Direction clusters of the high-norm states at each block.
+
+    Attributes:
+        sums: per block, float32 ``[k, d_model]``: the sum of each cluster's sign-aligned unit vectors.
+        raw_sums: per block, ``[k, d_model]``: the same sum without sign alignment (says which way the
+            states themselves point).
+        counts: per block, float64 ``[k]``: the states in each cluster.
+        assignment: int32 ``[n_tokens, n_layers]``: each state's cluster at its block, -1 for states
+            outside every episode.
+        sign: int8 ``[n_tokens, n_layers]``: +1 or -1, how each state was aligned with its cluster.
+        n_forward_tokens: tokens the second pass ran (after removing repeated prefixes).
+    """
+
+    max_angle_deg: float
+    sums: list[Tensor]
+    raw_sums: list[Tensor]
+    counts: list[Tensor]
+    assignment: Tensor
+    sign: Tensor
+    n_forward_tokens: int
+    seconds: float
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.sums)
+
+    def n_clusters(self, layer: int) -> int:
+        return int(self.counts[layer].shape[0])
+
+    def direction(self, layer: int, k: int) -> Float[Tensor, " d_model"]:
+        s = self.sums[layer][k]
+        return s / s.norm()
+
+    def spread_deg(self, layer: int, k: int) -> float:
+        """arccos of the mean cosine between the cluster's states and its own direction."""
+        cos = float(self.sums[layer][k].norm()) / float(self.counts[layer][k])
+        return math.degrees(math.acos(min(1.0, cos)))
+
+
+@dataclass(frozen=True)
+class _Targets:
+    """What one prefix contributes at one block: positions, and the token rows each position stands for."""
+
+    positions: Tensor  # [q] positions to read
+    rows: Tensor  # [r] token rows of the probe
+    owner: Tensor  # [r] index into positions
+    weights: Tensor  # [q] how many rows each position stands for
+
+
+class _Bank:
+    """Online direction clusters of one block."""
+
+    def __init__(self, max_angle_deg: float) -> None:
+        self.cos_min = math.cos(math.radians(max_angle_deg))
+        self.sums: Tensor | None = None
+        self.raw: Tensor | None = None
+        self.counts: list[float] = []
+
+    def add(self, units: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+        """Assign ``units`` [m, d] (largest norm first) with multiplicities ``weights`` [m]; return ids and signs."""
+        m = units.shape[0]
+        ids = torch.full((m,), -1, dtype=torch.long)
+        signs = torch.ones(m, dtype=torch.int8)
+        if self.sums is not None:  # join existing clusters in one matmul
+            cos = units @ (self.sums / self.sums.norm(dim=1, keepdim=True)).T
+            best = cos.abs().max(dim=1)
+            hit = (best.values >= self.cos_min).cpu()
+            ids[hit] = best.indices.cpu()[hit]
+            signs[hit] = torch.where(cos.gather(1, best.indices[:, None])[:, 0] >= 0, 1, -1).to(torch.int8).cpu()[hit]
+        fresh: list[Tensor] = []  # directions opened in this batch (by the states no old cluster took)
+        base = len(self.counts)
+        for i in torch.nonzero(ids < 0).flatten().tolist():
+            u = units[i]
+            if fresh:
+                cos = torch.stack(fresh) @ u
+                j = int(cos.abs().argmax())
+                if float(cos[j].abs()) >= self.cos_min:
+                    ids[i] = base + j
+                    signs[i] = 1 if float(cos[j]) >= 0 else -1
+                    continue
+            fresh.append(u)
+            ids[i] = base + len(fresh) - 1
+        k_total = base + len(fresh)
+        d = units.shape[1]
+        sums = torch.zeros(k_total, d, dtype=units.dtype, device=units.device)
+        raw = torch.zeros_like(sums)
+        if self.sums is not None and self.raw is not None:
+            sums[:base], raw[:base] = self.sums, self.raw
+        w = weights.to(units.device, units.dtype)[:, None]
+        idx = ids.to(units.device)
+        sums.index_add_(0, idx, units * w * signs.to(units.device, units.dtype)[:, None])
+        raw.index_add_(0, idx, units * w)
+        self.sums, self.raw = sums, raw
+        counts = torch.zeros(k_total, dtype=torch.float64)
+        counts[: len(self.counts)] = torch.tensor(self.counts, dtype=torch.float64)
+        counts.index_add_(0, ids, weights.to(torch.float64))
+        self.counts = counts.tolist()
+        return ids, signs
+
+
+def cluster_state_directions(
+    model: HookedModel,
+    probe: NormProbe,
+    states: Int[Tensor, "n_tokens n_layers"] | Tensor,
+    *,
+    max_angle_deg: float = 30.0,
+    batch_size: int = 16,
+    progress: bool | str = False,
+) -> StateClusters:
+    """Cluster the directions of the states marked in ``states`` (bool ``[n_tokens, n_layers]``), block by block.
+
+    Args:
+        model: the model the probe ran on.
+        probe: the :class:`~sd_lens.analyses.probe.NormProbe` whose rows ``states`` indexes.
+        states: True at each (token row, block) to cluster (the states of the high-norm episodes).
+        max_angle_deg: a state joins a cluster whose direction is at most this far from it.
+        batch_size: the probe's texts per forward; prefixes are batched to about as many tokens.
+        progress: a tqdm bar (a string is its label).
+    """
+    t0 = time.perf_counter()
+    states = states.bool()
+    n_tokens, n_layers = probe.n_tokens, probe.n_layers
+    assignment = torch.full((n_tokens, n_layers), -1, dtype=torch.int32)
+    sign = torch.zeros((n_tokens, n_layers), dtype=torch.int8)
+    banks = [_Bank(max_angle_deg) for _ in range(n_layers)]
+    active_rows = torch.nonzero(states.any(dim=1)).flatten()
+    deepest = int(torch.nonzero(states.any(dim=0)).flatten().max()) + 1 if len(active_rows) else 0
+
+    # one forward per distinct prefix: text up to its last marked token
+    prefixes: list[Tensor] = []
+    members: list[list[int]] = []  # texts sharing each prefix
+    seen: dict[tuple[int, ...], int] = {}
+    text_need: dict[int, int] = {}
+    for row in active_rows.tolist():
+        seq, pos = int(probe.seq_index[row]), int(probe.positions[row])
+        text_need[seq] = max(text_need.get(seq, 0), pos + 1)
+    for seq in sorted(text_need):
+        prefix = probe.sequences[seq][: text_need[seq]]
+        key = tuple(prefix.tolist())
+        if key not in seen:
+            seen[key] = len(prefixes)
+            prefixes.append(prefix)
+            members.append([])
+        members[seen[key]].append(seq)
+
+    # per prefix and block: the positions to read and the token rows (one per member text) each stands for
+    firsts = torch.tensor([0] + [len(seq) for seq in probe.sequences[:-1]]).cumsum(0)
+    targets: list[dict[int, _Targets]] = []
+    for i, seq_list in enumerate(members):
+        n = len(prefixes[i])
+        rows = firsts[torch.tensor(seq_list)][:, None] + torch.arange(n)[None, :]  # [m, n]: members share the prefix
+        marked = states[rows]  # [m, n, n_layers]
+        per_layer: dict[int, _Targets] = {}
+        for layer in torch.nonzero(marked.any(dim=(0, 1))).flatten().tolist():
+            mk = marked[:, :, layer]
+            where = torch.nonzero(mk.any(dim=0)).flatten()
+            member, col = torch.nonzero(mk[:, where], as_tuple=True)  # col indexes where
+            per_layer[layer] = _Targets(where, rows[member, where[col]], col, mk[:, where].sum(dim=0).double())
+        targets.append(per_layer)
+
+    def reducer(layer: int) -> Reducer:
+        def reduce(act: Tensor, batch: Batch) -> None:
+            parts = [(b, targets[i][layer]) for b, i in enumerate(batch.index) if layer in targets[i]]
+            if not parts:
+                return None
+            b_idx = torch.cat([torch.full_like(t.positions, b) for b, t in parts])
+            p_idx = torch.cat([t.positions for _, t in parts])
+            weights = torch.cat([t.weights for _, t in parts])
+            offsets = torch.tensor([0] + [len(t.positions) for _, t in parts[:-1]]).cumsum(0)
+            rows = torch.cat([t.rows for _, t in parts])
+            owner = torch.cat([t.owner + off for (_, t), off in zip(parts, offsets.tolist())])
+            vecs = act[b_idx.to(act.device), p_idx.to(act.device)].float()
+            norms = vecs.norm(dim=1)
+            order = torch.argsort(norms, descending=True, stable=True)
+            units = (vecs / norms.clamp_min(torch.finfo(torch.float32).tiny)[:, None])[order]
+            order = order.cpu()
+            ids_sorted, signs_sorted = banks[layer].add(units, weights[order])
+            ids = torch.empty_like(ids_sorted)
+            signs = torch.empty_like(signs_sorted)
+            ids[order], signs[order] = ids_sorted, signs_sorted
+            assignment[rows, layer] = ids[owner].to(torch.int32)
+            sign[rows, layer] = signs[owner]
+            return None
+
+        return reduce
+
+    reducers = {act_name("resid_post", layer): reducer(layer) for layer in range(deepest)}
+    if prefixes:
+        # the same tokens per forward as the probe's batches: prefixes are shorter than whole texts
+        mean_text = probe.n_tokens / max(1, len(probe.sequences))
+        mean_prefix = sum(len(p) for p in prefixes) / len(prefixes)
+        per_batch = max(batch_size, int(batch_size * mean_text / mean_prefix))
+        for _ in stream(model, prefixes, reducers, batch_size=per_batch, progress=progress):
+            pass
+    d_model = int(model.cfg.d_model)
+    empty = torch.zeros(0, d_model)
+    return StateClusters(
+        max_angle_deg=max_angle_deg,
+        sums=[b.sums.cpu() if b.sums is not None else empty for b in banks],
+        raw_sums=[b.raw.cpu() if b.raw is not None else empty for b in banks],
+        counts=[torch.tensor(b.counts, dtype=torch.float64) for b in banks],
+        assignment=assignment,
+        sign=sign,
+        n_forward_tokens=sum(len(p) for p in prefixes),
+        seconds=time.perf_counter() - t0,
+    )
+
