@@ -51,7 +51,7 @@ from sd_lens.analyses.probe import NormProbe
 from sd_lens.analyses.state_directions import StateClusters, cluster_state_directions
 from sd_lens.errors import InputError
 from sd_lens.linalg import acute_angle_deg, unit
-from sd_lens.runtime.engine import make_batch, run_batch, stream
+from sd_lens.runtime.engine import stream
 from sd_lens.runtime.hooks import act_name
 from sd_lens.runtime.reducers import last_token
 from sd_lens.types import HookedModel
@@ -218,24 +218,15 @@ def find_episodes(probe: NormProbe, threshold: float = 4.0) -> list[Episode]:
 
 
 def residual_trajectories(
-    model: HookedModel, prefixes: list[Int[Tensor, " pos"]], n_layers: int | None = None
+    model: HookedModel, prefixes: list[Int[Tensor, " pos"]], n_layers: int | None = None, batch_size: int = 16
 ) -> Float[Tensor, "k n_layers_plus_1 d_model"]:
     """Residual stream of the last token of each prefix: [K, n_layers + 1, d_model] float32.
 
     Index 0 is resid_pre of block 0, index l + 1 is resid_post of block l, for the first
-    ``n_layers`` blocks (default all). One padded batch; the forward stops there (no unembedding).
+    ``n_layers`` blocks (default all). Streamed in padded batches of ``batch_size``; the forward
+    stops there (no unembedding).
     """
     n_layers = int(model.cfg.n_layers) if n_layers is None else int(n_layers)
-    names = [act_name("resid_pre", 0)] + [act_name("resid_post", layer) for layer in range(n_layers)]
-    batch = make_batch(model, prefixes, range(len(prefixes)))
-    out = run_batch(model, batch, {name: last_token for name in names})
-    return torch.stack([out[name] for name in names], dim=1)
-
-
-def _trajectories(
-    model: HookedModel, prefixes: list[Tensor], n_layers: int, batch_size: int
-) -> Float[Tensor, "k n_layers_plus_1 d_model"]:
-    """:func:`residual_trajectories` of many prefixes, streamed in batches."""
     names = [act_name("resid_pre", 0)] + [act_name("resid_post", layer) for layer in range(n_layers)]
     out = torch.zeros(len(prefixes), n_layers + 1, int(model.cfg.d_model))
     for batch, values in stream(model, prefixes, {name: last_token for name in names}, batch_size=batch_size):
@@ -353,7 +344,7 @@ def find_defects(
     majors: list[tuple[int, Defect]] = []
     minors: list[tuple[int, Defect]] = []
     for g, d in drafts:
-        reasons = _minor_reasons(d, threshold, major_ratio, split_angle_deg)
+        reasons = _minor_reasons(d, major_ratio, split_angle_deg)
         (minors if reasons else majors).append((g, replace(d, major=not reasons, minor_reasons=reasons)))
     traced = _trace(model, probe, [*majors, *minors], group_of, decay_fraction, max_traces, batch_size)
     major = sorted(traced[: len(majors)], key=lambda d: (d.explosion_layer, -d.peak_norm))
@@ -371,7 +362,7 @@ def find_defects(
     )
 
 
-def _minor_reasons(d: Defect, threshold: float, major_ratio: float, split_angle_deg: float) -> list[str]:
+def _minor_reasons(d: Defect, major_ratio: float, split_angle_deg: float) -> list[str]:
     reasons = []
     if d.peak_ratio < major_ratio:
         reasons.append(f"peaks at {d.peak_ratio:.1f}x its block's median (a major defect reaches {major_ratio:g}x)")
@@ -495,7 +486,7 @@ def _trace(
             if len(plan) >= max_traces:
                 break
         plans.append(plan)
-    traj = _trajectories(model, prefixes, n_layers, batch_size) if prefixes else torch.zeros(0, n_layers + 1, 1)
+    traj = residual_trajectories(model, prefixes, n_layers, batch_size) if prefixes else torch.zeros(0, n_layers + 1, 1)
     out = []
     for (_, d), plan in zip(drafts, plans):
         comp = traj[[i for i, _, _ in plan]] @ d.direction  # [K, L+1]
