@@ -447,3 +447,34 @@ def test_smollm2_u0_points_along_the_initial_tokens_state(smollm2, smollm2_fits)
     angles = {k: float(acute_angle_deg(v.u0, store["x0"])) for k, v in smollm2_fits.items()}
     print({k: round(v, 2) for k, v in angles.items()})
     assert max(angles.values()) < 6.0
+
+
+def test_reference_convention_is_the_reference_codes_sampling():
+    """method="reference": isotropic inputs z at the MLP input *after* γ₂, fit h(z) ≈ M_z z, then M = M_z diag(γ₂).
+    Checked against that recipe done by sampling, on an unfolded tiny Llama with a far-from-1 γ₂ (one channel
+    masked, one amplified ×8); it differs from the default convention there."""
+    from sd_lens.models.tiny import tiny_model
+
+    # pre-activations scaled x30 as in test_closed_form_agrees_with_monte_carlo: a signal well above the sampling noise
+    view = _scaled(model_view(tiny_model("llama", seed=3, compatibility_mode=False)).block(1), 30.0)
+    gamma = torch.linspace(0.2, 3.0, view.d_model)
+    gamma[5], gamma[7] = 0.0, 8.0
+    view = dataclasses.replace(view, ln2_scale=gamma)
+    ref = fit_ffn(view, None, "reference", n_eval=4096)
+    z = torch.randn(200_000, view.d_model, generator=torch.Generator().manual_seed(0))
+    h = dataclasses.replace(view, ln2_scale=torch.ones_like(gamma)).ffn_hidden(z)
+    M_z = torch.linalg.lstsq(z.double(), h.double()).solution.T.float()
+    rel = float((ref.M - M_z * gamma).norm() / ref.M.norm())
+    assert rel < 0.03, rel  # Monte-Carlo noise of 200 000 samples
+    assert float(ref.M[:, 5].abs().max()) == 0.0  # a masked channel has no column
+    ours = fit_ffn(view, None, "gaussian", n_eval=0)
+    assert float((ours.M - ref.M).norm() / ref.M.norm()) > 0.1  # the conventions differ when γ₂ is not 1
+
+
+def test_reference_convention_warns_on_folded_norms(tiny):
+    view = model_view(tiny).block(1)
+    if not view.ln2_folded:
+        pytest.skip("this family's compatibility mode keeps the norm scale apart")
+    with pytest.warns(UserWarning, match="compatibility_mode=False"):
+        fit = fit_ffn(view, None, "reference", n_eval=0)
+    torch.testing.assert_close(fit.M, fit_ffn(view, None, "gaussian", n_eval=0).M)

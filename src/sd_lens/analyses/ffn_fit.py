@@ -31,6 +31,13 @@ Three ways to choose the inputs of the fit (``method``):
     included, and no derivative is needed. The integrals use the trapezoidal rule on a dense
     grid, spectrally accurate for smooth activations (silu, gelu) and second-order for relu.
     ``b_hidden`` is ``E[h(n)]``, the intercept of the population fit.
+``"reference"``
+    The convention of the singular-defects code, in closed form: isotropic inputs ``z ~ N(0, I)``
+    at the MLP input *after* γ₂ (``z = γ₂ ⊙ n``), the same Stein closed form for ``h(z) ≈ M_z z``,
+    then ``M = M_z diag(γ₂)`` so that it acts on ``n``. Where γ₂ is far from 1 (Gemma's masked
+    and amplified channels) the inputs it fits on are not the scale real inputs have; offered so
+    that published figures can be reproduced. R² is measured on isotropic ``z``. Equal to
+    ``"gaussian"`` when γ₂ = 1 (e.g. TransformerLens models with folded norms).
 ``"real"``
     Least squares with intercept on normalised inputs collected from real text
     (:func:`~sd_lens.analyses.ffn_inputs.collect_ffn_inputs`), solved with the normal equations and an eigen-decomposition
@@ -65,7 +72,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, Iterable, Literal
 
@@ -80,8 +87,8 @@ from sd_lens.types import ModelOrView
 
 __all__ = ["FFNFit", "Method", "fit_ffn"]
 
-Method = Literal["gaussian", "monte_carlo", "real"]
-METHODS: tuple[str, ...] = ("gaussian", "monte_carlo", "real")
+Method = Literal["gaussian", "monte_carlo", "real", "reference"]
+METHODS: tuple[str, ...] = ("gaussian", "monte_carlo", "real", "reference")
 _GAUSSIAN_N_EVAL = 8192  # default number of held-out Gaussian samples for the closed form's R²
 
 
@@ -394,7 +401,8 @@ def fit_ffn(
         model_or_view: a TransformerLens model, a ``ModelView`` or a ``BlockView``.
         layer: 0-based block index (optional when a ``BlockView`` is given).
         method: ``"gaussian"`` (closed form, the default: fast and noise-free),
-            ``"monte_carlo"`` (the paper's sampled fit) or ``"real"`` (fit on ``inputs``).
+            ``"monte_carlo"`` (the paper's sampled fit), ``"real"`` (fit on ``inputs``) or
+            ``"reference"`` (the closed form in the reference code's convention: isotropic after γ₂).
         n_samples: Gaussian samples of the Monte-Carlo fit (ignored otherwise).
         inputs: ``[N, d_model]`` real normalised FFN inputs (required for ``"real"``), e.g. from
             :func:`~sd_lens.analyses.ffn_inputs.collect_ffn_inputs`.
@@ -470,6 +478,20 @@ def fit_ffn(
                     view_d, n_samples=n_samples, gen=gen, chunk=chunk_size, Q=Q, device=dev, intercept=bool(intercept)
                 )
                 n_fit = n_samples
+            elif method == "reference":
+                if view.ln2_folded:
+                    warnings.warn(
+                        f"block {view.layer}: the pre-FFN norm scale is folded into W_in (compatibility mode), so the "
+                        "reference convention cannot be told apart and this fit equals method='gaussian'; load the "
+                        "model with compatibility_mode=False to fit in the reference convention",
+                        stacklevel=2,
+                    )
+                # the reference code's convention: z = γ₂ ⊙ n isotropic, h(z) ≈ M_z z, then M = M_z diag(γ₂)
+                gamma = view_d.ln2_scale
+                ref_view = replace(view_d, ln2_scale=torch.ones_like(gamma), ln2_bias=None, norm="rms")
+                M_z, b = _fit_gaussian(ref_view, grid_points=grid_points, grid_half_width=12.0, unit_chunk=256)
+                M = M_z * gamma[None, :]
+                n_fit = 0
             else:
                 M, b = _fit_gaussian(view_d, grid_points=grid_points, grid_half_width=12.0, unit_chunk=256)
                 n_fit = 0
@@ -480,7 +502,10 @@ def fit_ffn(
                 ne = int(round(holdout * n_samples)) if method == "monte_carlo" else _GAUSSIAN_N_EVAL
             batches = _gaussian_batches(ne, k, Q, eval_gen, chunk_size, dev)
         M = _center_rows(view, M)
-        r2, r2_hidden, count = _evaluate(view_d, M, b, batches)
+        if method == "reference":  # R² where the reference fits: isotropic z at the MLP input
+            r2, r2_hidden, count = _evaluate(ref_view, M_z, b, _gaussian_batches(ne, view.d_model, None, eval_gen, chunk_size, dev))
+        else:
+            r2, r2_hidden, count = _evaluate(view_d, M, b, batches)
         M_cpu = M.cpu()
         F = (view.W_out.T.double() @ M_cpu.double()).float()
     return FFNFit(
