@@ -1,0 +1,735 @@
+"""Component attribution of each singular defect, and a causal lever chosen from it.
+
+**Attribution.** A block adds two vectors to the residual stream: its attention output and its
+FFN output, each *after* the block's own output norm where the family has one (Gemma-3's
+post-attention and post-FFN norms). For every major defect, a few carrier prefixes are re-run and,
+at the last token of each, the value each sublayer adds is projected on the defect direction
+``d.direction``::
+
+    resid_post[l] @ u = resid_pre[l] @ u + attn[l] + ffn[l]       (exactly, for every block)
+
+``attn``, ``ffn`` and ``total = attn + ffn`` are means over the carriers. Which hooks carry the
+added values is *checked* on every run, not assumed:
+
+* ``split="hooks"``: ``blocks.l.hook_attn_out`` and ``blocks.l.hook_mlp_out``. On Gemma-3 (a
+  ``TransformerBridge`` in compatibility mode) these are the outputs of the post-attention and
+  post-FFN norms (``hook_attn_out`` is bit-identical to ``ln1_post.hook_out``), so
+  ``resid_pre + attn_out + mlp_out`` is ``resid_post`` to float precision (measured: 0 on every
+  block of Gemma-3-270M and SmolLM2-135M; 3e-9 relative through ``resid_mid``).
+* ``split="differences"``: ``resid_mid - resid_pre`` and ``resid_post - resid_mid`` — exact by
+  construction for sequential blocks, whatever the hooks mean.
+* ``split="auto"`` (default): the hooks when they close (``resid_pre + attn + ffn == resid_post``
+  within ``rtol`` of the residual's norm, and ``resid_pre + attn == resid_mid`` where a block
+  has ``resid_mid``); else the differences.
+
+Parallel blocks (GPT-NeoX/Pythia, GPT-J: attention and FFN read the same ``resid_pre`` and both
+outputs are added at once) have no ``resid_mid``; there the split is the one the hooks give,
+``resid_post - resid_pre = attn_out + mlp_out``, which is exact as checked (no difference of
+residual hooks can separate the two; an architecture whose hooks do not close is refused).
+
+The **explosion set** of a defect is the smallest set of blocks, up to the block where its mean
+component peaks, whose added components (``total``) reach ``fraction`` of that peak component:
+blocks taken by decreasing ``total``. A one-block explosion (SmolLM2) is one block; a build-up over
+several blocks (Gemma-3) is the set of blocks that build it — the layer-wise picture of Sun et al.
+
+**Lever.** For each major defect carried by the initial token, :func:`find_lever` removes the
+defect-direction component of sublayer outputs chosen from the attribution (by forward hooks on
+``hook_attn_out`` / ``hook_mlp_out``: the values added to the residual, after any post-norm) and
+measures the initial token's norm at every block, clean and intervened. Candidates, in order
+(:func:`lever_candidates`): the dominant sublayer (the larger of ``attn`` and ``ffn``) at each block
+of the explosion set; both sublayers there; every sublayer that adds along the direction from the
+first block of the explosion set to the peak (a build-up that feeds itself is rebuilt by the blocks
+after the set). The first that removes ``target`` of the peak norm is chosen, else the best. The
+peak is taken from the defect's first block to the block before the next initial-token defect
+starts (else the last block), so a lever that only moves the peak to a later block is not counted
+as a success.
+
+The **control** removes, at the same hooks, a vector of the *same norm* along a random unit
+direction (one per seed; the norms are those removed in the intervened run). It is a null only
+where that vector is small next to the residual it lands on: ``relative_size`` reports the ratio.
+On a build-up that feeds itself (Gemma-3: each block's FFN adds along the direction because the
+residual already points there), a random vector larger than the residual derails the build-up just
+as well, and the lever is then not ``specific``.
+
+References: Wang et al., *Demystifying Singular Defects in Large Language Models* (ICML 2025)
+(explosion and decay layers, observation (ii)); Sun et al., *Massive Activations in Large Language
+Models* (2024) (massive activations appear abruptly in a few early layers; interventions on them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from sd_lens.analyses.defects import Defect, DefectReport, Episode
+from sd_lens.analyses.probe import NormProbe
+from sd_lens.errors import InputError, UnsupportedArchitectureError
+from sd_lens.linalg import unit
+from sd_lens.runtime.engine import run, stream
+from sd_lens.runtime.hooks import act_name, require_hooks
+from sd_lens.runtime.reducers import first_row, last_token, token_norms
+from sd_lens.types import HookedModel, HookFn
+
+__all__ = [
+    "ComponentAttribution",
+    "DefectAttribution",
+    "Lever",
+    "LeverCandidate",
+    "LeverReport",
+    "SublayerComponents",
+    "component_attribution",
+    "explosion_set",
+    "find_lever",
+    "lever_candidates",
+    "remove_along",
+    "remove_matched",
+    "sublayer_components",
+]
+
+Split = Literal["auto", "hooks", "differences"]
+Sublayer = Literal["attn", "ffn"]
+_SUBLAYER_HOOK = {"attn": "attn_out", "ffn": "mlp_out"}
+
+
+# ------------------------------------------------------------------------------------------------
+# attribution
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class DefectAttribution:
+    """What each block's attention and FFN add along one defect's direction (means over carriers).
+
+    ``attn[l]``, ``ffn[l]``: the component along ``direction`` of the value the sublayer adds to the
+    residual at block ``l`` (after any post-norm); ``total = attn + ffn`` is the block's update of
+    the component, ``component[l]`` the component at ``resid_post`` of block ``l`` and ``start`` the
+    one of the embedding (``resid_pre`` of block 0), so ``component = start + cumsum(total)``.
+    ``peak_layer``: where ``component`` peaks within the defect's blocks (``first_layer`` to
+    ``last_layer``, its high-norm states). ``explosion_set``: the smallest set of blocks (by decreasing ``total``, up to ``peak_layer``)
+    whose totals reach ``fraction`` x ``peak_component``; ``reached`` is the fraction they reach.
+    """
+
+    defect: int
+    label: str
+    direction: Tensor
+    initial_token: bool
+    first_layer: int
+    last_layer: int
+    carriers: list[Tensor] = field(repr=False)
+    start: float
+    attn: Tensor
+    ffn: Tensor
+    total: Tensor
+    component: Tensor
+    peak_layer: int
+    peak_component: float
+    explosion_set: list[int]
+    fraction: float
+    reached: float
+    closure_error: float
+
+    @property
+    def n_carriers(self) -> int:
+        return len(self.carriers)
+
+    def dominant(self, layer: int) -> Sublayer:
+        """The sublayer that adds more along the direction at block ``layer``."""
+        return "attn" if float(self.attn[layer]) > float(self.ffn[layer]) else "ffn"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "defect": self.defect,
+            "label": self.label,
+            "initial_token": self.initial_token,
+            "n_carriers": self.n_carriers,
+            "first_layer": self.first_layer,
+            "last_layer": self.last_layer,
+            "start": round(self.start, 3),
+            "attn": [round(float(x), 3) for x in self.attn],
+            "ffn": [round(float(x), 3) for x in self.ffn],
+            "total": [round(float(x), 3) for x in self.total],
+            "component": [round(float(x), 3) for x in self.component],
+            "peak_layer": self.peak_layer,
+            "peak_component": round(self.peak_component, 3),
+            "explosion_set": list(self.explosion_set),
+            "dominant": {str(layer): self.dominant(layer) for layer in self.explosion_set},
+            "fraction": self.fraction,
+            "reached": round(self.reached, 4),
+            "closure_error": float(f"{self.closure_error:.3g}"),
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class ComponentAttribution:
+    """Per-block attention / FFN attribution of every major defect (iterate for the defects).
+
+    ``split`` says which values were used (``"hooks"``: ``hook_attn_out`` / ``hook_mlp_out``;
+    ``"differences"``: differences of residual hooks); ``parallel`` whether the blocks run attention
+    and FFN in parallel; ``closure_error`` the largest ``|resid_pre + attn + ffn - resid_post|``
+    over carriers and blocks, relative to the residual's norm there.
+    """
+
+    model: str
+    n_layers: int
+    split: str
+    parallel: bool
+    fraction: float
+    closure_error: float
+    defects: list[DefectAttribution]
+
+    def __len__(self) -> int:
+        return len(self.defects)
+
+    def __iter__(self):
+        return iter(self.defects)
+
+    def __getitem__(self, i: int) -> DefectAttribution:
+        return self.defects[i]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "n_layers": self.n_layers,
+            "split": self.split,
+            "parallel": self.parallel,
+            "fraction": self.fraction,
+            "closure_error": float(f"{self.closure_error:.3g}"),
+            "defects": [d.to_dict() for d in self.defects],
+        }
+
+
+def explosion_set(
+    total: Float[Tensor, " n_layers"], peak_layer: int, peak_component: float, fraction: float
+) -> tuple[list[int], float]:
+    """Smallest set of blocks ``<= peak_layer`` whose ``total`` reach ``fraction * peak_component``.
+
+    Blocks are taken by decreasing positive ``total`` (which gives the smallest set); returns the
+    sorted blocks and the fraction of the peak they reach (below ``fraction`` when every adding
+    block together does not reach it, e.g. when the embedding already carries most of the peak).
+    """
+    if peak_component <= 0:
+        return [], 0.0
+    upto = total[: peak_layer + 1].double()
+    chosen: list[int] = []
+    acc = 0.0
+    for layer in torch.argsort(upto, descending=True, stable=True).tolist():
+        if float(upto[layer]) <= 0 or acc >= fraction * peak_component:
+            break
+        chosen.append(int(layer))
+        acc += float(upto[layer])
+    return sorted(chosen), acc / peak_component
+
+
+def carrier_prefixes(probe: NormProbe, d: Defect, max_carriers: int = 8) -> list[Int[Tensor, " pos"]]:
+    """Token prefixes ending at the defect's carriers, the order of :func:`find_defects`'s tracing.
+
+    A defect of the initial token is traced on the initial token alone (its state is the same in
+    every text). Otherwise: one occurrence of each carrier token, most frequent first, then more
+    occurrences, distinct prefixes only, at most ``max_carriers``.
+    """
+    initial = [e for e in d.episodes if e.initial]
+    if d.initial_token and initial:
+        return [probe.sequences[initial[0].seq][:1]]
+    rank = {t: i for i, (t, _) in enumerate(d.noninitial_tokens)}
+    by_token: dict[str, list[Episode]] = {}
+    for e in sorted(d.episodes, key=lambda e: (e.position, e.row)):
+        if not e.initial:
+            by_token.setdefault(probe.token_string(e.token_id), []).append(e)
+    queues = [by_token[t] for t in sorted(by_token, key=lambda t: rank.get(t, len(rank)))]
+    order = [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+    out: list[Tensor] = []
+    seen: set[tuple[int, ...]] = set()
+    for e in order:
+        prefix = probe.sequences[e.seq][: e.position + 1]
+        key = tuple(prefix.tolist())
+        if key not in seen:
+            seen.add(key)
+            out.append(prefix)
+        if len(out) >= max_carriers:
+            break
+    return out
+
+
+def _is_parallel(model: HookedModel) -> bool:
+    return act_name("resid_mid", 0) not in model.hook_dict
+
+
+@dataclass(frozen=True, eq=False)
+class SublayerComponents:
+    """Per carrier: what each block's attention and FFN add along each of some directions.
+
+    ``attn``, ``ffn``, ``post``: ``[k, n_layers, n_dirs]`` (``post`` is the component at each block's
+    ``resid_post``), ``start``: ``[k, n_dirs]`` (the embedding's component). ``split``: which values
+    were used; ``closure_error``: the largest ``|resid_pre + attn + ffn - resid_post|`` (whole
+    vectors) over carriers and blocks, relative to the residual's norm there; ``scale``:
+    ``[k, n_layers]`` that norm (the larger of ``resid_pre`` and ``resid_post``, at least 1).
+    """
+
+    attn: Tensor
+    ffn: Tensor
+    post: Tensor
+    start: Tensor
+    scale: Tensor
+    split: str
+    parallel: bool
+    closure_error: float
+
+
+def sublayer_components(
+    model: HookedModel,
+    prefixes: list[Int[Tensor, " pos"]],
+    directions: Float[Tensor, "n_dirs d_model"],
+    *,
+    split: Split = "auto",
+    rtol: float = 1e-4,
+    batch_size: int = 16,
+) -> SublayerComponents:
+    """Re-run ``prefixes`` and split each block's update of their last token along ``directions``.
+
+    See the module docstring for ``split``; the values are checked to add up to the residual
+    update (whole vectors, not only along the directions) on every block and carrier.
+    """
+    if split not in ("auto", "hooks", "differences"):
+        raise InputError(f"split must be 'auto', 'hooks' or 'differences', got {split!r}")
+    if not (math.isfinite(rtol) and rtol > 0):
+        raise InputError(f"rtol must be a positive number, got {rtol}")
+    n_layers, d_model = int(model.cfg.n_layers), int(model.cfg.d_model)
+    if directions.ndim != 2 or directions.shape[1] != d_model:
+        raise InputError(f"directions must be [n, d_model={d_model}], got {tuple(directions.shape)}")
+    parallel = _is_parallel(model)
+    if parallel and split == "differences":
+        raise InputError("split='differences' needs resid_mid: this model's blocks are parallel")
+    kinds = ["resid_pre", "attn_out", "mlp_out", "resid_post"] + ([] if parallel else ["resid_mid"])
+    names = {k: [act_name(k, layer) for layer in range(n_layers)] for k in kinds}
+    require_hooks(model, [n for ns in names.values() for n in ns])
+    acts = {k: torch.zeros(len(prefixes), n_layers, d_model, dtype=torch.float64) for k in kinds}
+    reducers = {n: last_token for ns in names.values() for n in ns}
+    for batch, values in stream(model, prefixes, reducers, batch_size=batch_size):
+        for k in kinds:
+            acts[k][batch.index] = torch.stack([values[n].double() for n in names[k]], dim=1)
+
+    pre, post = acts["resid_pre"], acts["resid_post"]
+    a_hook, f_hook = acts["attn_out"], acts["mlp_out"]
+    scale = torch.maximum(pre.norm(dim=-1), post.norm(dim=-1)).clamp(min=1.0)
+
+    def rel(x: Tensor) -> float:
+        return float((x.norm(dim=-1) / scale).amax()) if len(prefixes) else 0.0
+
+    err = rel(pre + a_hook + f_hook - post)
+    if not parallel:
+        err = max(err, rel(pre + a_hook - acts["resid_mid"]))
+    hooks_close = err <= rtol
+    if split == "hooks" or (split == "auto" and (hooks_close or parallel)):
+        if not hooks_close:
+            raise UnsupportedArchitectureError(
+                f"hook_attn_out + hook_mlp_out do not add up to the residual update (relative error {err:.3g} "
+                f"> rtol={rtol:g})" + ("; the blocks are parallel, so no exact split exists" if parallel else "")
+                + ("" if parallel else ": use split='differences'")
+            )
+        used, attn_v, ffn_v, closure = "hooks", a_hook, f_hook, err
+    else:
+        mid = acts["resid_mid"]
+        used, attn_v, ffn_v = "differences", mid - pre, post - mid
+        closure = rel(pre + attn_v + ffn_v - post)
+    u = unit(directions.detach().double().cpu()).T  # [d_model, n_dirs]
+    return SublayerComponents(
+        attn=(attn_v @ u).float(), ffn=(ffn_v @ u).float(), post=(post @ u).float(), start=(pre[:, 0] @ u).float(),
+        scale=scale.float(), split=used, parallel=parallel, closure_error=closure,
+    )
+
+
+def component_attribution(
+    model: HookedModel,
+    report: DefectReport,
+    probe: NormProbe,
+    *,
+    max_carriers: int = 8,
+    fraction: float = 0.8,
+    split: Split = "auto",
+    rtol: float = 1e-4,
+    batch_size: int = 16,
+) -> ComponentAttribution:
+    """What each block's attention and FFN add along each major defect's direction.
+
+    Args:
+        model: the model ``report`` and ``probe`` come from.
+        report: :func:`~sd_lens.analyses.defects.find_defects` of ``probe`` (its major defects).
+        probe: the :class:`~sd_lens.analyses.probe.NormProbe` (for the carrier prefixes).
+        max_carriers: carrier prefixes re-run per defect (one for an initial-token defect).
+        fraction: the explosion set reaches this fraction of the peak component.
+        split: ``"auto"``, ``"hooks"`` or ``"differences"`` (see the module docstring).
+        rtol: the hooks close when ``|resid_pre + attn + ffn - resid_post|`` is within ``rtol`` of
+            the residual's norm at every block and carrier.
+        batch_size: prefixes per forward.
+
+    Raises:
+        InputError: bad arguments (before any forward).
+        UnsupportedArchitectureError: ``split="hooks"`` and the hooks do not close, or parallel
+            blocks whose hooks do not close (no exact split exists from the residual hooks).
+    """
+    if max_carriers < 1:
+        raise InputError(f"max_carriers must be at least 1, got {max_carriers}")
+    if not (math.isfinite(fraction) and 0 < fraction <= 1):
+        raise InputError(f"fraction must be in (0, 1], got {fraction}")
+    if report.n_layers != probe.n_layers or report.n_layers != int(model.cfg.n_layers):
+        raise InputError(
+            f"the report covers {report.n_layers} blocks, the probe {probe.n_layers} and the model "
+            f"{model.cfg.n_layers}: attribute a report of the whole model"
+        )
+    n_layers = report.n_layers
+    plans = [carrier_prefixes(probe, d, max_carriers) for d in report]
+    prefixes: list[Tensor] = []
+    index: dict[tuple[int, ...], int] = {}
+    rows: list[list[int]] = []
+    for plan in plans:
+        mine = []
+        for p in plan:
+            key = tuple(p.tolist())
+            if key not in index:
+                index[key] = len(prefixes)
+                prefixes.append(p)
+            mine.append(index[key])
+        rows.append(mine)
+    dirs = torch.stack([d.direction for d in report]) if len(report) else torch.zeros(0, int(model.cfg.d_model))
+    parts = sublayer_components(model, prefixes, dirs, split=split, rtol=rtol, batch_size=batch_size)
+
+    out = []
+    for j, (d, mine) in enumerate(zip(report, rows)):
+        a = parts.attn[mine, :, j].double().mean(0)
+        f = parts.ffn[mine, :, j].double().mean(0)
+        comp = parts.post[mine, :, j].double().mean(0)
+        start = float(parts.start[mine, j].double().mean())
+        total = a + f
+        c_err = float(((start + total.cumsum(0) - comp).abs() / parts.scale[mine].double().amax(0)).amax())
+        peak = d.first_layer + int(comp[d.first_layer : d.last_layer + 1].argmax())
+        blocks, reached = explosion_set(total, peak, float(comp[peak]), fraction)
+        out.append(
+            DefectAttribution(
+                defect=d.index, label=d.label, direction=unit(d.direction.float()), initial_token=d.initial_token,
+                first_layer=d.first_layer, last_layer=d.last_layer, carriers=[prefixes[i] for i in mine],
+                start=start, attn=a.float(), ffn=f.float(), total=total.float(), component=comp.float(),
+                peak_layer=peak, peak_component=float(comp[peak]), explosion_set=blocks, fraction=fraction,
+                reached=reached, closure_error=max(parts.closure_error, c_err),
+            )
+        )
+    return ComponentAttribution(
+        model=report.model, n_layers=n_layers, split=parts.split, parallel=parts.parallel, fraction=fraction,
+        closure_error=max([parts.closure_error] + [d.closure_error for d in out]), defects=out,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# interventions on the sublayer outputs
+# ------------------------------------------------------------------------------------------------
+def remove_along(
+    direction: Float[Tensor, " d"], positions: list[int] | None = None, removed: list[float] | None = None
+) -> HookFn:
+    """Hook removing the component along ``direction`` at ``positions`` (all when None).
+
+    Like :func:`sd_lens.interventions.project_out`, and it appends the largest norm it removed in
+    each call to ``removed`` (when given), for a matched control.
+    """
+    u_cpu = unit(direction.detach().float())
+    sel: Any = slice(None) if positions is None else list(positions)
+
+    def hook(act: Tensor, hook: Any) -> Tensor:
+        u = u_cpu.to(act.device)
+        out = act.clone()  # a new tensor: TransformerBridge ignores in-place edits of some hooks
+        part = act[:, sel].float()
+        coef = part @ u
+        out[:, sel] = (part - coef[..., None] * u).to(act.dtype)
+        if removed is not None:
+            removed.append(float(coef.abs().max()))
+        return out
+
+    return hook
+
+
+def remove_matched(direction: Float[Tensor, " d"], size: float, positions: list[int] | None = None) -> HookFn:
+    """Hook removing a vector of norm ``size`` along ``direction`` at ``positions`` (a matched control).
+
+    The removed vector is ``sign(act @ direction) * size * direction``: it shrinks the component
+    along ``direction`` by ``size`` (through zero if it is smaller).
+    """
+    u_cpu = unit(direction.detach().float())
+    sel: Any = slice(None) if positions is None else list(positions)
+
+    def hook(act: Tensor, hook: Any) -> Tensor:
+        u = u_cpu.to(act.device)
+        out = act.clone()
+        part = act[:, sel].float()
+        sign = torch.where(part @ u >= 0, 1.0, -1.0)
+        out[:, sel] = (part - (sign * size)[..., None] * u).to(act.dtype)
+        return out
+
+    return hook
+
+
+# ------------------------------------------------------------------------------------------------
+# lever
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class LeverCandidate:
+    """One intervention tried: which sublayer outputs at which blocks, and the peak it leaves."""
+
+    name: str
+    sites: list[tuple[int, str]]
+    peak_norm: float
+    reduction: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "sites": [[layer, s] for layer, s in self.sites],
+            "peak_norm": round(self.peak_norm, 3),
+            "reduction": round(self.reduction, 4),
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class Lever:
+    """The chosen intervention for one initial-token defect, with its matched random control.
+
+    ``sites``: (block, sublayer) pairs whose output had the defect-direction component removed.
+    ``norms_*``: the initial token's ``resid_post`` norm at every block; ``norms_control`` is
+    ``[n_seeds, n_layers]``. The peak is taken over ``window`` (the defect's first block to the
+    block before the next initial-token defect starts, else the last block). ``removed``: the norm
+    removed at each site in the intervened run, matched by the control; ``relative_size``: that
+    norm over the clean residual's norm entering the site's block (above 1, the control's random
+    vector outweighs the residual it is added to, and derails whatever the residual's direction
+    drives). ``reduction = 1 - peak_intervened / peak_clean``; ``specific``: the lever removes more
+    than the control does under every seed.
+    """
+
+    defect: int
+    label: str
+    name: str
+    sites: list[tuple[int, str]]
+    window: tuple[int, int]
+    removed: list[float]
+    relative_size: list[float]
+    norms_clean: Tensor
+    norms_intervened: Tensor
+    norms_control: Tensor
+    seeds: list[int]
+    target: float
+    candidates: list[LeverCandidate]
+
+    def _peak(self, norms: Tensor) -> Tensor:
+        lo, hi = self.window
+        return norms[..., lo : hi + 1].amax(dim=-1)
+
+    @property
+    def peak_clean(self) -> float:
+        return float(self._peak(self.norms_clean))
+
+    @property
+    def peak_layer(self) -> int:
+        return self.window[0] + int(self.norms_clean[self.window[0] : self.window[1] + 1].argmax())
+
+    @property
+    def peak_intervened(self) -> float:
+        return float(self._peak(self.norms_intervened))
+
+    @property
+    def control_peaks(self) -> Tensor:
+        return self._peak(self.norms_control)
+
+    @property
+    def reduction(self) -> float:
+        return 1.0 - self.peak_intervened / self.peak_clean
+
+    @property
+    def control_reductions(self) -> Tensor:
+        return 1.0 - self.control_peaks / self.peak_clean
+
+    @property
+    def achieved(self) -> bool:
+        return self.reduction >= self.target
+
+    @property
+    def specific(self) -> bool:
+        return self.reduction > float(self.control_reductions.max())
+
+    def to_dict(self) -> dict[str, Any]:
+        cr = self.control_reductions
+        return {
+            "defect": self.defect,
+            "label": self.label,
+            "name": self.name,
+            "sites": [[layer, s] for layer, s in self.sites],
+            "window": list(self.window),
+            "removed": [round(x, 3) for x in self.removed],
+            "relative_size": [round(x, 4) for x in self.relative_size],
+            "peak_layer": self.peak_layer,
+            "peak_clean": round(self.peak_clean, 3),
+            "peak_intervened": round(self.peak_intervened, 3),
+            "reduction": round(self.reduction, 4),
+            "target": self.target,
+            "achieved": self.achieved,
+            "specific": self.specific,
+            "control": {
+                "seeds": list(self.seeds),
+                "peak_mean": round(float(self.control_peaks.mean()), 3),
+                "peak_min": round(float(self.control_peaks.min()), 3),
+                "peak_max": round(float(self.control_peaks.max()), 3),
+                "reduction_mean": round(float(cr.mean()), 4),
+                "reduction_min": round(float(cr.min()), 4),
+                "reduction_max": round(float(cr.max()), 4),
+            },
+            "norms_clean": [round(float(x), 3) for x in self.norms_clean],
+            "norms_intervened": [round(float(x), 3) for x in self.norms_intervened],
+            "norms_control_mean": [round(float(x), 3) for x in self.norms_control.mean(0)],
+            "candidates": [c.to_dict() for c in self.candidates],
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class LeverReport:
+    """Levers of every initial-token major defect (others are listed in ``skipped`` with the reason)."""
+
+    model: str
+    levers: list[Lever]
+    skipped: dict[str, str]
+
+    def __len__(self) -> int:
+        return len(self.levers)
+
+    def __iter__(self):
+        return iter(self.levers)
+
+    def __getitem__(self, i: int) -> Lever:
+        return self.levers[i]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "levers": [x.to_dict() for x in self.levers], "skipped": dict(self.skipped)}
+
+
+def _norms(model: HookedModel, tokens: Tensor, n_layers: int, hooks: list[tuple[str, HookFn]]) -> Tensor:
+    """The initial token's resid_pre norm of block 0, then its resid_post norm at every block: [n_layers + 1]."""
+    names = [act_name("resid_pre", 0)] + [act_name("resid_post", layer) for layer in range(n_layers)]
+    out = run(model, tokens, {n: first_row(token_norms) for n in names}, fwd_hooks=hooks)
+    return torch.stack([out[n][0] for n in names])
+
+
+def _sites_hooks(sites: list[tuple[int, str]], make: Any) -> list[tuple[str, HookFn]]:
+    return [(act_name(_SUBLAYER_HOOK[s], layer), make(i, layer, s)) for i, (layer, s) in enumerate(sites)]
+
+
+def lever_candidates(att: DefectAttribution) -> list[tuple[str, list[tuple[int, str]]]]:
+    """Interventions to try, in order, all read from the attribution (no model-specific choice).
+
+    1. the dominant sublayer (the larger ``attn`` / ``ffn``) at each block of the explosion set;
+    2. both sublayers at each block of the explosion set (the other one can rebuild the component);
+    3. every sublayer that adds along the direction, from the first block of the explosion set to
+       the peak (a build-up that feeds itself is rebuilt by the blocks after the set).
+    Duplicates are dropped.
+    """
+    ex = att.explosion_set
+    if not ex:
+        return []
+    dominant: list[tuple[int, str]] = [(layer, att.dominant(layer)) for layer in ex]
+    both = [(layer, s) for layer in ex for s in ("attn", "ffn")]
+    adding = [
+        (layer, s)
+        for layer in range(ex[0], att.peak_layer + 1)
+        for s, v in (("attn", att.attn), ("ffn", att.ffn))
+        if float(v[layer]) > 0
+    ]
+    out: list[tuple[str, list[tuple[int, str]]]] = []
+    for name, sites in (
+        ("dominant sublayer at the explosion set", dominant),
+        ("both sublayers at the explosion set", both),
+        ("every adding sublayer from the explosion set to the peak", adding),
+    ):
+        if sites and all(sites != s for _, s in out):
+            out.append((name, sites))
+    return out
+
+
+def find_lever(
+    model: HookedModel,
+    report: DefectReport,
+    attribution: ComponentAttribution,
+    *,
+    n_seeds: int = 5,
+    seed: int = 0,
+    target: float = 0.5,
+) -> LeverReport:
+    """A causal lever for each major defect of the initial token, chosen from ``attribution``.
+
+    Tries :func:`lever_candidates` in order on the initial token alone (its state is the same in
+    every text): each removes the defect-direction component of the named sublayer outputs (after
+    any post-norm: the value added to the residual). The first candidate that removes at least
+    ``target`` of the peak norm is chosen, else the one that removes the most. The control removes,
+    at the chosen sites, a vector of the same norm along a random unit direction, for ``n_seeds``
+    seeds (``seed``, ``seed + 1``, ...).
+
+    Args:
+        model: the model.
+        report: its :class:`~sd_lens.analyses.defects.DefectReport`.
+        attribution: :func:`component_attribution` of ``report`` (with ``split="hooks"``: the lever
+            edits the sublayer outputs at those hooks).
+        n_seeds: random control directions.
+        seed: the first control seed.
+        target: the fraction of the peak norm a lever should remove (``achieved``).
+    """
+    if n_seeds < 1:
+        raise InputError(f"n_seeds must be at least 1, got {n_seeds}")
+    if not (math.isfinite(target) and 0 < target <= 1):
+        raise InputError(f"target must be in (0, 1], got {target}")
+    if len(attribution) != len(report) or any(a.defect != d.index for a, d in zip(attribution, report)):
+        raise InputError("the attribution was not computed from this report (its defects differ)")
+    if attribution.split != "hooks":
+        raise UnsupportedArchitectureError(
+            f"the attribution used split={attribution.split!r}: the lever edits hook_attn_out / hook_mlp_out, "
+            "which do not carry the values added to the residual in this model"
+        )
+    n_layers = attribution.n_layers
+    starts = sorted(a.first_layer for a in attribution if a.initial_token)
+    levers: list[Lever] = []
+    skipped: dict[str, str] = {}
+    for att in attribution:
+        if not att.initial_token:
+            skipped[att.label] = "not carried by the initial token"
+            continue
+        cands = lever_candidates(att)
+        if not cands:
+            skipped[att.label] = "no block adds to its component (empty explosion set)"
+            continue
+        later = [s for s in starts if s > att.first_layer]
+        window = (att.first_layer, (later[0] - 1) if later else n_layers - 1)
+        tokens = att.carriers[0][None]
+        clean_all = _norms(model, tokens, n_layers, [])
+        clean = clean_all[1:]
+        peak_clean = float(clean[window[0] : window[1] + 1].max())
+        tried: list[tuple[LeverCandidate, Tensor, list[float]]] = []
+        for name, sites in cands:
+            runs: list[list[float]] = [[] for _ in sites]
+            hooks = _sites_hooks(sites, lambda i, layer, s: remove_along(att.direction, [0], runs[i]))
+            normed = _norms(model, tokens, n_layers, hooks)[1:]
+            peak = float(normed[window[0] : window[1] + 1].max())
+            tried.append((LeverCandidate(name, sites, peak, 1.0 - peak / peak_clean), normed, [r[0] for r in runs]))
+            if tried[-1][0].reduction >= target:
+                break
+        cand, normed, removed = next(
+            (t for t in tried if t[0].reduction >= target), max(tried, key=lambda t: t[0].reduction)
+        )
+        seeds = list(range(seed, seed + n_seeds))
+        controls = []
+        for s in seeds:
+            r = unit(torch.randn(int(model.cfg.d_model), generator=torch.Generator().manual_seed(s)))
+            hooks = _sites_hooks(cand.sites, lambda i, layer, sub: remove_matched(r, removed[i], [0]))
+            controls.append(_norms(model, tokens, n_layers, hooks)[1:])
+        levers.append(
+            Lever(
+                defect=att.defect, label=att.label, name=cand.name, sites=cand.sites, window=window,
+                removed=removed, relative_size=[x / max(float(clean_all[layer]), 1e-12) for x, (layer, _) in zip(removed, cand.sites)],
+                norms_clean=clean, norms_intervened=normed, norms_control=torch.stack(controls), seeds=seeds,
+                target=target, candidates=[t[0] for t in tried],
+            )
+        )
+    return LeverReport(model=attribution.model, levers=levers, skipped=skipped)
