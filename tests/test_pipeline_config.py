@@ -92,3 +92,9 @@ def test_generated_flags_cover_none_literals_and_true_booleans():
         parser.parse_args(["--mode", "c"])
     args = build_parser().parse_args(["analyze", "--max-tokens-per-text", "none"])
     assert config_from_args(args).max_tokens_per_text is None
+
+
+@pytest.mark.parametrize("eps", [0.0, 1.0, -0.1, float("nan"), True])
+def test_sink_epsilon_is_a_mean_attention(eps):
+    with pytest.raises(InputError, match="sink_epsilon"):
+        AnalysisConfig(sink_epsilon=eps)

@@ -346,3 +346,19 @@ def test_minor_groups_have_their_own_section_and_json(tmp_path):
     html = path.read_text(encoding="utf-8")
     assert "Minor high-norm groups" in html and "m0" in html and "peaks at" in html
     assert "No major singular defect" in html
+
+
+def test_channel_lens_in_json_and_report(tmp_path, unchanged):
+    """channels=True: attention sinks, attribution and the lever are in the JSON and the report; off by default."""
+    model = planted_model()
+    with unchanged(model):
+        result = run_analysis(model, TEXTS, channels=True)
+    assert result.sinks is not None and result.attribution is not None and result.lever is not None
+    data = json.loads(result.to_json())
+    assert set(data["channels"]) == {"attention_sinks", "attribution", "lever"}
+    assert 0.0 <= data["channels"]["attention_sinks"]["sink_rate"] <= 1.0
+    for d in data["channels"]["attribution"]["defects"]:
+        assert d["explosion_set"]
+    html = write_report(model, result, tmp_path / "out").read_text(encoding="utf-8")
+    assert "Heads and sublayers" in html and "Sink rate over texts, blocks and heads" in html
+    assert "channels" not in json.loads(run_analysis(model, TEXTS).to_json())

@@ -20,6 +20,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from sd_lens.analyses.attention_sinks import AttentionSinks, attention_sinks
+from sd_lens.analyses.attribution import ComponentAttribution, LeverReport, component_attribution, find_lever
 from sd_lens.analyses.causal import CausalCheck, verify_trigger
 from sd_lens.analyses.defects import DefectReport, find_defects
 from sd_lens.analyses.explosion import (
@@ -72,6 +74,10 @@ class AnalysisConfig:
     batch_size: int = _option(16, "texts per forward pass of the norm probe")
     max_tokens_per_text: int | None = _option(64, "truncate each text to this many tokens")
     progress: bool = _option(False, "show progress bars")
+    channels: bool = _option(
+        False, "also the channel-level lens: attention sinks, per-block attention/FFN attribution and a lever"
+    )
+    sink_epsilon: float = _option(0.3, "a head sinks on a key that later queries attend to more than this on average")
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> InputError:
@@ -91,6 +97,9 @@ class AnalysisConfig:
                 raise bad(name, "give a positive integer" + ("" if name == "batch_size" else " (or None for no limit)"))
         if not isinstance(self.trigger_text, str) or not self.trigger_text.strip():
             raise bad("trigger_text", "give a non-empty text")
+        eps = self.sink_epsilon
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and 0 < eps < 1):
+            raise bad("sink_epsilon", "give a mean attention between 0 and 1 (the default is 0.3)")
 
     @classmethod
     def options(cls) -> list[str]:
@@ -129,6 +138,9 @@ class AnalysisResult:
     spectra: LayerSpectra
     findings: list[DefectFindings]
     timings_s: dict[str, float] = field(default_factory=dict)
+    sinks: AttentionSinks | None = None
+    attribution: ComponentAttribution | None = None
+    lever: LeverReport | None = None
 
     @property
     def seed(self) -> int:
@@ -177,8 +189,19 @@ class AnalysisResult:
             "major_ratio": self.defects.major_ratio,
             "minor_groups": [d.to_dict() for d in self.defects.minor],
             "layers": self.spectra.to_dict(),
+            **({"channels": self._channels_dict()} if self.sinks or self.attribution or self.lever else {}),
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
         }
+
+    def _channels_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.sinks is not None:
+            out["attention_sinks"] = self.sinks.to_dict()
+        if self.attribution is not None:
+            out["attribution"] = self.attribution.to_dict()
+        if self.lever is not None:
+            out["lever"] = self.lever.to_dict()
+        return out
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=1, ensure_ascii=False)
@@ -290,6 +313,18 @@ def run_analysis(
                 pathway=pathway,
             )
         )
+    sinks = attribution = lever = None
+    if cfg.channels:
+        high_rows = torch.nonzero((probe.ratio("resid_post") > threshold).any(dim=1)).flatten()
+        sinks = attention_sinks(
+            model, texts, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
+            epsilon=cfg.sink_epsilon, high_norm_rows=high_rows, progress=cfg.progress,
+        )
+        t = tick("attention_sinks", t)
+        attribution = component_attribution(model, report, probe, batch_size=cfg.batch_size)
+        t = tick("attribution", t)
+        lever = find_lever(model, report, attribution, seed=seed)
+        t = tick("lever", t)
     return AnalysisResult(
         model=model_name(model),
         architecture=view.architecture,
@@ -302,4 +337,7 @@ def run_analysis(
         spectra=spectra,
         findings=findings,
         timings_s=timings,
+        sinks=sinks,
+        attribution=attribution,
+        lever=lever,
     )

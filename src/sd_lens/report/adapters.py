@@ -65,6 +65,9 @@ __all__ = [
 ]
 
 
+#: How many of the strongest attention-sink heads get a view in the report.
+SINK_VIEWS = 2
+
 def _block_labels(n_layers: int) -> list[str]:
     return [f"block {layer}" for layer in range(n_layers)]
 
@@ -270,6 +273,12 @@ def views_for(
         views[f"ablation_{label}"] = ablated
         views[f"ablation_random_{label}"] = randomed
         views[f"patching_{label}"] = patching_view_for(f.causal, label)
+    if result.sinks is not None:  # the strongest sink heads on the trigger text
+        from sd_lens.analyses.attention_sinks import sink_head_view
+
+        for h in result.sinks.top_heads[:SINK_VIEWS]:
+            pattern = sink_head_view(model, text, h.block, h.head, max_tokens=max_tokens)
+            views[f"sink_head_{h.block}_{h.head}"] = attention_view(**pattern.view_kwargs())
     return views
 
 

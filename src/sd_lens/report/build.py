@@ -107,6 +107,35 @@ def minor_section(page: Page, ctx: ReportContext) -> None:
     page.table(rows, header=header)
 
 
+def channels_section(page: Page, ctx: ReportContext) -> None:
+    """Attention sinks, the per-block attention/FFN attribution and the lever (``channels=True`` only)."""
+    result = ctx.result
+    if result.sinks is None and result.attribution is None and result.lever is None:
+        return
+    page.heading("Heads and sublayers")
+    if result.sinks is not None:
+        page.paragraph(prose.sinks_paragraph(result))
+        for name, view in ctx.views.items():
+            if name.startswith("sink_head_"):
+                page.view(view)
+    if result.attribution is not None:
+        page.paragraph(
+            "What the attention and the FFN of each block add along each defect's direction (the value each "
+            "sublayer adds to the residual stream, after any post-norm), on re-run carrier prefixes. The explosion "
+            "set is the smallest set of blocks whose additions reach "
+            f"{result.attribution.fraction:.0%} of the peak component."
+        )
+        header, rows = prose.attribution_table(result)
+        page.table(rows, header=header)
+    if result.lever is not None and result.lever.levers:
+        page.paragraph(
+            "A lever chosen from the attribution: remove the defect direction from the sublayer outputs of its "
+            "explosion set, against a control that removes a vector of the same size along a random direction."
+        )
+        header, rows = prose.lever_table(result)
+        page.table(rows, header=header)
+
+
 def corpus_section(page: Page, ctx: ReportContext) -> None:
     """Size of the corpus and its first lines."""
     result = ctx.result
@@ -226,6 +255,7 @@ SECTIONS: list[Section] = [
     norms_section,
     defects_section,
     minor_section,
+    channels_section,
     angles_section,
     attention_section,
     timings_section,

@@ -31,8 +31,11 @@ __all__ = [
     "defect_sentences",
     "defect_table",
     "defects_summary",
+    "attribution_table",
+    "lever_table",
     "minor_line",
     "minor_table",
+    "sinks_paragraph",
     "no_decay_note",
     "number",
     "overview_table",
@@ -232,3 +235,47 @@ def carrier_note(result: AnalysisResult, k: int) -> str | None:
 def no_decay_note(result: AnalysisResult, k: int) -> str:
     """What the report says in place of the decay check when defect ``k`` has no decay block."""
     return f"D{result.defects[k].index} does not decay within the model: no decay block to check."
+
+
+def sinks_paragraph(result: AnalysisResult) -> str:
+    """Attention sinks in words: the sink rate, where sinks are, the strongest heads, noninitial sink keys."""
+    s = result.sinks
+    assert s is not None
+    rate = ", ".join(f"{b}: {float(r):.2f}" for b, r in zip(s.blocks, s.block_sink_rate))
+    keys = ", ".join(f"{k.token!r} (position {k.position}, {k.n_heads} heads)" for k in s.sink_keys[:6])
+    return (
+        f"A head sinks on a key when the later queries give it more than {s.epsilon:g} of their attention on "
+        f"average (Gu et al.). Sink rate over texts, blocks and heads: {s.sink_rate:.3f}. Fraction of sinking "
+        f"(text, head) pairs per block — {rate}. "
+        + (f"Noninitial sink keys: {keys}." if keys else "No noninitial token is a sink key.")
+    )
+
+
+def attribution_table(result: AnalysisResult) -> Table:
+    """Per defect and block: what attention and the FFN add along the direction (blocks adding ≥ 2 % of the peak)."""
+    att = result.attribution
+    assert att is not None
+    header = ["defect", "block", "attention adds", "FFN adds", "component after the block", "in the explosion set"]
+    rows: list[list[Any]] = []
+    for d in att:
+        peak = max(float(d.component.abs().max()), 1e-12)
+        for b in range(len(d.total)):
+            if abs(float(d.total[b])) >= 0.02 * peak or b in d.explosion_set:
+                rows.append([d.label, b, float(d.attn[b]), float(d.ffn[b]), float(d.component[b]),
+                             "yes" if b in d.explosion_set else ""])
+    return header, rows
+
+
+def lever_table(result: AnalysisResult) -> Table:
+    """The lever chosen per defect from the attribution, against its size-matched random control."""
+    rep = result.lever
+    assert rep is not None
+    header = ["defect", "intervention", "peak before", "after", "reduction", "matched random control (mean [min, max])",
+              "specific"]
+    rows: list[list[Any]] = []
+    for lv in rep.levers:
+        ctrl = lv.control_reductions
+        rows.append([lv.label, lv.name, lv.peak_clean, lv.peak_intervened, f"{lv.reduction:.1%}",
+                     f"{float(ctrl.mean()):.1%} [{float(ctrl.min()):.1%}, {float(ctrl.max()):.1%}] over {len(lv.seeds)} seeds",
+                     "yes" if lv.specific else "no"])
+    return header, rows
