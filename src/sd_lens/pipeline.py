@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_outliers
 from sd_lens.analyses.attention_sinks import AttentionSinks, attention_sinks
 from sd_lens.analyses.attribution import ComponentAttribution, LeverReport, component_attribution, find_lever
 from sd_lens.analyses.causal import CausalCheck, verify_trigger
@@ -41,6 +42,7 @@ from sd_lens.analyses.spectra import (
     decay_check,
     layer_spectra,
 )
+from sd_lens.analyses.weight_outliers import WeightOutliers, weight_outliers
 from sd_lens.corpus import read_texts
 from sd_lens.errors import InputError
 from sd_lens.models.loading import model_name
@@ -75,7 +77,9 @@ class AnalysisConfig:
     max_tokens_per_text: int | None = _option(64, "truncate each text to this many tokens")
     progress: bool = _option(False, "show progress bars")
     channels: bool = _option(
-        False, "also the channel-level lens: attention sinks, per-block attention/FFN attribution and a lever"
+        False,
+        "also the channel-level lens: massive activations, weight and norm-scale outliers, attention sinks, "
+        "per-block attention/FFN attribution and a lever",
     )
     sink_epsilon: float = _option(0.3, "a head sinks on a key that later queries attend to more than this on average")
 
@@ -141,6 +145,8 @@ class AnalysisResult:
     sinks: AttentionSinks | None = None
     attribution: ComponentAttribution | None = None
     lever: LeverReport | None = None
+    outliers: ActivationOutliers | None = None
+    weights: WeightOutliers | None = None
 
     @property
     def seed(self) -> int:
@@ -189,12 +195,25 @@ class AnalysisResult:
             "major_ratio": self.defects.major_ratio,
             "minor_groups": [d.to_dict() for d in self.defects.minor],
             "layers": self.spectra.to_dict(),
-            **({"channels": self._channels_dict()} if self.sinks or self.attribution or self.lever else {}),
+            **({"channels": self._channels_dict()} if self.channels_measured else {}),
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
         }
 
+    @property
+    def channels_measured(self) -> bool:
+        """True when the channel-level lens ran (``channels=True``)."""
+        return any(x is not None for x in (self.outliers, self.weights, self.sinks, self.attribution, self.lever))
+
     def _channels_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        if self.outliers is not None:
+            out["activation_outliers"] = self.outliers.to_dict()
+            out["defect_channels"] = {
+                str(c): {"defect": lab, "share": round(share, 4)}
+                for c, (lab, share) in self.outliers.channel_defects(self.defects).items()
+            }
+        if self.weights is not None:
+            out["weight_outliers"] = self.weights.to_dict()
         if self.sinks is not None:
             out["attention_sinks"] = self.sinks.to_dict()
         if self.attribution is not None:
@@ -313,8 +332,15 @@ def run_analysis(
                 pathway=pathway,
             )
         )
-    sinks = attribution = lever = None
+    sinks = attribution = lever = outliers = weights = None
     if cfg.channels:
+        outliers = activation_outliers(
+            model, texts, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
+            progress=cfg.progress,
+        )
+        t = tick("activation_outliers", t)
+        weights = weight_outliers(view)
+        t = tick("weight_outliers", t)
         high_rows = torch.nonzero((probe.ratio("resid_post") > threshold).any(dim=1)).flatten()
         sinks = attention_sinks(
             model, texts, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
@@ -340,4 +366,6 @@ def run_analysis(
         sinks=sinks,
         attribution=attribution,
         lever=lever,
+        outliers=outliers,
+        weights=weights,
     )

@@ -110,8 +110,21 @@ def minor_section(page: Page, ctx: ReportContext) -> None:
 def channels_section(page: Page, ctx: ReportContext) -> None:
     """Attention sinks, the per-block attention/FFN attribution and the lever (``channels=True`` only)."""
     result = ctx.result
-    if result.sinks is None and result.attribution is None and result.lever is None:
+    if not result.channels_measured:
         return
+    if result.outliers is not None:
+        page.heading("Channels")
+        page.paragraph(
+            f"Massive activations (Sun et al.): a residual-stream value above {result.outliers.absolute} and at least "
+            f"{result.outliers.relative:g} times the {result.outliers.median} median. For each such channel: the defect "
+            "whose direction puts most of its weight on it, where it is massive, and what the norms around the FFN do "
+            "to it (a masked channel reaches the FFN with an effective scale of zero)."
+        )
+        header, rows = prose.outlier_channels_table(result)
+        if rows:
+            page.table(rows, header=header)
+        else:
+            page.paragraph("No channel meets the criterion on this corpus.")
     page.heading("Heads and sublayers")
     if result.sinks is not None:
         page.paragraph(prose.sinks_paragraph(result))

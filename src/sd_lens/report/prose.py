@@ -38,6 +38,7 @@ __all__ = [
     "sinks_paragraph",
     "no_decay_note",
     "number",
+    "outlier_channels_table",
     "overview_table",
     "report_summary",
 ]
@@ -278,4 +279,39 @@ def lever_table(result: AnalysisResult) -> Table:
         rows.append([lv.label, lv.name, lv.peak_clean, lv.peak_intervened, f"{lv.reduction:.1%}",
                      f"{float(ctrl.mean()):.1%} [{float(ctrl.min()):.1%}, {float(ctrl.max()):.1%}] over {len(lv.seeds)} seeds",
                      "yes" if lv.specific else "no"])
+    return header, rows
+
+
+def _blocks_text(blocks: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0–2, 5, 7–8"``."""
+    runs: list[list[int]] = []
+    for b in sorted(blocks):
+        if runs and b == runs[-1][-1] + 1:
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    return ", ".join(f"{r[0]}\u2013{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs) or "none"
+
+
+def outlier_channels_table(result: AnalysisResult) -> Table:
+    """One row per residual-stream massive-activation channel: its defect, blocks, size, carriers, and the norms
+    that mask it before the FFN or amplify it after."""
+    out, weights = result.outliers, result.weights
+    assert out is not None
+    owners = out.channel_defects(result.defects)
+    header = ["channel", "defect (share of its direction)", "blocks", "largest |value|", "carried by",
+              "masked before the FFN in blocks", "post-FFN gain ≥ 20× median in blocks"]
+    rows: list[list[Any]] = []
+    for c in out.channels("resid_post"):
+        entries = [e for e in out.entries if e.site == "resid_post" and e.channel == c]
+        top = max(entries, key=lambda e: abs(e.value))
+        classes = sorted({e.token_class for e in entries})
+        masked = amplified = "—"
+        if weights is not None:
+            masked = _blocks_text([b for b in range(result.n_layers) if weights.masked_before_ffn(b, c)])
+            amp = [b for b in range(result.n_layers) if weights.is_amplified(b, c, "mlp_post")] if "mlp_post" in weights.norm_names else []
+            amplified = _blocks_text(amp) if "mlp_post" in weights.norm_names else "no post-FFN norm"
+        owner = owners.get(c)
+        rows.append([c, f"{owner[0]} ({owner[1]:.2f})" if owner else "—", _blocks_text(out.blocks_of(c)),
+                     abs(top.value), f"{', '.join(classes)} (e.g. {top.token!r})", masked, amplified])
     return header, rows
