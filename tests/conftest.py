@@ -235,6 +235,16 @@ def unchanged() -> Callable[..., contextlib.AbstractContextManager]:
 _loaded: dict[str, Any] = {}
 
 
+def planted_bos_model(scale: float = 40.0) -> Any:
+    """A private 4-block tiny Llama whose BOS embedding is ``scale`` times larger: a high-norm initial token
+    (one defect) from block 0."""
+    model = tiny_model("llama", seed=1, n_layers=4)
+    emb = dict(model.named_parameters())["model.embed_tokens._original_component.weight"]
+    with torch.no_grad():
+        emb[model.tokenizer.bos_token_id] *= scale
+    return model
+
+
 def nan_token_model(text: str = "x") -> Any:
     """A private tiny Llama whose embedding of the first token of ``text`` after BOS is NaN."""
     model = tiny_model("llama")

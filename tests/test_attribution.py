@@ -9,6 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import planted_bos_model
 from sd_lens.analyses.attribution import (
     component_attribution,
     explosion_set,
@@ -23,7 +24,6 @@ from sd_lens.analyses.probe import probe_norms
 from sd_lens.corpus import default_corpus
 from sd_lens.errors import InputError
 from sd_lens.linalg import unit
-from sd_lens.models.tiny import tiny_model
 from sd_lens.runtime.tokens import tokenize
 
 TEXTS = ["the cat sat on the mat", "a dog ran far away", "hello there world", "one two three four"]
@@ -104,10 +104,7 @@ def test_explosion_set_is_the_smallest_set_reaching_the_fraction(total, start, f
 @pytest.fixture(scope="module")
 def planted():
     """A 4-block tiny Llama with a 40x BOS embedding and its defects (an initial-token defect)."""
-    model = tiny_model("llama", seed=1, n_layers=4)
-    emb = dict(model.named_parameters())["model.embed_tokens._original_component.weight"]
-    with torch.no_grad():
-        emb[model.tokenizer.bos_token_id] *= 40
+    model = planted_bos_model()
     probe = probe_norms(model, TEXTS)
     return model, probe, find_defects(model, probe)
 

@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from conftest import planted_bos_model
 from sd_lens.analyses.defects import find_defects
 from sd_lens.analyses.probe import probe_norms
 from sd_lens.errors import InputError
@@ -19,11 +20,7 @@ TEXTS = ["the cat sat on the mat", "a dog ran far away", "hello there world", "o
 @pytest.fixture(scope="module")
 def planted():
     """A 4-block tiny Llama whose BOS embedding is 40x larger: a high-norm initial token from block 0."""
-    model = tiny_model("llama", seed=1, n_layers=4)
-    emb = dict(model.named_parameters())["model.embed_tokens._original_component.weight"]
-    with torch.no_grad():
-        emb[model.tokenizer.bos_token_id] *= 40
-    return model
+    return planted_bos_model()
 
 
 def test_explosion_block_lies_inside_the_defect(planted):

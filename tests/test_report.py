@@ -17,7 +17,6 @@ import shlex
 import shutil
 from html import escape as html_escape
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -33,6 +32,7 @@ from chromium import (
     screenshot,
 )
 from conftest import assert_model_unchanged, nan_token_model
+from conftest import planted_bos_model as planted_model
 from sd_lens.errors import InputError, NonFiniteActivationError
 from sd_lens.models.tiny import tiny_model
 from sd_lens.pipeline import run_analysis
@@ -59,15 +59,6 @@ VIEW_DIV = re.compile(r'<div id="(sd-view-\d+)" class="[^"]*" data-component="(\
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-def planted_model() -> Any:
-    """A private 4-block tiny Llama whose BOS embedding is 40x larger: one defect from block 0."""
-    model = tiny_model("llama", seed=1, n_layers=4)
-    emb = dict(model.named_parameters())["model.embed_tokens._original_component.weight"]
-    with torch.no_grad():
-        emb[model.tokenizer.bos_token_id] *= 40
-    return model
-
-
 def view_components(html: str) -> dict[str, str]:
     """Mount element id -> circuitsvis component, from the written page."""
     return dict(VIEW_DIV.findall(html))

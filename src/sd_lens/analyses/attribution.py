@@ -66,7 +66,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sd_lens.analyses.defects import Defect, DefectReport, Episode
+from sd_lens.analyses.defects import Defect, DefectReport, carrier_order
 from sd_lens.analyses.probe import NormProbe
 from sd_lens.errors import InputError, UnsupportedArchitectureError
 from sd_lens.linalg import unit
@@ -230,16 +230,10 @@ def carrier_prefixes(probe: NormProbe, d: Defect, max_carriers: int = 8) -> list
     every text). Otherwise: one occurrence of each carrier token, most frequent first, then more
     occurrences, distinct prefixes only, at most ``max_carriers``.
     """
-    initial = [e for e in d.episodes if e.initial]
-    if d.initial_token and initial:
-        return [probe.sequences[initial[0].seq][:1]]
-    rank = {t: i for i, (t, _) in enumerate(d.noninitial_tokens)}
-    by_token: dict[str, list[Episode]] = {}
-    for e in sorted(d.episodes, key=lambda e: (e.position, e.row)):
-        if not e.initial:
-            by_token.setdefault(probe.token_string(e.token_id), []).append(e)
-    queues = [by_token[t] for t in sorted(by_token, key=lambda t: rank.get(t, len(rank)))]
-    order = [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+    order = carrier_order(probe, d)
+    if d.initial_token and order and order[0].initial:
+        return [probe.sequences[order[0].seq][:1]]
+    order = [e for e in order if not e.initial]
     out: list[Tensor] = []
     seen: set[tuple[int, ...]] = set()
     for e in order:

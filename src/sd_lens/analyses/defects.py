@@ -444,6 +444,22 @@ def _draft(
     )
 
 
+def carrier_order(probe: NormProbe, d: Defect) -> list[Episode]:
+    """The defect's episodes in tracing order: the initial token's first (one: its state is the same in
+    every text), then one occurrence of each carrier token, most frequent first, then more occurrences —
+    so a few traced carriers represent them all, whatever the corpus size."""
+    rank = {t: i for i, (t, _) in enumerate(d.noninitial_tokens)}
+    by_token: dict[str, list[Episode]] = {}
+    initial = []
+    for e in sorted(d.episodes, key=lambda e: (e.position, e.row)):
+        if e.initial:
+            initial.append(e)
+        else:
+            by_token.setdefault(probe.token_string(e.token_id), []).append(e)
+    queues = [by_token[t] for t in sorted(by_token, key=lambda t: rank.get(t, len(rank)))]
+    return initial[:1] + [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+
+
 def _trace(
     model: HookedModel,
     probe: NormProbe,
@@ -459,20 +475,8 @@ def _trace(
     prefixes: list[Tensor] = []
     index: dict[tuple[int, ...], int] = {}
     for g, d in drafts:
-        # the initial token first, then one occurrence of each carrier token, most frequent first,
-        # then more occurrences: the traced set represents the carriers, whatever the corpus size
-        rank = {t: i for i, (t, _) in enumerate(d.noninitial_tokens)}
-        by_token: dict[str, list[Episode]] = {}
-        initial = []
-        for e in sorted(d.episodes, key=lambda e: (e.position, e.row)):
-            if e.initial:
-                initial.append(e)
-            else:
-                by_token.setdefault(probe.token_string(e.token_id), []).append(e)
-        queues = [by_token[t] for t in sorted(by_token, key=lambda t: rank.get(t, len(rank)))]
-        order = initial[:1] + [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
         plan, seen = [], set()
-        for e in order:
+        for e in carrier_order(probe, d):
             prefix = probe.sequences[e.seq][: e.position + 1]
             key = tuple(prefix.tolist())
             if key in seen:
