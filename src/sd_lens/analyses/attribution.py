@@ -34,8 +34,7 @@ several blocks (Gemma-3) is the set of blocks that build it — the layer-wise p
 
 **Lever.** For each major defect carried by the initial token, :func:`find_lever` removes the
 defect-direction component of sublayer outputs chosen from the attribution (by forward hooks on
-``hook_attn_out`` / ``hook_mlp_out``: the values added to the residual, after any post-norm) and
-measures the initial token's norm at every block, clean and intervened. Candidates, in order
+the sublayer outputs, before any post-norm: see "Where the lever acts" below) and measures the initial token's norm at every block, clean and intervened. Candidates, in order
 (:func:`lever_candidates`): the dominant sublayer (the larger of ``attn`` and ``ffn``) at each block
 of the explosion set; both sublayers there; every sublayer that adds along the direction from the
 first block of the explosion set to the peak (a build-up that feeds itself is rebuilt by the blocks
@@ -44,12 +43,22 @@ peak is taken from the defect's first block to the block before the next initial
 starts (else the last block), so a lever that only moves the peak to a later block is not counted
 as a success.
 
+**Where the lever acts.** Where a sublayer has a post-norm (Gemma-3's ``ln1_post`` / ``ln2_post``),
+the lever acts on the sublayer's output *before* that norm (``attn.hook_out`` / ``mlp.hook_out``)
+and removes its component along ``γ ⊙ u`` (γ the norm's effective scale, ``u`` the defect
+direction): the normed output ``γ ⊙ y / rms(y)`` then has exactly no component along ``u``. Which
+hook holds the pre-norm output is *checked* on the clean run (``post_norm(raw) == hook_*_out``
+within 1e-4), else the lever falls back to the normed outputs. Without a post-norm the lever acts
+on ``hook_attn_out`` / ``hook_mlp_out`` along ``u``.
+
 The **control** removes, at the same hooks, a vector of the *same norm* along a random unit
 direction (one per seed; the norms are those removed in the intervened run). It is a null only
-where that vector is small next to the residual it lands on: ``relative_size`` reports the ratio.
-On a build-up that feeds itself (Gemma-3: each block's FFN adds along the direction because the
-residual already points there), a random vector larger than the residual derails the build-up just
-as well, and the lever is then not ``specific``.
+where that vector is small next to what it lands on, or where a normalisation bounds it:
+``relative_size`` reports its ratio to the value it is added to (see :class:`Lever`). Before a post-norm the control passes through the same normalisation
+as the lever, which bounds what any vector can add; on the normed outputs of Gemma-3 (measured:
+10 383 removed at block 3's FFN from a 6 252 residual) a random vector of that size derails the
+build-up that feeds itself (each block's FFN adds along the direction because the residual already
+points there) as much as the lever does, and no lever there is ``specific``.
 
 References: Wang et al., *Demystifying Singular Defects in Large Language Models* (ICML 2025)
 (explosion and decay layers, observation (ii)); Sun et al., *Massive Activations in Large Language
@@ -70,6 +79,7 @@ from sd_lens.analyses.defects import Defect, DefectReport, carrier_order
 from sd_lens.analyses.probe import NormProbe
 from sd_lens.errors import InputError, UnsupportedArchitectureError
 from sd_lens.linalg import unit
+from sd_lens.models.view import ModelView, model_view
 from sd_lens.runtime.engine import run, stream
 from sd_lens.runtime.hooks import act_name, require_hooks
 from sd_lens.runtime.reducers import first_row, last_token, token_norms
@@ -86,6 +96,7 @@ __all__ = [
     "explosion_set",
     "find_lever",
     "lever_candidates",
+    "lever_sites",
     "remove_along",
     "remove_matched",
     "sublayer_components",
@@ -487,14 +498,16 @@ class LeverCandidate:
 class Lever:
     """The chosen intervention for one initial-token defect, with its matched random control.
 
-    ``sites``: (block, sublayer) pairs whose output had the defect-direction component removed.
+    ``sites``: (block, sublayer) pairs whose output had the defect-direction component removed;
+    ``hooks``: the hook of each site (the output before a post-norm where the block has one).
     ``norms_*``: the initial token's ``resid_post`` norm at every block; ``norms_control`` is
     ``[n_seeds, n_layers]``. The peak is taken over ``window`` (the defect's first block to the
     block before the next initial-token defect starts, else the last block). ``removed``: the norm
     removed at each site in the intervened run, matched by the control; ``relative_size``: that
-    norm over the clean residual's norm entering the site's block (above 1, the control's random
-    vector outweighs the residual it is added to, and derails whatever the residual's direction
-    drives). ``reduction = 1 - peak_intervened / peak_clean``; ``specific``: the lever removes more
+    norm over the clean norm of what the control's vector is added to — the pre-norm output at a
+    site before a post-norm, else the residual entering the site's block (above 1 there, the random
+    vector outweighs the residual and derails whatever the residual's direction drives; before a
+    post-norm the normalisation bounds what it can add, whatever its relative size). ``reduction = 1 - peak_intervened / peak_clean``; ``specific``: the lever removes more
     than the control does under every seed.
     """
 
@@ -502,6 +515,7 @@ class Lever:
     label: str
     name: str
     sites: list[tuple[int, str]]
+    hooks: list[str]
     window: tuple[int, int]
     removed: list[float]
     relative_size: list[float]
@@ -555,6 +569,7 @@ class Lever:
             "label": self.label,
             "name": self.name,
             "sites": [[layer, s] for layer, s in self.sites],
+            "hooks": list(self.hooks),
             "window": list(self.window),
             "removed": [round(x, 3) for x in self.removed],
             "relative_size": [round(x, 4) for x in self.relative_size],
@@ -609,8 +624,53 @@ def _norms(model: HookedModel, tokens: Tensor, n_layers: int, hooks: list[tuple[
     return torch.stack([out[n][0] for n in names])
 
 
-def _sites_hooks(sites: list[tuple[int, str]], make: Any) -> list[tuple[str, HookFn]]:
-    return [(act_name(_SUBLAYER_HOOK[s], layer), make(i, layer, s)) for i, (layer, s) in enumerate(sites)]
+_RAW_HOOK = {"attn": "blocks.{}.attn.hook_out", "ffn": "blocks.{}.mlp.hook_out"}
+
+
+def _post_scale(view: ModelView, layer: int, sublayer: str) -> Tensor | None:
+    b = view.block(layer)
+    return b.attn_post_scale if sublayer == "attn" else b.mlp_post_scale
+
+
+def lever_sites(
+    model: HookedModel, tokens: Tensor, direction: Float[Tensor, " d_model"], n_layers: int
+) -> tuple[dict[tuple[int, str], tuple[str, Tensor]], dict[tuple[int, str], float]]:
+    """For every (block, sublayer): the hook a lever edits and the direction it removes there.
+
+    Before a post-norm with effective scale ``γ`` (checked on ``tokens``: the norm of the hook's
+    value must give ``hook_attn_out`` / ``hook_mlp_out`` within 1e-4), the pre-norm output and
+    ``unit(γ ⊙ u)``; else the sublayer's output and ``u``. The second dict gives, for the sites
+    before a post-norm, the norm of the clean pre-norm output at the first position of ``tokens``.
+    """
+    view = model_view(model)
+    u = unit(direction.detach().float().cpu())
+    out: dict[tuple[int, str], tuple[str, Tensor]] = {}
+    base: dict[tuple[int, str], float] = {}
+    raw: dict[str, tuple[int, str, Tensor, str]] = {}
+    for layer in range(n_layers):
+        for s in ("attn", "ffn"):
+            post = act_name(_SUBLAYER_HOOK[s], layer)
+            out[(layer, s)] = (post, u)
+            scale = _post_scale(view, layer, s)
+            name = _RAW_HOOK[s].format(layer)
+            if scale is not None and name in model.hook_dict:
+                raw[name] = (layer, s, scale, post)
+    if raw:
+        names = list(raw) + [r[3] for r in raw.values()]
+        vals = run(model, tokens, {n: first_row(lambda a, b: a.float()) for n in names})
+        for name, (layer, s, scale, post) in raw.items():
+            normed = view.block(layer).post_norm(vals[name], scale)
+            err = float((normed - vals[post]).norm() / vals[post].norm().clamp(min=1e-12))
+            if err <= 1e-4:
+                out[(layer, s)] = (name, unit(scale * u))
+                base[(layer, s)] = float(vals[name].norm())
+    return out, base
+
+
+def _sites_hooks(
+    sites: list[tuple[int, str]], where: dict[tuple[int, str], tuple[str, Tensor]], make: Any
+) -> list[tuple[str, HookFn]]:
+    return [(where[site][0], make(i, where[site][1])) for i, site in enumerate(sites)]
 
 
 def lever_candidates(att: DefectAttribution) -> list[tuple[str, list[tuple[int, str]]]]:
@@ -656,8 +716,9 @@ def find_lever(
     """A causal lever for each major defect of the initial token, chosen from ``attribution``.
 
     Tries :func:`lever_candidates` in order on the initial token alone (its state is the same in
-    every text): each removes the defect-direction component of the named sublayer outputs (after
-    any post-norm: the value added to the residual). The first candidate that removes at least
+    every text): each removes the defect-direction component of the named sublayer outputs
+    (before a post-norm, where the block has one, so that the normed output has none: see
+    :func:`lever_sites`). The first candidate that removes at least
     ``target`` of the peak norm is chosen, else the one that removes the most. The control removes,
     at the chosen sites, a vector of the same norm along a random unit direction, for ``n_seeds``
     seeds (``seed``, ``seed + 1``, ...).
@@ -697,13 +758,14 @@ def find_lever(
         later = [s for s in starts if s > att.first_layer]
         window = (att.first_layer, (later[0] - 1) if later else n_layers - 1)
         tokens = att.carriers[0][None]
+        where, base = lever_sites(model, tokens, att.direction, n_layers)
         clean_all = _norms(model, tokens, n_layers, [])
         clean = clean_all[1:]
         peak_clean = float(clean[window[0] : window[1] + 1].max())
         tried: list[tuple[LeverCandidate, Tensor, list[float]]] = []
         for name, sites in cands:
             runs: list[list[float]] = [[] for _ in sites]
-            hooks = _sites_hooks(sites, lambda i, layer, s: remove_along(att.direction, [0], runs[i]))
+            hooks = _sites_hooks(sites, where, lambda i, w: remove_along(w, [0], runs[i]))
             normed = _norms(model, tokens, n_layers, hooks)[1:]
             peak = float(normed[window[0] : window[1] + 1].max())
             tried.append((LeverCandidate(name, sites, peak, 1.0 - peak / peak_clean), normed, [r[0] for r in runs]))
@@ -716,12 +778,15 @@ def find_lever(
         controls = []
         for s in seeds:
             r = unit(torch.randn(int(model.cfg.d_model), generator=torch.Generator().manual_seed(s)))
-            hooks = _sites_hooks(cand.sites, lambda i, layer, sub: remove_matched(r, removed[i], [0]))
+            hooks = _sites_hooks(cand.sites, where, lambda i, w: remove_matched(r, removed[i], [0]))
             controls.append(_norms(model, tokens, n_layers, hooks)[1:])
         levers.append(
             Lever(
-                defect=att.defect, label=att.label, name=cand.name, sites=cand.sites, window=window,
-                removed=removed, relative_size=[x / max(float(clean_all[layer]), 1e-12) for x, (layer, _) in zip(removed, cand.sites)],
+                defect=att.defect, label=att.label, name=cand.name, sites=cand.sites,
+                hooks=[where[site][0] for site in cand.sites], window=window,
+                removed=removed, relative_size=[
+                    x / max(base.get(site, float(clean_all[site[0]])), 1e-12) for x, site in zip(removed, cand.sites)
+                ],
                 norms_clean=clean, norms_intervened=normed, norms_control=torch.stack(controls), seeds=seeds,
                 target=target, candidates=[t[0] for t in tried],
             )

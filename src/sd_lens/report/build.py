@@ -143,7 +143,8 @@ def channels_section(page: Page, ctx: ReportContext) -> None:
     if result.lever is not None and result.lever.levers:
         page.paragraph(
             "A lever chosen from the attribution: remove the defect direction from the sublayer outputs of its "
-            "explosion set, against a control that removes a vector of the same size along a random direction."
+            "explosion set (before the sublayer's post-norm, where it has one), against a control that removes a "
+            "vector of the same size along a random direction at the same hooks."
         )
         header, rows = prose.lever_table(result)
         page.table(rows, header=header)
