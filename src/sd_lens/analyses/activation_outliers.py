@@ -349,15 +349,27 @@ class _Track:
 
 
 def _reducer(k: int, slots: dict[tuple[int, int], int]):
+    # what depends only on the batch (its real tokens, carrier keys, median-sample slots) is computed
+    # once per batch, not once per hook point
+    memo: dict[str, Any] = {"batch": None}
+
+    def tokens_of(batch: Batch, device: Any) -> tuple[Tensor, ...]:
+        if memo["batch"] is not batch:
+            mask = batch.mask
+            rows, pos = torch.nonzero(mask, as_tuple=True)
+            tok = batch.tokens[mask]
+            keys = torch.where(pos == 0, torch.full_like(tok, _INITIAL_KEY), tok)
+            uniq, inv = keys.unique(return_inverse=True)
+            seq_of = torch.as_tensor(batch.index, device=device)[rows]
+            slot = torch.tensor([slots.get((i, p), -1) for i, p in zip(seq_of.tolist(), pos.tolist())])
+            memo.update(batch=batch, value=(pos, uniq, inv, seq_of, slot, slot >= 0))
+        return memo["value"]
+
     def reduce(act: Tensor, batch: Batch) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
-        mask = batch.mask
-        rows, pos = torch.nonzero(mask, as_tuple=True)
-        real = act[mask].float()  # [N, D]
+        real = act[batch.mask].float()  # [N, D]
         absval = real.abs()
         n, width = real.shape
-        tok = batch.tokens[mask]
-        keys = torch.where(pos == 0, torch.full_like(tok, _INITIAL_KEY), tok)
-        uniq, inv = keys.unique(return_inverse=True)
+        pos, uniq, inv, seq_of, slot, chosen = tokens_of(batch, real.device)
         with warnings.catch_warnings():  # index_reduce is "beta"; it is 4-8x faster than scatter_reduce here
             warnings.simplefilter("ignore", UserWarning)
             best = torch.full((len(uniq), width), -1.0, device=real.device).index_reduce_(0, inv, absval, "amax")
@@ -371,10 +383,7 @@ def _reducer(k: int, slots: dict[tuple[int, int], int]):
             ukeys = uniq[keep]
         else:
             ukeys = uniq[:, None].expand(len(uniq), width)
-        seq_of = torch.as_tensor(batch.index, device=real.device)[rows]
         cand = (ukeys.cpu(), best.cpu(), real.gather(0, first).cpu(), seq_of[first].cpu(), pos[first].cpu())
-        slot = torch.tensor([slots.get((i, p), -1) for i, p in zip(seq_of.tolist(), pos.tolist())])
-        chosen = slot >= 0
         return cand, slot[chosen], absval[chosen.to(real.device)].cpu()
 
     return reduce
