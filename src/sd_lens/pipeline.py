@@ -35,6 +35,7 @@ from sd_lens.analyses.explosion import (
 )
 from sd_lens.analyses.ffn_fit import METHODS, Method
 from sd_lens.analyses.ffn_inputs import collect_ffn_inputs
+from sd_lens.analyses.life_cycle import LifeCycle, life_cycle
 from sd_lens.analyses.probe import NormProbe, probe_norms
 from sd_lens.analyses.spectra import (
     DecayCheck,
@@ -147,6 +148,7 @@ class AnalysisResult:
     lever: LeverReport | None = None
     outliers: ActivationOutliers | None = None
     weights: WeightOutliers | None = None
+    life: LifeCycle | None = None
 
     @property
     def seed(self) -> int:
@@ -202,7 +204,9 @@ class AnalysisResult:
     @property
     def channels_measured(self) -> bool:
         """True when the channel-level lens ran (``channels=True``)."""
-        return any(x is not None for x in (self.outliers, self.weights, self.sinks, self.attribution, self.lever))
+        return any(
+            x is not None for x in (self.outliers, self.weights, self.sinks, self.attribution, self.lever, self.life)
+        )
 
     def _channels_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -220,6 +224,8 @@ class AnalysisResult:
             out["attribution"] = self.attribution.to_dict()
         if self.lever is not None:
             out["lever"] = self.lever.to_dict()
+        if self.life is not None:
+            out["life_cycle"] = self.life.to_dict()
         return out
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -332,7 +338,7 @@ def run_analysis(
                 pathway=pathway,
             )
         )
-    sinks = attribution = lever = outliers = weights = None
+    sinks = attribution = lever = outliers = weights = life = None
     if cfg.channels:
         outliers = activation_outliers(
             model, texts, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
@@ -351,6 +357,8 @@ def run_analysis(
         t = tick("attribution", t)
         lever = find_lever(model, report, attribution, seed=seed)
         t = tick("lever", t)
+        life = life_cycle(model, report, probe, outliers, weights, sinks, attribution, batch_size=cfg.batch_size)
+        t = tick("life_cycle", t)
     return AnalysisResult(
         model=model_name(model),
         architecture=view.architecture,
@@ -366,6 +374,7 @@ def run_analysis(
         sinks=sinks,
         attribution=attribution,
         lever=lever,
+        life=life,
         outliers=outliers,
         weights=weights,
     )

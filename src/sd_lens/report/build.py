@@ -148,6 +148,15 @@ def channels_section(page: Page, ctx: ReportContext) -> None:
         )
         header, rows = prose.lever_table(result)
         page.table(rows, header=header)
+    if result.life is not None and len(result.life.defects):
+        page.heading("Life cycle")
+        page.paragraph(
+            "Each defect from emergence to disappearance (An et al.): the channels it rides, the blocks and "
+            "down-projection rows that write it, the norms that mask or amplify it, the sink heads that attend to "
+            "its carriers, and the blocks and rows that cancel it."
+        )
+        for d in result.life.defects:
+            page.paragraph(d.summary())
 
 
 def corpus_section(page: Page, ctx: ReportContext) -> None:
