@@ -193,14 +193,15 @@ def test_noninitial_defect_is_checked_on_its_own_carriers(unchanged):
     assert nonini, [d.label for d in report]
     with unchanged(model):
         rep = local_causal_checks(model, report, probe, n_seeds=2, kinds=("local_steer",))
-    for chk in rep:
-        if chk.initial_token:
-            continue
+    checked = [chk for chk in rep if not chk.initial_token]
+    assert checked
+    for chk in checked:
         assert chk.n_carriers >= 2
         assert all(j.closes for j in chk.jacobians.values())
         assert chk.interventions and chk.patches
-        # the patched token is not the carrier (the last token of the carrier prefix)
-        assert all(p.position < len(probe.sequences[0]) for p in chk.patches)
+        # on its own carriers: the carrier is the last token of a carrier prefix, not the initial token,
+        # and the patched token is another non-initial token of that prefix
+        assert all(0 < p.position < p.carrier_position for p in chk.patches)
     json.dumps(rep.to_dict())
 
 

@@ -524,13 +524,14 @@ class Patch:
 
     ``norm_before``/``norm_after``: that token's ``resid_post`` norm at ``peak_block`` (the block
     where the carrier's norm peaks in the window), clean and patched; ``carrier_norm``: the
-    carrier's there. ``ratio = norm_after / carrier_norm``: 1 would mean the patch made the token a
+    carrier's there (the carrier is at ``carrier_position`` of the same sequence). ``ratio = norm_after / carrier_norm``: 1 would mean the patch made the token a
     carrier; ``gain = norm_after / norm_before``.
     """
 
     kind: str
     layer: int
     position: int
+    carrier_position: int
     coefficient_before: float
     coefficient_after: float
     peak_block: int
@@ -548,7 +549,7 @@ class Patch:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "kind": self.kind, "layer": self.layer, "position": self.position,
+            "kind": self.kind, "layer": self.layer, "position": self.position, "carrier_position": self.carrier_position,
             "coefficient_before": _r(self.coefficient_before), "coefficient_after": _r(self.coefficient_after),
             "peak_block": self.peak_block, "norm_before": _r(self.norm_before, 6), "norm_after": _r(self.norm_after, 6),
             "carrier_norm": _r(self.carrier_norm, 6), "ratio": _r(self.ratio), "gain": _r(self.gain),
@@ -997,7 +998,7 @@ def _patches(
             )
             norms = torch.stack([res[act_name("resid_post", x)] for x in range(window[1] + 1)])
             out.append(Patch(
-                kind=kind, layer=layer, position=pos, coefficient_before=float(own[layer][0] @ v), coefficient_after=target_coef,
+                kind=kind, layer=layer, position=pos, carrier_position=carrier.pos, coefficient_before=float(own[layer][0] @ v), coefficient_after=target_coef,
                 peak_block=peak_block, norm_before=float(clean[peak_block, pos]), norm_after=float(norms[peak_block, pos]),
                 carrier_norm=float(clean[peak_block, carrier.pos]),
             ))
