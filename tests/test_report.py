@@ -343,20 +343,21 @@ def test_channel_lens_in_json_and_report(tmp_path, unchanged):
     """channels=True: attention sinks, attribution and the lever are in the JSON and the report; off by default."""
     model = planted_model()
     with unchanged(model):
-        result = run_analysis(model, TEXTS, channels=True)
+        result = run_analysis(model, TEXTS, channels=True, local_checks=True)
     assert result.sinks is not None and result.attribution is not None and result.lever is not None
     assert result.outliers is not None and result.weights is not None and result.life is not None
     data = json.loads(result.to_json())
     assert set(data["channels"]) == {
         "activation_outliers", "defect_channels", "weight_outliers", "attention_sinks", "attribution", "lever",
-        "life_cycle",
+        "life_cycle", "local_checks",
     }
+    assert [d["label"] for d in data["channels"]["local_checks"]["checks"]] == [d.label for d in result.defects]
     assert [d["label"] for d in data["channels"]["life_cycle"]["defects"]] == [d.label for d in result.defects]
     assert 0.0 <= data["channels"]["attention_sinks"]["sink_rate"] <= 1.0
     for d in data["channels"]["attribution"]["defects"]:
         assert d["explosion_set"]
     html = write_report(model, result, tmp_path / "out").read_text(encoding="utf-8")
     assert "Heads and sublayers" in html and "Sink rate over texts, blocks and heads" in html
-    assert ">Channels<" in html and ">Life cycle<" in html
+    assert ">Channels<" in html and ">Life cycle<" in html and "Gaussian fit and local Jacobian" in html
     assert all(html.count(d.label + " (") >= 1 for d in result.defects)
     assert "channels" not in json.loads(run_analysis(model, TEXTS).to_json())

@@ -36,6 +36,7 @@ from sd_lens.analyses.explosion import (
 from sd_lens.analyses.ffn_fit import METHODS, Method
 from sd_lens.analyses.ffn_inputs import collect_ffn_inputs
 from sd_lens.analyses.life_cycle import LifeCycle, life_cycle
+from sd_lens.analyses.local_jacobian import LocalCausalReport, local_causal_checks
 from sd_lens.analyses.probe import NormProbe, probe_norms
 from sd_lens.analyses.spectra import (
     DecayCheck,
@@ -83,6 +84,11 @@ class AnalysisConfig:
         "per-block attention/FFN attribution and a lever",
     )
     sink_epsilon: float = _option(0.3, "a head sinks on a key that later queries attend to more than this on average")
+    local_checks: bool = _option(
+        False,
+        "also linearise each defect's FFNs where its carrier is (local Jacobian) and run causal checks from it "
+        "and from the Gaussian fit, on the defect's own carriers, with matched random controls (slow)",
+    )
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> InputError:
@@ -149,6 +155,7 @@ class AnalysisResult:
     outliers: ActivationOutliers | None = None
     weights: WeightOutliers | None = None
     life: LifeCycle | None = None
+    local: LocalCausalReport | None = None
 
     @property
     def seed(self) -> int:
@@ -205,7 +212,8 @@ class AnalysisResult:
     def channels_measured(self) -> bool:
         """True when the channel-level lens ran (``channels=True``)."""
         return any(
-            x is not None for x in (self.outliers, self.weights, self.sinks, self.attribution, self.lever, self.life)
+            x is not None
+            for x in (self.outliers, self.weights, self.sinks, self.attribution, self.lever, self.life, self.local)
         )
 
     def _channels_dict(self) -> dict[str, Any]:
@@ -226,6 +234,8 @@ class AnalysisResult:
             out["lever"] = self.lever.to_dict()
         if self.life is not None:
             out["life_cycle"] = self.life.to_dict()
+        if self.local is not None:
+            out["local_checks"] = self.local.to_dict()
         return out
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -338,7 +348,7 @@ def run_analysis(
                 pathway=pathway,
             )
         )
-    sinks = attribution = lever = outliers = weights = life = None
+    sinks = attribution = lever = outliers = weights = life = local = None
     if cfg.channels:
         outliers = activation_outliers(
             model, texts, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
@@ -359,6 +369,9 @@ def run_analysis(
         t = tick("lever", t)
         life = life_cycle(model, report, probe, outliers, weights, sinks, attribution, batch_size=cfg.batch_size)
         t = tick("life_cycle", t)
+    if cfg.local_checks:
+        local = local_causal_checks(model, report, probe, attribution, seed=seed)
+        t = tick("local_checks", t)
     return AnalysisResult(
         model=model_name(model),
         architecture=view.architecture,
@@ -375,6 +388,7 @@ def run_analysis(
         attribution=attribution,
         lever=lever,
         life=life,
+        local=local,
         outliers=outliers,
         weights=weights,
     )

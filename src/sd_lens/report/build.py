@@ -125,7 +125,8 @@ def channels_section(page: Page, ctx: ReportContext) -> None:
             page.table(rows, header=header)
         else:
             page.paragraph("No channel meets the criterion on this corpus.")
-    page.heading("Heads and sublayers")
+    if result.sinks is not None or result.attribution is not None:
+        page.heading("Heads and sublayers")
     if result.sinks is not None:
         page.paragraph(prose.sinks_paragraph(result))
         for name, view in ctx.views.items():
@@ -147,6 +148,17 @@ def channels_section(page: Page, ctx: ReportContext) -> None:
             "vector of the same size along a random direction at the same hooks."
         )
         header, rows = prose.lever_table(result)
+        page.table(rows, header=header)
+    if result.local is not None and len(result.local):
+        page.heading("FFN inputs: Gaussian fit and local Jacobian")
+        page.paragraph(
+            "Interventions on the FFN's normalised input at the defect's carriers: the Gaussian fit's v0 projected out "
+            "(the singular-defects paper), the local Jacobian's top right singular vector, the input direction w = "
+            "J^T u that moves the output along the defect direction most per unit of edit, and the smallest edit "
+            "along w that the local linear model predicts cancels it. Each against a control removing a vector of the "
+            "same norm along random directions."
+        )
+        header, rows = prose.local_checks_table(result)
         page.table(rows, header=header)
     if result.life is not None and len(result.life.defects):
         page.heading("Life cycle")

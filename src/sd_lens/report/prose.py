@@ -33,6 +33,7 @@ __all__ = [
     "defects_summary",
     "attribution_table",
     "lever_table",
+    "local_checks_table",
     "minor_line",
     "minor_table",
     "sinks_paragraph",
@@ -279,6 +280,32 @@ def lever_table(result: AnalysisResult) -> Table:
         rows.append([lv.label, lv.name, lv.peak_clean, lv.peak_intervened, f"{lv.reduction:.1%}",
                      f"{float(ctrl.mean()):.1%} [{float(ctrl.min()):.1%}, {float(ctrl.max()):.1%}] over {len(lv.seeds)} seeds",
                      "yes" if lv.specific else "no"])
+    return header, rows
+
+
+def local_checks_table(result: AnalysisResult) -> Table:
+    """FFN-input interventions per defect (Gaussian v0 and the local Jacobian's), against matched controls.
+
+    Per defect: every kind at the whole explosion set (cancel edits at full size), then the intervention
+    that reduces the peak most among the specific ones, when it is not already listed.
+    """
+    rep = result.local
+    assert rep is not None
+    header = ["defect", "intervention", "blocks", "edit / |n|", "peak before", "after", "reduction",
+              "matched random control (mean [min, max])", "specific"]
+    rows: list[list[Any]] = []
+    for chk in rep:
+        shown = [x for x in chk.interventions if x.blocks == chk.blocks and x.fraction == 1.0]
+        best = chk.best()
+        if best is not None and best not in shown:
+            shown.append(best)
+        for x in shown:
+            cr = x.control_reductions
+            name = x.kind.replace("_", " ") + ("" if x.fraction == 1.0 else f" x{x.fraction:g}")
+            rows.append([chk.label, name, _blocks_text(x.blocks), f"{max(x.relative_size, default=0.0):.3f}",
+                         x.peak_clean, x.peak_intervened, f"{x.reduction:.1%}",
+                         f"{float(cr.mean()):.1%} [{float(cr.min()):.1%}, {float(cr.max()):.1%}] over {len(x.seeds)} seeds",
+                         "yes" if x.specific else "no"])
     return header, rows
 
 
