@@ -13,7 +13,8 @@ each round is printed and the median taken):
 
 The intervention's channels and block come from :func:`activation_outliers` on the default corpus
 (not timed); the texts are :func:`held_out_corpus`. tokens/s counts input tokens (a doubled batch
-counts its tokens once).
+counts its tokens once). Each is given per wall-clock second and per CPU second of this process
+(``time.process_time``): on a shared machine the CPU-time figure is the steadier one.
 
 Usage::
 
@@ -26,6 +27,7 @@ import argparse
 import os
 import statistics
 import time
+from typing import Callable
 
 import sd_lens
 from sd_lens.analyses.activation_outliers import activation_outliers
@@ -56,30 +58,38 @@ def main() -> None:
     print(f"{args.model}: targets {targets}, {len(tok.sequences)} held-out texts, {tok.n_tokens} tokens, "
           f"batch size {args.batch_size}, load average {os.getloadavg()[0]:.2f}")
 
-    def bare() -> float:
-        t0 = time.perf_counter()
+    def timed(fn: Callable[[], object]) -> tuple[float, float]:
+        """(tokens per wall second, tokens per CPU second of this process)."""
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        return tok.n_tokens / (time.perf_counter() - w0), tok.n_tokens / (time.process_time() - c0)
+
+    def bare() -> None:
         for idx in length_sorted_batches(tok.sequences, args.batch_size):
             batch = make_batch(model, [tok.sequences[i] for i in idx], idx)
             run_batch(model, batch, {LOGITS_HOOK: lambda act, b: None})
-        return tok.n_tokens / (time.perf_counter() - t0)
 
-    runs = {
+    runs: dict[str, Callable[[], object]] = {
         "bare": bare,
-        "ppl clean": lambda: perplexity(model, tok, batch_size=args.batch_size).tokens_per_s,
-        "ppl zero": lambda: perplexity(model, tok, hooks, kl=False, batch_size=args.batch_size).tokens_per_s,
-        "ppl zero+KL": lambda: perplexity(model, tok, hooks, batch_size=args.batch_size).tokens_per_s,
+        "ppl clean": lambda: perplexity(model, tok, batch_size=args.batch_size),
+        "ppl zero": lambda: perplexity(model, tok, hooks, kl=False, batch_size=args.batch_size),
+        "ppl zero+KL": lambda: perplexity(model, tok, hooks, batch_size=args.batch_size),
     }
     bare()  # warm-up
-    rates: dict[str, list[float]] = {k: [] for k in runs}
+    wall: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(args.rounds):
         for name, fn in runs.items():
-            rates[name].append(fn())
-        print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.1f} tok/s" for k, v in rates.items())
-              + f" | zero/bare {rates['ppl zero'][-1] / rates['bare'][-1]:.3f}")
-    print(f"{'':14s}{'median tok/s':>14s}{'x bare (median of rounds)':>28s}")
-    for name, v in rates.items():
-        ratio = statistics.median(a / b for a, b in zip(v, rates["bare"]))
-        print(f"{name:14s}{statistics.median(v):14.1f}{ratio:28.3f}")
+            w, c = timed(fn)
+            wall[name].append(w)
+            cpu[name].append(c)
+        print(f"round {r}: " + ", ".join(f"{k} {wall[k][-1]:.1f} ({cpu[k][-1]:.1f})" for k in runs)
+              + " tok/s wall (CPU)")
+    print(f"{'':14s}{'wall tok/s':>12s}{'x bare':>8s}{'CPU tok/s':>12s}{'x bare':>8s}   (medians over rounds)")
+    for name in runs:
+        rw = statistics.median(a / b for a, b in zip(wall[name], wall["bare"]))
+        rc = statistics.median(a / b for a, b in zip(cpu[name], cpu["bare"]))
+        print(f"{name:14s}{statistics.median(wall[name]):12.1f}{rw:8.3f}{statistics.median(cpu[name]):12.1f}{rc:8.3f}")
     print(f"load average {os.getloadavg()[0]:.2f}")
 
 

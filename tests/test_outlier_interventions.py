@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -198,6 +199,7 @@ def test_the_analysis_leaves_the_model_as_it_was(tiny, unchanged):
         )
     assert set(r.runs) == {"zero", "mean"} and r.targets == {1: (0, 4, 9)}
     d = r.to_dict()
+    assert json.loads(json.dumps(d)) == d
     assert d["clean"]["n_tokens"] == r.clean.n_tokens and d["means"]["1"]["channels"] == [0, 4, 9]
     assert r.runs["zero"].clean_mean_nll == pytest.approx(r.clean.mean_nll, abs=1e-6)
 
