@@ -343,14 +343,15 @@ def test_channel_lens_in_json_and_report(tmp_path, unchanged):
     """channels=True: attention sinks, attribution and the lever are in the JSON and the report; off by default."""
     model = planted_model()
     with unchanged(model):
-        result = run_analysis(model, TEXTS, channels=True, local_checks=True)
+        result = run_analysis(model, TEXTS, channels=True, local_checks=True, interventions=True)
     assert result.sinks is not None and result.attribution is not None and result.lever is not None
     assert result.outliers is not None and result.weights is not None and result.life is not None
     data = json.loads(result.to_json())
     assert set(data["channels"]) == {
         "activation_outliers", "defect_channels", "weight_outliers", "attention_sinks", "attribution", "lever",
-        "life_cycle", "local_checks",
+        "life_cycle", "local_checks", "interventions",
     }
+    assert data["channels"]["interventions"]["clean"]["perplexity"] > 1
     assert [d["label"] for d in data["channels"]["local_checks"]["checks"]] == [d.label for d in result.defects]
     assert [d["label"] for d in data["channels"]["life_cycle"]["defects"]] == [d.label for d in result.defects]
     assert 0.0 <= data["channels"]["attention_sinks"]["sink_rate"] <= 1.0
@@ -359,5 +360,6 @@ def test_channel_lens_in_json_and_report(tmp_path, unchanged):
     html = write_report(model, result, tmp_path / "out").read_text(encoding="utf-8")
     assert "Heads and sublayers" in html and "Sink rate over texts, blocks and heads" in html
     assert ">Channels<" in html and ">Life cycle<" in html and "Gaussian fit and local Jacobian" in html
+    assert "Massive activations set to zero and to their mean" in html
     assert all(html.count(d.label + " (") >= 1 for d in result.defects)
     assert "channels" not in json.loads(run_analysis(model, TEXTS).to_json())

@@ -37,6 +37,7 @@ from sd_lens.analyses.ffn_fit import METHODS, Method
 from sd_lens.analyses.ffn_inputs import collect_ffn_inputs
 from sd_lens.analyses.life_cycle import LifeCycle, life_cycle
 from sd_lens.analyses.local_jacobian import LocalCausalReport, local_causal_checks
+from sd_lens.analyses.outlier_interventions import OutlierIntervention, held_out_corpus, outlier_intervention
 from sd_lens.analyses.probe import NormProbe, probe_norms
 from sd_lens.analyses.spectra import (
     DecayCheck,
@@ -88,6 +89,11 @@ class AnalysisConfig:
         False,
         "also linearise each defect's FFNs where its carrier is (local Jacobian) and run causal checks from it "
         "and from the Gaussian fit, on the defect's own carriers, with matched random controls (slow)",
+    )
+    interventions: bool = _option(
+        False,
+        "also set the massive activations to zero and to their mean at the block where they emerge (Sun et al.) "
+        "and measure perplexity and KL to the clean model on held-out text (slow)",
     )
 
     def __post_init__(self) -> None:
@@ -156,6 +162,7 @@ class AnalysisResult:
     weights: WeightOutliers | None = None
     life: LifeCycle | None = None
     local: LocalCausalReport | None = None
+    interventions: OutlierIntervention | None = None
 
     @property
     def seed(self) -> int:
@@ -213,7 +220,10 @@ class AnalysisResult:
         """True when the channel-level lens ran (``channels=True``)."""
         return any(
             x is not None
-            for x in (self.outliers, self.weights, self.sinks, self.attribution, self.lever, self.life, self.local)
+            for x in (
+                self.outliers, self.weights, self.sinks, self.attribution, self.lever, self.life, self.local,
+                self.interventions,
+            )
         )
 
     def _channels_dict(self) -> dict[str, Any]:
@@ -236,6 +246,8 @@ class AnalysisResult:
             out["life_cycle"] = self.life.to_dict()
         if self.local is not None:
             out["local_checks"] = self.local.to_dict()
+        if self.interventions is not None:
+            out["interventions"] = self.interventions.to_dict()
         return out
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -348,7 +360,7 @@ def run_analysis(
                 pathway=pathway,
             )
         )
-    sinks = attribution = lever = outliers = weights = life = local = None
+    sinks = attribution = lever = outliers = weights = life = local = interventions = None
     if cfg.channels:
         outliers = activation_outliers(
             model, texts, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
@@ -372,6 +384,13 @@ def run_analysis(
     if cfg.local_checks:
         local = local_causal_checks(model, report, probe, attribution, seed=seed)
         t = tick("local_checks", t)
+    if cfg.interventions:
+        seen = set(texts)
+        held = [x for x in held_out_corpus(len(texts)) if x not in seen]
+        interventions = outlier_intervention(
+            model, outliers, held, texts=texts, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
+        )
+        t = tick("interventions", t)
     return AnalysisResult(
         model=model_name(model),
         architecture=view.architecture,
@@ -389,6 +408,7 @@ def run_analysis(
         lever=lever,
         life=life,
         local=local,
+        interventions=interventions,
         outliers=outliers,
         weights=weights,
     )

@@ -656,7 +656,8 @@ def outlier_intervention(
         model: a TransformerLens model.
         outliers: an :class:`ActivationOutliers` of ``model`` on ``texts`` (None: computed here) — each of
             its ``resid_post`` outlier channels is set at its first block (:func:`emergence_targets`);
-            or an explicit ``{block: channels}``.
+            or an explicit ``{block: channels}``. Outliers with no ``resid_post`` channel give a result
+            with the clean perplexity only (``targets`` and ``runs`` empty).
         held_out_texts: where perplexity is measured (default: :func:`held_out_corpus`, the
             ``len(texts)`` lines after the default corpus); none of them may be in ``texts``.
         texts: the corpus of the outliers and the means (default: :func:`~sd_lens.corpus.default_corpus`).
@@ -698,15 +699,18 @@ def outlier_intervention(
     targets = emergence_targets(outliers, at=at) if isinstance(outliers, ActivationOutliers) else {
         int(b): [int(c) for c in cs] for b, cs in outliers.items()
     }
-    _check_targets(model, targets)
-    means = massive_means(
+    # outliers measured on this corpus may have no resid_post channel: then only the clean perplexity
+    found_none = isinstance(outliers, ActivationOutliers) and not targets
+    if not found_none:
+        _check_targets(model, targets)
+    means = {} if found_none else massive_means(
         model, targets, texts, relative=rel, absolute=ab, batch_size=batch_size, max_tokens_per_text=max_tokens_per_text
     )
     held_tok = tokenize(model, held, max_tokens_per_text=max_tokens_per_text)
     clean = perplexity(model, held_tok, batch_size=batch_size)
     runs: dict[str, Perplexity] = {}
     n_set: dict[str, dict[str, int]] = {}
-    for mode in modes:
+    for mode in () if found_none else modes:
         tally: dict[str, int] = {"initial": 0, "other": 0}
         hooks = intervention_hooks(means, mode, relative=rel, absolute=ab, tally=tally)  # type: ignore[arg-type]
         runs[mode] = perplexity(model, held_tok, hooks, batch_size=batch_size)

@@ -160,6 +160,19 @@ def channels_section(page: Page, ctx: ReportContext) -> None:
         )
         header, rows = prose.local_checks_table(result)
         page.table(rows, header=header)
+    if result.interventions is not None:
+        rep = result.interventions
+        where = "; ".join(f"channel{'s' if len(c) > 1 else ''} {', '.join(map(str, c))} at block {b}"
+                          for b, c in rep.targets.items())
+        page.heading("Massive activations set to zero and to their mean")
+        page.paragraph(
+            "Sun et al.'s intervention: at the block where each massive channel emerges, set its massive entries "
+            f"to zero, or to their mean over the corpus, and measure the perplexity of {rep.held_out_texts} held-out "
+            f"texts ({rep.clean.n_tokens} predicted tokens) and the KL divergence to the clean model. Set: "
+            f"{where or 'nothing (no massive activation on this corpus)'}."
+        )
+        header, rows = prose.interventions_table(result)
+        page.table(rows, header=header)
     if result.life is not None and len(result.life.defects):
         page.heading("Life cycle")
         page.paragraph(

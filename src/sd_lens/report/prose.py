@@ -34,6 +34,7 @@ __all__ = [
     "attribution_table",
     "lever_table",
     "local_checks_table",
+    "interventions_table",
     "minor_line",
     "minor_table",
     "sinks_paragraph",
@@ -306,6 +307,20 @@ def local_checks_table(result: AnalysisResult) -> Table:
                          x.peak_clean, x.peak_intervened, f"{x.reduction:.1%}",
                          f"{float(cr.mean()):.1%} [{float(cr.min()):.1%}, {float(cr.max()):.1%}] over {len(x.seeds)} seeds",
                          "yes" if x.specific else "no"])
+    return header, rows
+
+
+def interventions_table(result: AnalysisResult) -> Table:
+    """Perplexity on held-out text: clean, and with the massive activations set to zero / to their mean."""
+    rep = result.interventions
+    assert rep is not None
+    header = ["run", "perplexity", "x clean", "KL to clean (nats/token)", "entries set (initial / other)"]
+    rows: list[list[Any]] = [["clean", f"{rep.clean.perplexity:.2f}", "1", "0", ""]]
+    for mode, p in rep.runs.items():
+        n = rep.n_set.get(mode, {})
+        kl = "" if p.kl is None else f"{p.kl:.4g}"
+        rows.append([f"{mode}", f"{p.perplexity:.4g}", f"{rep.ratio(mode):.3g}", kl,
+                     f"{n.get('initial', 0)} / {n.get('other', 0)}"])
     return header, rows
 
 
