@@ -207,3 +207,50 @@ def test_reading_the_last_block_runs_no_final_norm_or_unembedding(tiny):
     full = run(model, tokens, {last: token_norms}, fwd_hooks=spy, stop_at_layer=None)
     assert fired  # the whole model ran when asked to: the spies work
     assert torch.equal(early[last], full[last])
+
+
+def test_passes_sharing_one_stream_give_the_results_of_separate_runs(tiny):
+    """run_passes: massive activations and attention sinks from one forward per batch = each run alone."""
+    import json
+
+    from sd_lens.analyses.activation_outliers import activation_outliers, activation_outliers_pass
+    from sd_lens.analyses.attention_sinks import attention_sinks, attention_sinks_pass
+    from sd_lens.runtime import run_passes, tokenize
+
+    texts = ["the cat sat on the mat", "a b c d e f g h", "one, two and three", "x"]
+    tok = tokenize(tiny, texts)
+    alone_o = activation_outliers(tiny, tok, batch_size=3)
+    alone_s = attention_sinks(tiny, tok, batch_size=3)
+    o, s = activation_outliers_pass(tiny, tok), attention_sinks_pass(tiny, tok)
+    calls: list[int] = []
+    import sd_lens.runtime.engine as engine
+
+    real_forward = engine.forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real_forward(*args, **kwargs)
+
+    engine.forward = counting  # type: ignore[assignment]
+    try:
+        run_passes(tiny, [o, s], batch_size=3)
+    finally:
+        engine.forward = real_forward  # type: ignore[assignment]
+    assert len(calls) == 2  # 4 texts in batches of 3: one forward per batch for both passes
+    a, b = o.result().to_dict(), alone_o.to_dict()
+    a.pop("seconds", None), b.pop("seconds", None)
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    assert torch.equal(s.result().key_alpha, alone_s.key_alpha)
+    c, d = s.result().to_dict(), alone_s.to_dict()
+    c.pop("seconds", None), d.pop("seconds", None)
+    assert c == d
+
+
+def test_passes_over_different_sequences_are_refused(tiny):
+    from sd_lens.analyses.activation_outliers import activation_outliers_pass
+    from sd_lens.runtime import run_passes, tokenize
+
+    a = activation_outliers_pass(tiny, tokenize(tiny, ["one text"]))
+    b = activation_outliers_pass(tiny, tokenize(tiny, ["another text"]))
+    with pytest.raises(ValueError, match="different sequences"):
+        run_passes(tiny, [a, b])

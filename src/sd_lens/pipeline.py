@@ -14,14 +14,15 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
-from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_outliers
-from sd_lens.analyses.attention_sinks import AttentionSinks, attention_sinks
+from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_outliers_pass
+from sd_lens.analyses.attention_sinks import AttentionSinks, attention_sinks_pass
 from sd_lens.analyses.attribution import ComponentAttribution, LeverReport, component_attribution, find_lever
 from sd_lens.analyses.causal import CausalCheck, verify_trigger
 from sd_lens.analyses.defects import DefectReport, find_defects
@@ -51,6 +52,8 @@ from sd_lens.errors import InputError
 from sd_lens.models.loading import model_name
 from sd_lens.models.view import model_view
 from sd_lens.outputs import atomic_write_text
+from sd_lens.runtime.engine import run_passes
+from sd_lens.runtime.tokens import tokenize
 from sd_lens.types import HookedModel
 
 SCHEMA_VERSION = 2
@@ -362,19 +365,19 @@ def run_analysis(
         )
     sinks = attribution = lever = outliers = weights = life = local = interventions = None
     if cfg.channels:
-        outliers = activation_outliers(
-            model, texts, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
-            progress=cfg.progress,
-        )
-        t = tick("activation_outliers", t)
+        # massive activations and attention sinks read different hooks of the same forwards: one stream
+        tok = tokenize(model, texts, max_tokens_per_text=cfg.max_tokens_per_text)
+        high_rows = torch.nonzero((probe.ratio("resid_post") > threshold).any(dim=1)).flatten()
+        with warnings.catch_warnings():  # the norm probe has already said how many texts were cut
+            warnings.filterwarnings("ignore", message=".*texts were cut to their first.*")
+            out_pass = activation_outliers_pass(model, tok)
+            sink_pass = attention_sinks_pass(model, tok, epsilon=cfg.sink_epsilon, high_norm_rows=high_rows)
+        run_passes(model, [out_pass, sink_pass], batch_size=cfg.batch_size,
+                   progress=cfg.progress and "massive activations and attention sinks")
+        outliers, sinks = out_pass.result(), sink_pass.result()
+        t = tick("outliers_and_sinks", t)
         weights = weight_outliers(view)
         t = tick("weight_outliers", t)
-        high_rows = torch.nonzero((probe.ratio("resid_post") > threshold).any(dim=1)).flatten()
-        sinks = attention_sinks(
-            model, texts, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
-            epsilon=cfg.sink_epsilon, high_norm_rows=high_rows, progress=cfg.progress,
-        )
-        t = tick("attention_sinks", t)
         attribution = component_attribution(model, report, probe, batch_size=cfg.batch_size)
         t = tick("attribution", t)
         lever = find_lever(model, report, attribution, seed=seed)

@@ -46,7 +46,7 @@ import unicodedata
 import warnings
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ from torch import Tensor
 from sd_lens.corpus import default_corpus
 from sd_lens.errors import InputError, NonFiniteActivationError, UnsupportedArchitectureError
 from sd_lens.models.loading import model_name
-from sd_lens.runtime.engine import Batch, stream
+from sd_lens.runtime.engine import Batch, Pass, run_passes
 from sd_lens.runtime.hooks import act_name
 from sd_lens.runtime.tokens import Tokenized, decode_one, tokenize
 from sd_lens.types import HookedModel
@@ -68,6 +68,7 @@ __all__ = [
     "ActivationOutliers",
     "OutlierEntry",
     "activation_outliers",
+    "activation_outliers_pass",
     "defect_channels",
     "token_class",
 ]
@@ -441,11 +442,10 @@ def _reducer(k: int, slots: dict[tuple[int, int], int], floors: dict[str, Tensor
     return reduce
 
 
-def activation_outliers(
+def activation_outliers_pass(
     model: HookedModel,
     texts_or_tokenized: Sequence[str] | Tokenized | None = None,
     *,
-    batch_size: int = 16,
     max_tokens_per_text: int | None = 64,
     relative: float = 1000.0,
     absolute: float | None = 100.0,
@@ -453,14 +453,13 @@ def activation_outliers(
     top_k: int = 4,
     median_tokens: int = 256,
     sites: Sequence[str] = SITES,
-    progress: bool = False,
-) -> ActivationOutliers:
-    """Find the massive activations of every block at the residual stream and the down-projection input.
+) -> Pass:
+    """The streamed pass of :func:`activation_outliers`: run it with :func:`sd_lens.runtime.run_passes`
+    (alone or with other passes over the same tokens), then ``.result()`` is the :class:`ActivationOutliers`.
 
     Args:
         model: a TransformerLens model (see :func:`sd_lens.load_model`).
         texts_or_tokenized: strings, a :class:`Tokenized`, or None for :func:`sd_lens.corpus.default_corpus`.
-        batch_size: texts per forward pass.
         max_tokens_per_text: truncate longer texts (BOS included).
         relative: a value must be at least this many times the median (Sun et al.: 1000).
         absolute: and its magnitude above this (Sun et al.: 100); None: no absolute test.
@@ -468,7 +467,6 @@ def activation_outliers(
         top_k: distinct carriers (initial token, or a token id) kept per channel.
         median_tokens: size of the deterministic token sample the medians are exact over.
         sites: a subset of :data:`SITES`.
-        progress: show a progress bar.
 
     Raises:
         InputError: bad arguments (before any forward).
@@ -480,7 +478,7 @@ def activation_outliers(
         raise InputError(f"absolute must be a non-negative number or None, got {absolute!r}")
     if median not in ("block", "channel"):
         raise InputError(f"median must be 'block' or 'channel', got {median!r}")
-    for name, v in (("top_k", top_k), ("median_tokens", median_tokens), ("batch_size", batch_size)):
+    for name, v in (("top_k", top_k), ("median_tokens", median_tokens)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise InputError(f"{name} must be a positive integer, got {v!r}")
     sites = tuple(sites)
@@ -514,7 +512,8 @@ def activation_outliers(
     floors: dict[str, Tensor] = {}
     reducer = _reducer(top_k, slots, floors)
     reducers = {name: functools.partial(reducer, name=name) for name in names.values()}
-    for _, out in stream(model, seqs, reducers, batch_size=batch_size, progress=progress and "activation outliers"):
+
+    def consume(batch: Batch, out: Mapping[str, Any]) -> None:
         for key, name in names.items():
             cand, slot, vals = out[name]
             if not torch.isfinite(cand[1]).all() or not torch.isfinite(vals).all():
@@ -525,64 +524,101 @@ def activation_outliers(
             tracks[key].sample[slot] = vals
             floors[name] = tracks[key].absval[-1]
 
-    token_strings: dict[int, str] = {}
+    def finish() -> ActivationOutliers:
+        token_strings: dict[int, str] = {}
 
-    def string(t: int) -> str:
-        if t not in token_strings:
-            token_strings[t] = decode_one(model, t)
-        return token_strings[t]
+        def string(t: int) -> str:
+            if t not in token_strings:
+                token_strings[t] = decode_one(model, t)
+            return token_strings[t]
 
-    flat = torch.cat(list(seqs)).long()
-    starts = torch.tensor([0] + [len(x) for x in seqs[:-1]]).cumsum(0)
-    entries: list[OutlierEntry] = []
-    res: dict[str, dict[str, Tensor]] = {f: {} for f in ("abs", "val", "seq", "pos", "tok", "cmed", "bmed")}
-    for site in sites:
-        per = [tracks[(site, layer)] for layer in range(n_layers)]
-        res["abs"][site] = torch.stack([t.absval[0] for t in per])
-        res["val"][site] = torch.stack([t.value[0] for t in per])
-        res["seq"][site] = torch.stack([t.seq[0] for t in per])
-        res["pos"][site] = torch.stack([t.pos[0] for t in per])
-        res["tok"][site] = torch.stack([flat[starts[t.seq[0]] + t.pos[0]] for t in per])
-        res["cmed"][site] = torch.stack([_median(t.sample, 0) for t in per])
-        res["bmed"][site] = torch.stack([_median(t.sample) for t in per])
-        for layer, t in enumerate(per):
-            ref = res["cmed"][site][layer] if median == "channel" else res["bmed"][site][layer].expand(t.absval.shape[1])
-            passed = t.absval >= relative * ref
-            if absolute is not None:
-                passed &= t.absval > absolute
-            passed &= t.absval > 0
-            block_entries = []
-            for r, c in torch.nonzero(passed).tolist():
-                s, p = int(t.seq[r, c]), int(t.pos[r, c])
-                tid = int(seqs[s][p])
-                text = string(tid)
-                a = float(t.absval[r, c])
-                block_entries.append(OutlierEntry(
-                    block=layer, site=site, channel=c, value=float(t.value[r, c]), ratio=_ratio(a, float(ref[c])),
-                    median=float(ref[c]), token=text, token_id=tid, position=p, seq=s,
-                    token_class=token_class(text, p),
-                ))
-            block_entries.sort(key=lambda e: (-e.ratio, e.channel, e.position))
-            entries.extend(block_entries)
-    return ActivationOutliers(
-        model=model_name(model),
-        n_layers=n_layers,
-        sites=sites,
-        relative=float(relative),
-        absolute=None if absolute is None else float(absolute),
-        median=median,
-        top_k=top_k,
-        entries=entries,
-        max_abs=res["abs"],
-        max_value=res["val"],
-        max_seq=res["seq"],
-        max_position=res["pos"],
-        max_token=res["tok"],
-        channel_median=res["cmed"],
-        block_median=res["bmed"],
-        n_tokens=tok.n_tokens,
-        n_texts=len(seqs),
-        n_median_tokens=n_sample,
-        token_strings=token_strings,
-        seconds=time.perf_counter() - t0,
+        flat = torch.cat(list(seqs)).long()
+        starts = torch.tensor([0] + [len(x) for x in seqs[:-1]]).cumsum(0)
+        entries: list[OutlierEntry] = []
+        res: dict[str, dict[str, Tensor]] = {f: {} for f in ("abs", "val", "seq", "pos", "tok", "cmed", "bmed")}
+        for site in sites:
+            per = [tracks[(site, layer)] for layer in range(n_layers)]
+            res["abs"][site] = torch.stack([t.absval[0] for t in per])
+            res["val"][site] = torch.stack([t.value[0] for t in per])
+            res["seq"][site] = torch.stack([t.seq[0] for t in per])
+            res["pos"][site] = torch.stack([t.pos[0] for t in per])
+            res["tok"][site] = torch.stack([flat[starts[t.seq[0]] + t.pos[0]] for t in per])
+            res["cmed"][site] = torch.stack([_median(t.sample, 0) for t in per])
+            res["bmed"][site] = torch.stack([_median(t.sample) for t in per])
+            for layer, t in enumerate(per):
+                ref = res["cmed"][site][layer] if median == "channel" else res["bmed"][site][layer].expand(t.absval.shape[1])
+                passed = t.absval >= relative * ref
+                if absolute is not None:
+                    passed &= t.absval > absolute
+                passed &= t.absval > 0
+                block_entries = []
+                for r, c in torch.nonzero(passed).tolist():
+                    s, p = int(t.seq[r, c]), int(t.pos[r, c])
+                    tid = int(seqs[s][p])
+                    text = string(tid)
+                    a = float(t.absval[r, c])
+                    block_entries.append(OutlierEntry(
+                        block=layer, site=site, channel=c, value=float(t.value[r, c]), ratio=_ratio(a, float(ref[c])),
+                        median=float(ref[c]), token=text, token_id=tid, position=p, seq=s,
+                        token_class=token_class(text, p),
+                    ))
+                block_entries.sort(key=lambda e: (-e.ratio, e.channel, e.position))
+                entries.extend(block_entries)
+        return ActivationOutliers(
+            model=model_name(model),
+            n_layers=n_layers,
+            sites=sites,
+            relative=float(relative),
+            absolute=None if absolute is None else float(absolute),
+            median=median,
+            top_k=top_k,
+            entries=entries,
+            max_abs=res["abs"],
+            max_value=res["val"],
+            max_seq=res["seq"],
+            max_position=res["pos"],
+            max_token=res["tok"],
+            channel_median=res["cmed"],
+            block_median=res["bmed"],
+            n_tokens=tok.n_tokens,
+            n_texts=len(seqs),
+            n_median_tokens=n_sample,
+            token_strings=token_strings,
+            seconds=time.perf_counter() - t0,
+        )
+
+    return Pass(seqs, reducers, consume, finish, name="activation outliers")
+
+
+def activation_outliers(
+    model: HookedModel,
+    texts_or_tokenized: Sequence[str] | Tokenized | None = None,
+    *,
+    batch_size: int = 16,
+    max_tokens_per_text: int | None = 64,
+    relative: float = 1000.0,
+    absolute: float | None = 100.0,
+    median: Literal["block", "channel"] = "block",
+    top_k: int = 4,
+    median_tokens: int = 256,
+    sites: Sequence[str] = SITES,
+    progress: bool = False,
+) -> ActivationOutliers:
+    """Find the massive activations of every block at the residual stream and the down-projection input.
+
+    One streamed pass (:func:`activation_outliers_pass`, which can share its forwards with other
+    passes through :func:`sd_lens.runtime.run_passes`); the other arguments are documented there.
+
+    Args:
+        batch_size: texts per forward pass.
+        progress: show a progress bar.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    p = activation_outliers_pass(
+        model, texts_or_tokenized, max_tokens_per_text=max_tokens_per_text, relative=relative, absolute=absolute,
+        median=median, top_k=top_k, median_tokens=median_tokens, sites=sites,
     )
+    run_passes(model, [p], batch_size=batch_size, progress=progress and "activation outliers")
+    result: ActivationOutliers = p.result()
+    return result

@@ -42,7 +42,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -51,7 +51,7 @@ from torch import Tensor
 from sd_lens.analyses.text_run import run_text
 from sd_lens.errors import InputError
 from sd_lens.models.loading import model_name
-from sd_lens.runtime.engine import Batch, stream
+from sd_lens.runtime.engine import Batch, Pass, run_passes
 from sd_lens.runtime.hooks import act_name, require_hooks
 from sd_lens.runtime.tokens import Tokenized, decode_one, tokenize
 from sd_lens.types import HookedModel
@@ -62,6 +62,7 @@ __all__ = [
     "SinkHead",
     "SinkKey",
     "attention_sinks",
+    "attention_sinks_pass",
     "outlier_scores",
     "sink_head_view",
     "sink_scores",
@@ -309,11 +310,10 @@ def _blocks(model: HookedModel, layers: int | Sequence[int] | None) -> list[int]
     return blocks
 
 
-def attention_sinks(
+def attention_sinks_pass(
     model: HookedModel,
     texts_or_tokenized: Sequence[str] | Tokenized,
     *,
-    batch_size: int = 16,
     max_tokens_per_text: int | None = 64,
     epsilon: float = 0.3,
     layers: int | Sequence[int] | None = None,
@@ -321,14 +321,13 @@ def attention_sinks(
     min_queries: int = 8,
     outlier_fraction: float = 0.1,
     top_k: int = 10,
-    progress: bool = False,
-) -> AttentionSinks:
-    """Measure the attention sinks of every head on a corpus (one streamed pass, no cache).
+) -> Pass:
+    """The streamed pass of :func:`attention_sinks`: run it with :func:`sd_lens.runtime.run_passes`
+    (alone or with other passes over the same tokens), then ``.result()`` is the :class:`AttentionSinks`.
 
     Args:
         model: a TransformerLens model with ``blocks.{l}.attn.hook_pattern`` (:func:`sd_lens.load_model`).
         texts_or_tokenized: strings (the model's BOS convention applies) or a :class:`Tokenized`.
-        batch_size: texts per forward.
         max_tokens_per_text: truncate longer texts (None: error if over the context).
         epsilon: a head sinks on key ``k`` when ``α_k > epsilon`` (Gu et al.: 0.3).
         layers: None (every block), a count (the first ``layers`` blocks) or a list of blocks.
@@ -337,7 +336,6 @@ def attention_sinks(
         min_queries: a noninitial key seen by fewer queries is never a sink key.
         outlier_fraction: An et al.'s attention-outlier threshold (0.1).
         top_k: how many of the strongest initial-token sink heads to list.
-        progress: show a tqdm bar.
 
     Returns:
         An :class:`AttentionSinks`. No hook stays attached; the weights are not touched.
@@ -352,7 +350,7 @@ def attention_sinks(
         0.0 < float(outlier_fraction) <= 1.0
     ):
         raise InputError(f"outlier_fraction must be a number in (0, 1], got {outlier_fraction!r}")
-    for name, value in (("batch_size", batch_size), ("min_queries", min_queries), ("top_k", top_k)):
+    for name, value in (("min_queries", min_queries), ("top_k", top_k)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
     blocks = _blocks(model, layers)
@@ -387,7 +385,7 @@ def attention_sinks(
     key_alpha = torch.zeros(n_tokens, len(blocks), n_heads)
     outlier = torch.zeros(n_tokens, len(blocks))
     reducers = {name: _reduce for name in names}
-    for batch, out in stream(model, seqs, reducers, batch_size=batch_size, progress=progress and "attention sinks"):
+    def consume(batch: Batch, out: Mapping[str, Any]) -> None:
         for name, i in names.items():
             alpha, score = out[name]
             for r, (seq, n) in enumerate(zip(batch.index, batch.lengths.tolist())):
@@ -395,50 +393,90 @@ def attention_sinks(
                 key_alpha[start : start + n, i] = alpha[r, :, :n].T
                 outlier[start : start + n, i] = score[r, :n]
 
-    seq_index = torch.repeat_interleave(torch.arange(len(seqs)), lengths)
-    positions = torch.cat([torch.arange(len(s)) for s in seqs])
-    token_ids = torch.cat(seqs)
-    key_queries = lengths[seq_index] - positions
-    initial_alpha = key_alpha[offsets[:-1]]  # [n_texts, n_blocks, n_heads]
-    eps = float(epsilon)
-    score = initial_alpha.mean(dim=0)
-    frequency = (initial_alpha > eps).float().mean(dim=0)
-    order = torch.argsort(score.flatten(), descending=True, stable=True)[: min(top_k, score.numel())]
-    top = [
-        SinkHead(blocks[int(j) // n_heads], int(j) % n_heads, float(score.flatten()[j]), float(frequency.flatten()[j]))
-        for j in order
-    ]
-    strings = {int(t): decode_one(model, int(t)) for t in token_ids.unique().tolist()}
-    sink_keys = _sink_keys(
-        key_alpha, key_queries, outlier >= float(outlier_fraction), seq_index, positions, token_ids, strings,
-        blocks, eps, min_queries,
+    def finish() -> AttentionSinks:
+        seq_index = torch.repeat_interleave(torch.arange(len(seqs)), lengths)
+        positions = torch.cat([torch.arange(len(s)) for s in seqs])
+        token_ids = torch.cat(seqs)
+        key_queries = lengths[seq_index] - positions
+        initial_alpha = key_alpha[offsets[:-1]]  # [n_texts, n_blocks, n_heads]
+        eps = float(epsilon)
+        score = initial_alpha.mean(dim=0)
+        frequency = (initial_alpha > eps).float().mean(dim=0)
+        order = torch.argsort(score.flatten(), descending=True, stable=True)[: min(top_k, score.numel())]
+        top = [
+            SinkHead(blocks[int(j) // n_heads], int(j) % n_heads, float(score.flatten()[j]), float(frequency.flatten()[j]))
+            for j in order
+        ]
+        strings = {int(t): decode_one(model, int(t)) for t in token_ids.unique().tolist()}
+        sink_keys = _sink_keys(
+            key_alpha, key_queries, outlier >= float(outlier_fraction), seq_index, positions, token_ids, strings,
+            blocks, eps, min_queries,
+        )
+        return AttentionSinks(
+            model=model_name(model),
+            blocks=blocks,
+            n_heads=n_heads,
+            epsilon=eps,
+            min_queries=int(min_queries),
+            outlier_fraction=float(outlier_fraction),
+            initial_alpha=initial_alpha,
+            score=score,
+            sinks=score > eps,
+            sink_frequency=frequency,
+            block_sink_rate=frequency.mean(dim=1),
+            sink_rate=float(frequency.mean()),
+            top_heads=top,
+            key_alpha=key_alpha,
+            key_queries=key_queries,
+            outlier_score=outlier,
+            seq_index=seq_index,
+            positions=positions,
+            token_ids=token_ids,
+            token_strings=strings,
+            sink_keys=sink_keys,
+            high_norm_rows=rows,
+            high_norm_alpha=None if rows is None else key_alpha[rows],
+            seconds=time.perf_counter() - t0,
+        )
+
+    return Pass(seqs, reducers, consume, finish, name="attention sinks")
+
+
+def attention_sinks(
+    model: HookedModel,
+    texts_or_tokenized: Sequence[str] | Tokenized,
+    *,
+    batch_size: int = 16,
+    max_tokens_per_text: int | None = 64,
+    epsilon: float = 0.3,
+    layers: int | Sequence[int] | None = None,
+    high_norm_rows: Sequence[int] | Tensor | None = None,
+    min_queries: int = 8,
+    outlier_fraction: float = 0.1,
+    top_k: int = 10,
+    progress: bool = False,
+) -> AttentionSinks:
+    """Measure the attention sinks of every head on a corpus (one streamed pass, no cache).
+
+    The pass is :func:`attention_sinks_pass` (which can share its forwards with other passes through
+    :func:`sd_lens.runtime.run_passes`); the other arguments are documented there.
+
+    Args:
+        batch_size: texts per forward.
+        progress: show a tqdm bar.
+
+    Returns:
+        An :class:`AttentionSinks`. No hook stays attached; the weights are not touched.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    p = attention_sinks_pass(
+        model, texts_or_tokenized, max_tokens_per_text=max_tokens_per_text, epsilon=epsilon, layers=layers,
+        high_norm_rows=high_norm_rows, min_queries=min_queries, outlier_fraction=outlier_fraction, top_k=top_k,
     )
-    return AttentionSinks(
-        model=model_name(model),
-        blocks=blocks,
-        n_heads=n_heads,
-        epsilon=eps,
-        min_queries=int(min_queries),
-        outlier_fraction=float(outlier_fraction),
-        initial_alpha=initial_alpha,
-        score=score,
-        sinks=score > eps,
-        sink_frequency=frequency,
-        block_sink_rate=frequency.mean(dim=1),
-        sink_rate=float(frequency.mean()),
-        top_heads=top,
-        key_alpha=key_alpha,
-        key_queries=key_queries,
-        outlier_score=outlier,
-        seq_index=seq_index,
-        positions=positions,
-        token_ids=token_ids,
-        token_strings=strings,
-        sink_keys=sink_keys,
-        high_norm_rows=rows,
-        high_norm_alpha=None if rows is None else key_alpha[rows],
-        seconds=time.perf_counter() - t0,
-    )
+    run_passes(model, [p], batch_size=batch_size, progress=progress and "attention sinks")
+    result: AttentionSinks = p.result()
+    return result
 
 
 def _sink_keys(

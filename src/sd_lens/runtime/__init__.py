@@ -15,12 +15,14 @@ Every analysis that runs the model is a short specialisation of :func:`stream` o
 
 from sd_lens.runtime.engine import (
     Batch,
+    Pass,
     Reducer,
     forward,
     keep,
     make_batch,
     run,
     run_batch,
+    run_passes,
     stream,
 )
 from sd_lens.runtime.hooks import act_name, block_of, require_hooks, temporary_hooks
@@ -36,6 +38,7 @@ from sd_lens.runtime.tokens import (
 
 __all__ = [
     "Batch",
+    "Pass",
     "Reducer",
     "Tokenized",
     "act_name",
@@ -51,6 +54,7 @@ __all__ = [
     "require_hooks",
     "run",
     "run_batch",
+    "run_passes",
     "stream",
     "temporary_hooks",
     "tokenize",

@@ -38,7 +38,7 @@ from sd_lens.runtime.tokens import attention_mask as padding_mask
 from sd_lens.runtime.tokens import length_sorted_batches, model_device, pad
 from sd_lens.types import HookedModel, HookFn
 
-__all__ = ["Batch", "Reducer", "forward", "keep", "make_batch", "run", "run_batch", "stream"]
+__all__ = ["Batch", "Pass", "Reducer", "forward", "keep", "make_batch", "run", "run_batch", "run_passes", "stream"]
 
 
 @dataclass(frozen=True)
@@ -233,3 +233,65 @@ def stream(
         yield batch, run_batch(
             model, batch, reducers, fwd_hooks=fwd_hooks, stop_at_layer=stop_at_layer, attention_mask=attention_mask
         )
+
+
+@dataclass
+class Pass:
+    """A streamed analysis in three parts, so that several can share one forward per batch.
+
+    ``reducers`` (``{hook name: reducer}``), ``consume(batch, values)`` folding one batch's reducer
+    values into the analysis's state, and ``finish()`` building its result from that state.
+    :func:`run_passes` feeds any number of passes from one :func:`stream` over ``sequences``
+    (every pass of one run must stream the same sequences); :meth:`result` is ``finish()``, once.
+    """
+
+    sequences: Sequence[Int[Tensor, " pos"]]
+    reducers: Mapping[str, Reducer]
+    consume: Callable[[Batch, Mapping[str, Any]], None]
+    finish: Callable[[], Any]
+    name: str = "pass"
+    _result: Any = None
+    _done: bool = False
+
+    def result(self) -> Any:
+        if not self._done:
+            self._result, self._done = self.finish(), True
+        return self._result
+
+
+def run_passes(
+    model: HookedModel,
+    passes: Sequence[Pass],
+    *,
+    batch_size: int = 16,
+    progress: bool | str = False,
+) -> None:
+    """Run several :class:`Pass` es over their (common) sequences with one forward per batch.
+
+    Reducers of different passes on the same hook point all read that activation. Each pass's
+    ``consume`` gets the values of its own reducers only, in pass order, after each forward.
+    """
+    if not passes:
+        return
+    seqs = passes[0].sequences
+    for p in passes[1:]:
+        if len(p.sequences) != len(seqs) or any(
+            a is not b and not bool((a.shape == b.shape) and (a == b).all()) for a, b in zip(p.sequences, seqs)
+        ):
+            raise ValueError(f"passes {passes[0].name!r} and {p.name!r} stream different sequences")
+    owners: dict[str, list[tuple[int, Reducer]]] = {}
+    for i, p in enumerate(passes):
+        for name, reducer in p.reducers.items():
+            owners.setdefault(name, []).append((i, reducer))
+
+    def combined(rs: list[tuple[int, Reducer]]) -> Reducer:
+        return lambda act, batch: [r(act, batch) for _, r in rs]
+
+    reducers = {name: combined(rs) for name, rs in owners.items()}
+    for batch, out in stream(model, seqs, reducers, batch_size=batch_size, progress=progress):
+        per: list[dict[str, Any]] = [{} for _ in passes]
+        for name, values in out.items():
+            for (i, _), value in zip(owners[name], values):
+                per[i][name] = value
+        for p, values in zip(passes, per):
+            p.consume(batch, values)
