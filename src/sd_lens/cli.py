@@ -184,7 +184,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name ({', '.join(known_models())}), HF dir or .gguf")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name ({', '.join(known_models())}), HF dir, .gguf or Hugging Face model id")
     p.add_argument("--text-file", type=Path, help="UTF-8 text file, one text per line (default: CPython docs corpus)")
     p.add_argument("--device", default="cpu")
     add_config_arguments(p)

