@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import pytest
+import torch
 
 from sd_lens.cli import add_config_arguments, build_parser, config_from_args, main
 from sd_lens.errors import InputError
@@ -98,3 +99,25 @@ def test_generated_flags_cover_none_literals_and_true_booleans():
 def test_sink_epsilon_is_a_mean_attention(eps):
     with pytest.raises(InputError, match="sink_epsilon"):
         AnalysisConfig(sink_epsilon=eps)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_forwards_dtype_is_recorded_and_float16_is_warned_about(dtype, tmp_path):
+    """The JSON and the report say which dtype the forward ran in; float16 comes with a warning saying what it changes."""
+    import json
+    import warnings
+
+    from sd_lens.models.tiny import tiny_model
+    from sd_lens.report import write_report
+
+    model = tiny_model("llama", dtype=dtype)
+    name = str(dtype).removeprefix("torch.")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_analysis(model, ["the cat sat on the mat", "a b c d e f"])
+    said = [str(w.message) for w in caught if "runs in float16" in str(w.message)]
+    assert len(said) == (1 if dtype == torch.float16 else 0)
+    assert json.loads(result.to_json())["dtype"] == name
+    html = write_report(model, result, tmp_path / "out").read_text(encoding="utf-8")
+    assert f"d_model 64, {name})" in html
+    assert ("Caution: the model runs in float16" in html) == (dtype == torch.float16)

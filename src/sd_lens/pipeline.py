@@ -49,7 +49,7 @@ from sd_lens.analyses.spectra import (
 from sd_lens.analyses.weight_outliers import WeightOutliers, weight_outliers
 from sd_lens.corpus import read_texts
 from sd_lens.errors import InputError
-from sd_lens.models.loading import model_name
+from sd_lens.models.loading import FLOAT16_WARNING, model_dtype, model_name
 from sd_lens.models.view import model_view
 from sd_lens.outputs import atomic_write_text
 from sd_lens.runtime.engine import run_passes
@@ -158,6 +158,7 @@ class AnalysisResult:
     spectra: LayerSpectra
     findings: list[DefectFindings]
     timings_s: dict[str, float] = field(default_factory=dict)
+    dtype: str = "float32"
     sinks: AttentionSinks | None = None
     attribution: ComponentAttribution | None = None
     lever: LeverReport | None = None
@@ -202,6 +203,7 @@ class AnalysisResult:
             "schema_version": SCHEMA_VERSION,
             "model": self.model,
             "architecture": self.architecture,
+            "dtype": self.dtype,
             "n_layers": self.n_layers,
             "d_model": self.d_model,
             "seed": self.seed,
@@ -301,6 +303,9 @@ def run_analysis(
 
     t = time.perf_counter()
     texts = read_texts(texts)
+    dtype = model_dtype(model)
+    if dtype == "float16":
+        warnings.warn(FLOAT16_WARNING, stacklevel=2)
     probe = probe_norms(
         model, texts, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text, progress=cfg.progress
     )
@@ -397,6 +402,7 @@ def run_analysis(
     return AnalysisResult(
         model=model_name(model),
         architecture=view.architecture,
+        dtype=dtype,
         n_layers=view.n_layers,
         d_model=view.d_model,
         texts=list(texts),

@@ -372,7 +372,10 @@ def load_model(
             ``"org/name"``; see :func:`hub_model_dir`), or an already-built TransformerLens model
             (``TransformerBridge`` or TL 2.x ``HookedTransformer``), which is returned unchanged.
         device: torch device for the weights.
-        dtype: weight dtype. Analyses always compute in float32 whatever this is.
+        dtype: weight dtype, and the dtype the model's forward runs in: sd_lens computes its statistics
+            in float32, but the activations are those of this dtype. ``torch.float16`` can move high
+            norms by tens of percent or overflow (:func:`sd_lens.pipeline.run_analysis` warns, and
+            records the dtype in its JSON); ``torch.bfloat16`` keeps float32's range.
         compatibility_mode: call ``enable_compatibility_mode()`` (norm scales folded into the
             following weights, legacy hook names). Leave on unless you know why not.
 
@@ -477,3 +480,20 @@ def bridge_from_hf(
 def model_name(model: Any) -> str:
     """The label sd_lens reports for a model."""
     return str(getattr(model, "sd_lens_name", None) or getattr(model.cfg, "model_name", "model"))
+
+
+def model_dtype(model: Any) -> str:
+    """The dtype the model's forward runs in (that of its first floating-point weight), e.g. ``"float32"``."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return str(p.dtype).removeprefix("torch.")
+    return "float32"
+
+
+#: what the float16 warning says (the forward itself runs in the model's dtype)
+FLOAT16_WARNING = (
+    "the model runs in float16: sd_lens computes its statistics in float32, but the forward's own activations "
+    "are float16, whose range ends at 65 504 and whose precision is 3 digits — high norms can move by tens of "
+    "percent, overflow to inf (then sd_lens stops with an error), or make a defect appear that float32 does not "
+    "have. Load with dtype=torch.float32, or torch.bfloat16 (float32's range), to check a finding"
+)

@@ -67,7 +67,8 @@ def tiny_hf_config(family: str, *, n_layers: int = 2, d_model: int = 64, vocab_s
 
 
 def tiny_model(family: str = "llama", *, seed: int = 0, n_layers: int = 2, d_model: int = 64,
-               randomize_norms: bool = True, compatibility_mode: bool = True) -> Any:
+               randomize_norms: bool = True, compatibility_mode: bool = True,
+               dtype: torch.dtype = torch.float32) -> Any:
     """A random-init TransformerBridge of ``family``; norm scales randomised so folding is tested."""
     from transformers import AutoModelForCausalLM
 
@@ -79,4 +80,6 @@ def tiny_model(family: str = "llama", *, seed: int = 0, n_layers: int = 2, d_mod
             for name, p in hf.named_parameters():
                 if "norm" in name or ".ln_" in name or "layernorm" in name.lower():
                     p.add_(0.3 * torch.randn_like(p))
-    return bridge_from_hf(hf, char_tokenizer(), name=f"tiny-{family}", compatibility_mode=compatibility_mode)
+    return bridge_from_hf(
+        hf.to(dtype), char_tokenizer(), name=f"tiny-{family}", dtype=dtype, compatibility_mode=compatibility_mode
+    )

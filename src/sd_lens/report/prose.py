@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sd_lens.models.loading import FLOAT16_WARNING
+
 if TYPE_CHECKING:  # pragma: no cover
     from sd_lens.analyses.defects import Defect, DefectReport
     from sd_lens.pipeline import AnalysisResult
@@ -131,10 +133,13 @@ def report_summary(result: AnalysisResult) -> str:
     """The report's opening paragraph: the model, the corpus, the threshold and one clause per defect."""
     n = len(result.defects)
     head = (
-        f"{result.model} ({result.architecture}, {result.n_layers} blocks, d_model {result.d_model}) was probed on "
+        f"{result.model} ({result.architecture}, {result.n_layers} blocks, d_model {result.d_model}, "
+        f"{result.dtype}) was probed on "
         f"{len(result.texts)} text(s), {result.probe.n_tokens:,} tokens. A state counts as high-norm when its "
         f"norm exceeds {result.defects.threshold:g} times its block's median norm. "
     )
+    if result.dtype == "float16":
+        head += "Caution: " + FLOAT16_WARNING + ". "
     minor = result.defects.minor
     tail = (
         f" {len(minor)} minor high-norm group(s) (short-lived, barely above the line, or carried by one token) are "
