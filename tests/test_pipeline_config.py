@@ -121,3 +121,16 @@ def test_the_forwards_dtype_is_recorded_and_float16_is_warned_about(dtype, tmp_p
     html = write_report(model, result, tmp_path / "out").read_text(encoding="utf-8")
     assert f"d_model 64, {name})" in html
     assert ("Caution: the model runs in float16" in html) == (dtype == torch.float16)
+
+
+def test_held_out_texts_are_disjoint_from_any_corpus():
+    """--interventions measures perplexity on lines the means were not computed on, whatever the corpus size."""
+    from sd_lens.analyses.outlier_interventions import held_out_corpus
+    from sd_lens.corpus import default_corpus, held_out_texts
+
+    assert held_out_texts(default_corpus()) == held_out_corpus(48)  # the 48 lines after the default corpus
+    big = default_corpus(5000)
+    held = held_out_texts(big)
+    assert len(held) == 48 and not set(held) & set(big)
+    mine = ["my own text", default_corpus(60)[50]]
+    assert len(held_out_texts(mine)) == 48 and mine[1] not in held_out_texts(mine)

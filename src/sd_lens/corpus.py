@@ -29,6 +29,26 @@ def _prose_lines() -> list[str]:
     return out
 
 
+def held_out_texts(texts: Sequence[str], n_lines: int = DEFAULT_N_LINES) -> list[str]:
+    """``n_lines`` lines of the default corpus's source that are not in ``texts``, for held-out measurements.
+
+    The default corpus's order, starting after its first ``len(texts)`` lines (so that for
+    ``texts = default_corpus(n)`` they are the ``n_lines`` lines after it), skipping any line of
+    ``texts``; fewer when the source runs out.
+    """
+    lines = _prose_lines()
+    order = sorted(range(len(lines)), key=lambda i: (i % 37, i))
+    start = min(len(texts), len(order))
+    seen = set(texts)
+    out: list[str] = []
+    for i in order[start:] + order[:start]:
+        if lines[i] not in seen:
+            out.append(lines[i])
+            if len(out) == n_lines:
+                break
+    return out
+
+
 def default_corpus(n_lines: int = DEFAULT_N_LINES, stride: int = 37) -> list[str]:
     """``n_lines`` prose lines from ``pydoc_data.topics`` (deterministic; see module doc)."""
     lines = _prose_lines()

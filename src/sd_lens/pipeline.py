@@ -38,7 +38,7 @@ from sd_lens.analyses.ffn_fit import METHODS, Method
 from sd_lens.analyses.ffn_inputs import collect_ffn_inputs
 from sd_lens.analyses.life_cycle import LifeCycle, life_cycle
 from sd_lens.analyses.local_jacobian import LocalCausalReport, local_causal_checks
-from sd_lens.analyses.outlier_interventions import OutlierIntervention, held_out_corpus, outlier_intervention
+from sd_lens.analyses.outlier_interventions import OutlierIntervention, outlier_intervention
 from sd_lens.analyses.probe import NormProbe, probe_norms
 from sd_lens.analyses.spectra import (
     DecayCheck,
@@ -47,7 +47,7 @@ from sd_lens.analyses.spectra import (
     layer_spectra,
 )
 from sd_lens.analyses.weight_outliers import WeightOutliers, weight_outliers
-from sd_lens.corpus import read_texts
+from sd_lens.corpus import held_out_texts, read_texts
 from sd_lens.errors import InputError
 from sd_lens.models.loading import FLOAT16_WARNING, model_dtype, model_name
 from sd_lens.models.view import model_view
@@ -393,8 +393,7 @@ def run_analysis(
         local = local_causal_checks(model, report, probe, attribution, seed=seed)
         t = tick("local_checks", t)
     if cfg.interventions:
-        seen = set(texts)
-        held = [x for x in held_out_corpus(len(texts)) if x not in seen]
+        held = held_out_texts(texts)  # 48 lines of the default corpus's source that are not in texts
         interventions = outlier_intervention(
             model, outliers, held, texts=texts, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
         )
