@@ -347,30 +347,3 @@ def test_gemma3_masked_channel_is_the_defects_main_channel(gemma3, gemma3_outlie
     assert gemma3_outliers.outlier_share(d.direction) > 0.99  # measured 0.9993
     assert set(gemma3_outliers.channel_defects(report)) == {163, 400}
 
-
-def test_sparse_path_above_the_running_floor_gives_the_dense_result(planted, monkeypatch):
-    """Once the k-th best per channel is known, only entries above it are processed: same result as dense."""
-    import sd_lens.analyses.activation_outliers as ao
-
-    texts = [f"line {i}: the x and the y, then {i * 7} more" for i in range(24)]
-    calls = []
-    sparse = ao._sparse_candidates
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return sparse(*args, **kwargs)
-
-    monkeypatch.setattr(ao, "_sparse_candidates", counting)
-    fast = ao.activation_outliers(planted, texts, batch_size=2)
-    assert calls, "the sparse path was never taken"
-    dense_reducer = ao._reducer
-    monkeypatch.setattr(ao, "_reducer", lambda k, slots, floors=None: dense_reducer(k, slots, None))
-    calls.clear()
-    dense = ao.activation_outliers(planted, texts, batch_size=2)
-    assert not calls
-    a, b = fast.to_dict(), dense.to_dict()
-    a.pop("seconds", None), b.pop("seconds", None)
-    assert a == b
-    for site in fast.max_abs:
-        for f in ("max_abs", "max_value", "max_seq", "max_position", "max_token"):
-            assert torch.equal(getattr(fast, f)[site], getattr(dense, f)[site]), f

@@ -38,7 +38,6 @@ Reference code: github.com/locuslab/massive-activations and github.com/an-yongqi
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import time
@@ -350,52 +349,7 @@ class _Track:
         self.keys = torch.where(self.absval < 0, torch.full_like(self.keys, _EMPTY_KEY), self.keys)
 
 
-def _sparse_candidates(
-    absval: Tensor, real: Tensor, keys: Tensor, seq_of: Tensor, pos: Tensor, sel: Tensor, k: int
-) -> tuple[Tensor, ...]:
-    """The top ``k`` distinct keys per channel among the entries ``sel`` (same result as the dense path).
-
-    Per (key, channel) the largest value is kept, the earliest row on ties; then per channel the
-    ``k`` largest. Returned as ``[k, D]`` tensors, empty slots with key ``_EMPTY_KEY`` and value -1.
-    """
-    width = absval.shape[1]
-    r, c = torch.nonzero(sel, as_tuple=True)  # row-major: rows ascending within a channel
-    vals = absval[r, c]
-    comb = (keys[r] - _EMPTY_KEY) * width + c
-    o = vals.argsort(descending=True, stable=True)
-    o = o[comb[o].argsort(stable=True)]
-    cs = comb[o]
-    first = torch.ones_like(cs, dtype=torch.bool)
-    first[1:] = cs[1:] != cs[:-1]
-    o = o[first]  # the best entry of each (key, channel)
-    o = o[vals[o].argsort(descending=True, stable=True)]
-    o = o[c[o].argsort(stable=True)]  # by channel, then value descending
-    ch = c[o]
-    idx = torch.arange(len(o), device=absval.device)
-    start = torch.zeros(width, dtype=torch.long, device=absval.device)
-    counts = torch.bincount(ch, minlength=width)
-    start[1:] = counts.cumsum(0)[:-1]
-    rank = idx - start[ch]
-    keep = rank < k
-    o, ch, rank = o[keep], ch[keep], rank[keep]
-    rows = r[o]
-    out_keys = torch.full((k, width), _EMPTY_KEY, dtype=torch.long, device=absval.device)
-    out_abs = torch.full((k, width), -1.0, device=absval.device)
-    out_val = torch.zeros(k, width, device=absval.device)
-    out_seq = torch.zeros(k, width, dtype=torch.long, device=absval.device)
-    out_pos = torch.zeros(k, width, dtype=torch.long, device=absval.device)
-    out_keys[rank, ch] = keys[rows]
-    out_abs[rank, ch] = vals[o]
-    out_val[rank, ch] = real[rows, ch]
-    out_seq[rank, ch] = seq_of[rows]
-    out_pos[rank, ch] = pos[rows]
-    return tuple(t.cpu() for t in (out_keys, out_abs, out_val, out_seq, out_pos))
-
-
-def _reducer(k: int, slots: dict[tuple[int, int], int], floors: dict[str, Tensor] | None = None):
-    """The per-batch reducer. ``floors[hook name]``: ``[D]`` the k-th largest distinct-key maximum so far
-    per channel (updated by the caller after each merge); entries below it cannot enter the top ``k``,
-    so once it is high only the few entries above it are processed (exact: same result)."""
+def _reducer(k: int, slots: dict[tuple[int, int], int]):
     # what depends only on the batch (its real tokens, carrier keys, median-sample slots) is computed
     # once per batch, not once per hook point
     memo: dict[str, Any] = {"batch": None}
@@ -409,20 +363,14 @@ def _reducer(k: int, slots: dict[tuple[int, int], int], floors: dict[str, Tensor
             uniq, inv = keys.unique(return_inverse=True)
             seq_of = torch.as_tensor(batch.index, device=device)[rows]
             slot = torch.tensor([slots.get((i, p), -1) for i, p in zip(seq_of.tolist(), pos.tolist())])
-            memo.update(batch=batch, value=(pos, uniq, inv, seq_of, slot, slot >= 0, keys))
+            memo.update(batch=batch, value=(pos, uniq, inv, seq_of, slot, slot >= 0))
         return memo["value"]
 
-    def reduce(act: Tensor, batch: Batch, name: str = "") -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+    def reduce(act: Tensor, batch: Batch) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
         real = act[batch.mask].float()  # [N, D]
         absval = real.abs()
         n, width = real.shape
-        pos, uniq, inv, seq_of, slot, chosen, keys = tokens_of(batch, real.device)
-        floor = None if floors is None else floors.get(name)
-        if floor is not None:
-            sel = absval >= floor.to(real.device)
-            if int(sel.sum()) * 8 < n * width:  # sparse enough: only the entries above the floor
-                return _sparse_candidates(absval, real, keys, seq_of, pos, sel, k), slot[chosen], \
-                    absval[chosen.to(real.device)].cpu()
+        pos, uniq, inv, seq_of, slot, chosen = tokens_of(batch, real.device)
         with warnings.catch_warnings():  # index_reduce is "beta"; it is 4-8x faster than scatter_reduce here
             warnings.simplefilter("ignore", UserWarning)
             best = torch.full((len(uniq), width), -1.0, device=real.device).index_reduce_(0, inv, absval, "amax")
@@ -509,9 +457,8 @@ def activation_outliers_pass(
     slots = _sample_slots(seqs, n_sample)
     widths = {"resid_post": int(model.cfg.d_model), "mlp_post": int(model.cfg.d_mlp)}
     tracks = {key: _Track.empty(top_k, widths[key[0]], n_sample) for key in names}
-    floors: dict[str, Tensor] = {}
-    reducer = _reducer(top_k, slots, floors)
-    reducers = {name: functools.partial(reducer, name=name) for name in names.values()}
+    reducer = _reducer(top_k, slots)
+    reducers = {name: reducer for name in names.values()}
 
     def consume(batch: Batch, out: Mapping[str, Any]) -> None:
         for key, name in names.items():
@@ -522,7 +469,6 @@ def activation_outliers_pass(
                 )
             tracks[key].merge(cand)
             tracks[key].sample[slot] = vals
-            floors[name] = tracks[key].absval[-1]
 
     def finish() -> ActivationOutliers:
         token_strings: dict[int, str] = {}
