@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sd_lens.errors import InputError, SdLensError
-from sd_lens.models.loading import DEFAULT_MODEL, known_models
+from sd_lens.models.loading import DEFAULT_MODEL, DEVICE_MAP_NAMES, known_models
 from sd_lens.outputs import output_dir, output_file
 from sd_lens.pipeline import AnalysisConfig, AnalysisResult
 from sd_lens.types import HookedModel
@@ -70,7 +70,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type = A
             action = "store_true" if f.default is False else argparse.BooleanOptionalAction
             parser.add_argument(_flag(f.name, meta), dest=f.name, action=action, default=f.default, help=help_text)
             continue
-        shown = f" (default: {f.default}{'; none for no limit' if optional else ''})"
+        shown = f" (default: {f.default}{'; none for no limit' if optional and kind is int else ''})"
         parser.add_argument(
             _flag(f.name, meta), dest=f.name, type=_or_none(kind) if optional else kind, default=f.default,
             choices=choices, help=help_text + shown,
@@ -117,11 +117,12 @@ def _texts(text_file: Path | None) -> list[str] | None:
     return read_texts(text_file) if text_file else None
 
 
-def _load(model: str, device: str = "cpu") -> Loaded:
+def _load(model: str, device: str = "cpu", dtype: str = "float32", device_map: str | None = None) -> Loaded:
     import sd_lens
+    from sd_lens.runtime.precision import parse_dtype
 
     t0 = time.perf_counter()
-    loaded = sd_lens.load_model(model, device=device)
+    loaded = sd_lens.load_model(model, device=device, dtype=parse_dtype(dtype), device_map=device_map)
     return Loaded(loaded, time.perf_counter() - t0)
 
 
@@ -141,7 +142,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.json is not None:
         output_file(args.json, "--json")
     device = _device(args.device)
-    result = _analyze(_load(args.model, device), texts, config)
+    result = _analyze(_load(args.model, device, args.dtype, args.device_map), texts, config)
     text = result.to_json(args.json)
     if args.json is None:
         print(text)
@@ -167,7 +168,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     texts = _texts(args.text_file)
     output_dir(args.out, "--out")
     device = _device(args.device)
-    return _report(_load(args.model, device), texts, config, args.out)
+    return _report(_load(args.model, device, args.dtype, args.device_map), texts, config, args.out)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -187,6 +188,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name ({', '.join(known_models())}), HF dir, .gguf or Hugging Face model id")
     p.add_argument("--text-file", type=Path, help="UTF-8 text file, one text per line (default: CPython docs corpus)")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+        help="the dtype the model is loaded, and its forward runs, in (default: float32; see --forward-dtype)",
+    )
+    p.add_argument(
+        "--device-map", default=None, choices=list(DEVICE_MAP_NAMES),
+        help="split a model too big for one GPU over several (accelerate's device_map; overrides --device)",
+    )
     add_config_arguments(p)
 
 

@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 
@@ -26,6 +26,7 @@ from sd_lens.analyses.attention_sinks import AttentionSinks, attention_sinks_pas
 from sd_lens.analyses.attribution import ComponentAttribution, LeverReport, component_attribution, find_lever
 from sd_lens.analyses.causal import CausalCheck, verify_trigger
 from sd_lens.analyses.defects import DefectReport, find_defects
+from sd_lens.analyses.dtype_check import DtypeCheck, dtype_check
 from sd_lens.analyses.explosion import (
     ExplosionSubspace,
     NoninitialPathway,
@@ -53,6 +54,7 @@ from sd_lens.models.loading import FLOAT16_WARNING, model_dtype, model_name
 from sd_lens.models.view import model_view
 from sd_lens.outputs import atomic_write_text
 from sd_lens.runtime.engine import run_passes
+from sd_lens.runtime.precision import DTYPES, check_memory, forward_dtype
 from sd_lens.runtime.tokens import tokenize
 from sd_lens.types import HookedModel
 
@@ -98,6 +100,17 @@ class AnalysisConfig:
         "also set the massive activations to zero and to their mean at the block where they emerge (Sun et al.) "
         "and measure perplexity and KL to the clean model on held-out text (slow)",
     )
+    forward_dtype: Literal["float32", "bfloat16", "float16"] | None = _option(
+        None,
+        "run the model's forwards in this dtype for the analysis (e.g. float32 on a float16 or bfloat16 model: "
+        "the weights are cast and restored exactly afterwards; needs their bytes once more); default: the "
+        "model's own dtype",
+    )
+    dtype_check: bool = _option(
+        True,
+        "on a float16 or bfloat16 forward, also run the norm probe in float32 (weights cast and restored) and say "
+        "which defects float32 does not have, or has and this dtype misses",
+    )
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> InputError:
@@ -117,6 +130,8 @@ class AnalysisConfig:
                 raise bad(name, "give a positive integer" + ("" if name == "batch_size" else " (or None for no limit)"))
         if not isinstance(self.trigger_text, str) or not self.trigger_text.strip():
             raise bad("trigger_text", "give a non-empty text")
+        if self.forward_dtype is not None and self.forward_dtype not in DTYPES:
+            raise bad("forward_dtype", f"choose one of {', '.join(DTYPES)} (or None for the model's own dtype)")
         eps = self.sink_epsilon
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and 0 < eps < 1):
             raise bad("sink_epsilon", "give a mean attention between 0 and 1 (the default is 0.3)")
@@ -159,6 +174,8 @@ class AnalysisResult:
     findings: list[DefectFindings]
     timings_s: dict[str, float] = field(default_factory=dict)
     dtype: str = "float32"
+    model_dtype: str | None = None  # the weights' dtype, when the forward ran in another (forward_dtype)
+    dtype_check: DtypeCheck | None = None
     sinks: AttentionSinks | None = None
     attribution: ComponentAttribution | None = None
     lever: LeverReport | None = None
@@ -204,6 +221,8 @@ class AnalysisResult:
             "model": self.model,
             "architecture": self.architecture,
             "dtype": self.dtype,
+            **({"model_dtype": self.model_dtype} if self.model_dtype not in (None, self.dtype) else {}),
+            **({"dtype_check": self.dtype_check.to_dict()} if self.dtype_check is not None else {}),
             "n_layers": self.n_layers,
             "d_model": self.d_model,
             "seed": self.seed,
@@ -292,6 +311,16 @@ def run_analysis(
             f"{', '.join(AnalysisConfig.options())}"
         )
     cfg = replace(config or AnalysisConfig(), **options)
+    texts = read_texts(texts)
+    own = model_dtype(model)
+    if cfg.forward_dtype is not None:
+        check_memory(model, cfg.forward_dtype)
+    with forward_dtype(model, cfg.forward_dtype, check=False):
+        result = _run_analysis(model, texts, cfg)
+    return replace(result, model_dtype=own) if own != result.dtype else result
+
+
+def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> AnalysisResult:
     seed, threshold, limit = cfg.seed, cfg.threshold, cfg.vocab_limit
     timings: dict[str, float] = {}
     torch.manual_seed(seed)
@@ -302,16 +331,26 @@ def run_analysis(
         return now
 
     t = time.perf_counter()
-    texts = read_texts(texts)
     dtype = model_dtype(model)
     if dtype == "float16":
-        warnings.warn(FLOAT16_WARNING, stacklevel=2)
+        warnings.warn(FLOAT16_WARNING, stacklevel=3)
     probe = probe_norms(
         model, texts, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text, progress=cfg.progress
     )
     t = tick("probe", t)
     report = find_defects(model, probe, threshold=threshold, batch_size=cfg.batch_size, progress=cfg.progress)
     t = tick("defects", t)
+    check = None
+    if cfg.dtype_check and dtype in ("float16", "bfloat16"):
+        try:
+            check = dtype_check(model, probe, report, threshold=threshold, batch_size=cfg.batch_size,
+                                progress=cfg.progress)
+        except InputError as exc:  # not enough memory for the float32 copy: say so, go on
+            warnings.warn(f"the float32 check of the {dtype} defects was skipped: {exc}", stacklevel=3)
+        else:
+            if not check.agrees:
+                warnings.warn(check.summary(), stacklevel=3)
+        t = tick("dtype_check", t)
     view = model_view(model)
     keep = sorted({layer for d in report for layer in [d.explosion_layer, *d.decay_layers]})
     inputs = None
@@ -402,6 +441,7 @@ def run_analysis(
         model=model_name(model),
         architecture=view.architecture,
         dtype=dtype,
+        dtype_check=check,
         n_layers=view.n_layers,
         d_model=view.d_model,
         texts=list(texts),

@@ -21,7 +21,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sd_lens.errors import InputError, NonFiniteActivationError
-from sd_lens.models.loading import model_name
+from sd_lens.models.loading import model_dtype, model_name
 from sd_lens.runtime.engine import stream
 from sd_lens.runtime.hooks import act_name
 from sd_lens.runtime.reducers import token_norms
@@ -145,8 +145,10 @@ def probe_norms(
     if not torch.isfinite(measured).all():
         bad = torch.nonzero(~torch.isfinite(measured))[0].tolist()
         raise NonFiniteActivationError(
-            f"non-finite residual norm at block {bad[1]} (token row {bad[0]}): the model's activations "
-            "overflowed or are NaN; load it in float32 (load_model(..., dtype=torch.float32)) and check the weights"
+            f"non-finite residual norm at block {bad[1]} (token row {bad[0]}): the model's {model_dtype(model)} "
+            "activations overflowed or are NaN. Run the forward in float32 (run_analysis(..., "
+            "forward_dtype='float32'), sd-lens --forward-dtype float32), or load the model with "
+            "dtype=torch.float32 or torch.bfloat16 (float32's range); if it persists in float32, check the weights"
         )
     seq_index = torch.repeat_interleave(torch.arange(len(seqs)), torch.tensor([len(s) for s in seqs]))
     positions = torch.cat([torch.arange(len(s)) for s in seqs])

@@ -363,6 +363,7 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     compatibility_mode: bool = True,
+    device_map: str | dict[str, Any] | None = None,
 ) -> Any:
     """Load a model as a TransformerLens ``TransformerBridge`` with HookedTransformer hook names.
 
@@ -378,6 +379,11 @@ def load_model(
             records the dtype in its JSON); ``torch.bfloat16`` keeps float32's range.
         compatibility_mode: call ``enable_compatibility_mode()`` (norm scales folded into the
             following weights, legacy hook names). Leave on unless you know why not.
+        device_map: split the model over several devices (accelerate's ``device_map``:
+            ``"auto"``, ``"balanced"``, ``"sequential"`` or ``{module name: device}``) for a model too
+            big for one; overrides ``device``. Every module must sit on an accelerator or every one on
+            the CPU: sd_lens reads weights directly, and accelerate's CPU/disk offloading leaves them
+            as placeholders. The analyses follow each block's device (docs/models.md).
 
     Raises:
         UnknownModelError: ``name`` is neither built in, nor an existing path, nor a hub id that is
@@ -387,6 +393,7 @@ def load_model(
     """
     if _is_transformer_lens_model(name):
         return name
+    check_device_map(device_map)
     if not isinstance(name, (str, os.PathLike)):
         raise UnknownModelError(
             f"load_model expects a model name, a path or a TransformerLens model, got {type(name).__name__}. "
@@ -411,16 +418,82 @@ def load_model(
             "and not a Hugging Face model id (org/name)"
         )
         raise UnknownModelError(f"Unknown model {key!r}: {what}. Known names: {', '.join(known_models())}.")
-    return _boot(model_dir, label, device=device, dtype=dtype, compatibility_mode=compatibility_mode)
+    return _boot(
+        model_dir, label, device=device, dtype=dtype, compatibility_mode=compatibility_mode, device_map=device_map
+    )
 
 
-def _boot(model_dir: Path, label: str, *, device: Any, dtype: torch.dtype, compatibility_mode: bool) -> Any:
+#: accelerate's named placements
+DEVICE_MAP_NAMES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map: Any) -> None:
+    """Raise :class:`InputError` for a ``device_map`` sd_lens cannot analyse (before anything loads)."""
+    if device_map is None:
+        return
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAP_NAMES:
+            raise InputError(
+                f"device_map {device_map!r}: give one of {', '.join(DEVICE_MAP_NAMES)} or a dict {{module name: device}}"
+            )
+    elif isinstance(device_map, dict) and device_map:
+        places = []
+        for key, where in device_map.items():
+            if not isinstance(key, str):
+                raise InputError(f"device_map keys are module names (strings), got {key!r}")
+            if isinstance(where, bool) or not isinstance(where, (int, str, torch.device)):
+                raise InputError(f"device_map[{key!r}] = {where!r}: give a device (\"cuda:0\", 0, \"cpu\")")
+            try:
+                places.append(_place(where))
+            except (RuntimeError, ValueError) as exc:
+                raise InputError(f"device_map[{key!r}] = {where!r} is not a device torch knows") from exc
+        _check_offload(places)
+    else:
+        raise InputError(f"device_map must be a name ({', '.join(DEVICE_MAP_NAMES)}) or a non-empty dict, got {device_map!r}")
+    if importlib.util.find_spec("accelerate") is None:
+        raise MissingDependencyError("device_map needs accelerate: pip install accelerate")
+
+
+def _on_the_cpu_only(device_map: Any) -> bool:
+    """True when ``device_map`` places everything on the CPU (or there is no accelerator for a named one).
+
+    Such a model loads as a plain CPU model: accelerate would otherwise "offload" it to the CPU,
+    leaving placeholder weights.
+    """
+    if device_map is None:
+        return True
+    if isinstance(device_map, str):
+        return not torch.cuda.is_available()
+    return all(_place(v) == "cpu" for v in device_map.values())
+
+
+def _place(where: Any) -> str:
+    """The kind of place a device_map value names: ``"cuda"``, ``"cpu"``, ``"disk"``..."""
+    if where == "disk":
+        return "disk"
+    return torch.device(f"cuda:{where}" if isinstance(where, int) else where).type
+
+
+def _check_offload(places: list[str]) -> None:
+    if "disk" in places or ("cpu" in places and any(p != "cpu" for p in places)):
+        raise InputError(
+            "the device_map offloads modules to the CPU or disk next to accelerators: accelerate then keeps their "
+            "weights as placeholders that sd_lens cannot read. Put every module on an accelerator (give "
+            "max_memory or more devices), or load the whole model on the CPU"
+        )
+
+
+def _boot(
+    model_dir: Path, label: str, *, device: Any, dtype: torch.dtype, compatibility_mode: bool,
+    device_map: str | dict[str, Any] | None = None,
+) -> Any:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+            extra = {} if _on_the_cpu_only(device_map) else {"device_map": device_map}
+            hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **extra)
             # add_bos_token=True up front: TransformerLens would otherwise load the tokenizer a second time
             tok = AutoTokenizer.from_pretrained(model_dir, add_bos_token=True)
     except ValueError as exc:
@@ -447,10 +520,21 @@ def bridge_from_hf(
     dtype: torch.dtype = torch.float32,
     compatibility_mode: bool = True,
 ) -> Any:
-    """Wrap an already-loaded Hugging Face causal LM in a TransformerLens bridge."""
+    """Wrap an already-loaded Hugging Face causal LM in a TransformerLens bridge.
+
+    A model accelerate dispatched over several devices (``hf_device_map``) stays where it is: the
+    bridge's inputs go to the device of its embedding.
+    """
     from transformer_lens.model_bridge import TransformerBridge
 
-    hf_model = hf_model.to(device).eval()
+    split = getattr(hf_model, "hf_device_map", None)
+    if split:
+        places = [_place(v) for v in split.values()]
+        _check_offload(places + (["disk"] if "cpu" in places else []))  # dispatched to the CPU: offloaded
+        device = hf_model.get_input_embeddings().weight.device
+        hf_model = hf_model.eval()
+    else:
+        hf_model = hf_model.to(device).eval()
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [type(hf_model).__name__]
     try:
@@ -495,5 +579,6 @@ FLOAT16_WARNING = (
     "the model runs in float16: sd_lens computes its statistics in float32, but the forward's own activations "
     "are float16, whose range ends at 65 504 and whose precision is 3 digits — high norms can move by tens of "
     "percent, overflow to inf (then sd_lens stops with an error), or make a defect appear that float32 does not "
-    "have. Load with dtype=torch.float32, or torch.bfloat16 (float32's range), to check a finding"
+    "have. run_analysis checks its defects against a float32 forward (dtype_check) and says what differs; "
+    "forward_dtype='float32' runs the whole analysis in float32 (weights restored afterwards)"
 )

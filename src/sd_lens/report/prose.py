@@ -129,17 +129,24 @@ def defect_sentences(result: AnalysisResult) -> list[str]:
     return out
 
 
+def _dtype_origin(result: AnalysisResult) -> str:
+    md = getattr(result, "model_dtype", None)
+    return f" forward; the weights are {md}" if md and md != result.dtype else ""
+
+
 def report_summary(result: AnalysisResult) -> str:
     """The report's opening paragraph: the model, the corpus, the threshold and one clause per defect."""
     n = len(result.defects)
     head = (
         f"{result.model} ({result.architecture}, {result.n_layers} blocks, d_model {result.d_model}, "
-        f"{result.dtype}) was probed on "
+        f"{result.dtype}{_dtype_origin(result)}) was probed on "
         f"{len(result.texts)} text(s), {result.probe.n_tokens:,} tokens. A state counts as high-norm when its "
         f"norm exceeds {result.defects.threshold:g} times its block's median norm. "
     )
     if result.dtype == "float16":
         head += "Caution: " + FLOAT16_WARNING + ". "
+    if result.dtype_check is not None:
+        head += ("" if result.dtype_check.agrees else "Caution: ") + result.dtype_check.summary() + " "
     minor = result.defects.minor
     tail = (
         f" {len(minor)} minor high-norm group(s) (short-lived, barely above the line, or carried by one token) are "
