@@ -166,16 +166,14 @@ def _center_rows(view: BlockView, M: Tensor) -> Tensor:
 
 
 def _view_on(view: BlockView, device: torch.device) -> BlockView:
-    if device.type == "cpu":
-        return view
     import dataclasses
 
     moved = {
         f.name: getattr(view, f.name).to(device)
         for f in dataclasses.fields(view)
-        if isinstance(getattr(view, f.name), Tensor)
+        if isinstance(getattr(view, f.name), Tensor) and getattr(view, f.name).device != device
     }
-    return dataclasses.replace(view, **moved)
+    return dataclasses.replace(view, **moved) if moved else view
 
 
 class _R2:
@@ -389,7 +387,7 @@ def fit_ffn(
     seed: int = 0,
     holdout: float = 0.2,
     n_eval: int | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     chunk_size: int = 4096,
     grid_points: int = 4001,
     intercept: bool | None = None,
@@ -412,7 +410,9 @@ def fit_ffn(
         n_eval: number of fresh held-out Gaussian samples for R² (default: as above for
             ``"monte_carlo"``, 8192 for ``"gaussian"``; 0 skips R², which is then NaN, and makes
             the closed form take well under a second). Ignored for ``"real"``.
-        device: where to compute (float64 accumulations need a device that has float64).
+        device: where to compute (default: where the block's weights are, so a GPU model fits on
+            its GPU and a model split over devices fits each block on its own; float64
+            accumulations need a device that has float64).
         chunk_size: inputs per chunk (memory: ``chunk_size · d_mlp`` floats at a time).
         grid_points: points of the quadrature grid of the closed form.
         intercept: fit an intercept (``None``: the method's default — no for ``"monte_carlo"``,
@@ -436,7 +436,7 @@ def fit_ffn(
     if not 0.0 <= holdout < 1.0:
         raise InputError(f"holdout must be in [0, 1), got {holdout}")
     view = resolve_block(model_or_view, layer)
-    dev = torch.device(device)
+    dev = view.W_out.device if device is None else torch.device(device)
     view_d = _view_on(view, dev)
     Q = _sample_basis(view, dev)
     k = view.d_model if Q is None else Q.shape[1]
@@ -507,7 +507,7 @@ def fit_ffn(
         else:
             r2, r2_hidden, count = _evaluate(view_d, M, b, batches)
         M_cpu = M.cpu()
-        F = (view.W_out.T.double() @ M_cpu.double()).float()
+        F = (view.W_out.T.double().cpu() @ M_cpu.double()).float()
     return FFNFit(
         method=method,
         layer=view.layer,

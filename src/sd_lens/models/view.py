@@ -247,10 +247,18 @@ def standard_block_view(model: HookedModel, layer: int, family: Family) -> Block
         )
 
 
+#: a view keeps the float32 copies of every block it built while they fit in this many bytes;
+#: beyond (7B models: 26 GB), only the last few blocks, rebuilt when read again
+CACHE_ALL_BYTES = 2 * 2**30
+CACHED_BLOCKS_BIG = 4
+
+
 class ModelView:
     """Per-block linear pieces of a TransformerLens model, built lazily and cached.
 
-    The cache is keyed on the view object, so make a new view after editing weights.
+    The cache is keyed on the view object, so make a new view after editing weights. It keeps every
+    block when their float32 copies fit in :data:`CACHE_ALL_BYTES` (2 GiB), else the last
+    :data:`CACHED_BLOCKS_BIG` blocks read (so a 7B model's view holds 3 GB, not 26).
     """
 
     def __init__(self, model: HookedModel):
@@ -263,7 +271,10 @@ class ModelView:
         self.n_heads: int = int(cfg.n_heads)
         self.d_mlp: int = int(cfg.d_mlp)
         self._model = model
-        self._block = lru_cache(maxsize=None)(self._build)
+        blocks = getattr(model, "blocks", None)
+        n_params = sum(p.numel() for p in blocks.parameters()) if isinstance(blocks, torch.nn.Module) else 0
+        self.cache_size: int | None = None if 4 * n_params <= CACHE_ALL_BYTES else CACHED_BLOCKS_BIG
+        self._block = lru_cache(maxsize=self.cache_size)(self._build)
 
     def _build(self, layer: int) -> BlockView:
         return (self._family.block_view or standard_block_view)(self._model, layer, self._family)
