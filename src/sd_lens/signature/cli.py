@@ -130,7 +130,7 @@ def _run_compare(args: argparse.Namespace) -> int:
             safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in item)
             save_signature(sig, args.save_dir / f"{safe}.signature.json")
         sigs.append(sig)
-    matrix = angle_matrix(sigs, names=[Path(i).stem if files[i] else i for i in args.items])
+    matrix = angle_matrix(sigs, names=[Path(i).stem.removesuffix(".signature") if files[i] else i for i in args.items])
     print(matrix.table("empirical"))
     print()
     print(matrix.table("weights"))

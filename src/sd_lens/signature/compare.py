@@ -113,12 +113,12 @@ class AngleMatrix:
             ax.set_yticks(range(n))
             labels = [s.replace("$", r"\$") for s in self.names]
             ax.set_xticklabels(labels, rotation=40, ha="right", fontsize=8)
-            ax.set_yticklabels(labels, fontsize=8)
+            ax.set_yticklabels(labels if kind == KINDS[0] else [], fontsize=8)
             for i in range(n):
                 for j in range(n):
                     v = m[i, j]
                     text = "–" if not np.isfinite(v) else f"{v:.1f}"
-                    ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if v < 45 else "black")
+                    ax.text(j, i, text, ha="center", va="center", fontsize=8, color="black" if not np.isfinite(v) or v < 45 else "white")
             ax.set_title(f"{kind} signature", fontsize=10)
         assert image is not None
         fig.colorbar(image, ax=list(axes), shrink=0.8, label="angle (degrees)")
