@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import planted_bos_model
+from conftest import planted_bos_model, token_embedding
 from sd_lens.analyses.attribution import component_attribution, remove_along, remove_matched
 from sd_lens.analyses.defects import find_defects
 from sd_lens.analyses.local_jacobian import (
@@ -177,7 +177,7 @@ def test_local_cancel_removes_what_the_linear_model_predicts(planted):
 def _planted_noninitial():
     """A 4-block tiny Llama whose embedding of 'x' is 40x larger: a high-norm noninitial token."""
     model = tiny_model("llama", seed=1, n_layers=4)
-    emb = dict(model.named_parameters())["model.embed_tokens._original_component.weight"]
+    emb = token_embedding(model)
     x = int(tokenize(model, ["x"], max_tokens_per_text=None).sequences[0][-1])
     with torch.no_grad():
         emb[x] *= 40.0
