@@ -54,7 +54,8 @@ test-fast: $(STAMP)
 VENV_TL2 ?= .venv-tl2
 PY_TL2 := $(VENV_TL2)/bin/python
 STAMP_TL2 := $(VENV_TL2)/.sd_lens-installed
-TL2_REAL ?= tests/test_tl_versions.py
+# the real model of the leg: SmolLM2 (TL2_REAL=tests/test_tl_versions.py adds Gemma-3, with the TL4 leg's tokenizer)
+TL2_REAL ?= tests/test_tl_versions.py::test_smollm2_hooked_transformer_gives_the_bridges_analysis
 
 $(STAMP_TL2): pyproject.toml Makefile .ci/tl2-constraints.txt
 	rm -rf $(VENV_TL2)

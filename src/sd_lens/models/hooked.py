@@ -133,8 +133,11 @@ def hooked_config_dict(hf_config: Any, architecture: str) -> dict[str, Any]:
             try:
                 cfg = dict(loading.convert_hf_model_config(tmp))
             except NotImplementedError as exc:
+                from sd_lens.models.registry import registered_architectures
+
                 raise UnsupportedArchitectureError(
-                    f"TransformerLens {'.'.join(map(str, tl_version()))} cannot convert {architecture} ({exc})"
+                    f"TransformerLens {'.'.join(map(str, tl_version()))} has no conversion for {architecture} ({exc}); "
+                    f"sd_lens supports {', '.join(registered_architectures())}"
                 ) from exc
         if cfg.get("positional_embedding_type") == "rotary":
             theta = _rope_theta(hf_config)
