@@ -243,7 +243,7 @@ def token_embedding(model: Any) -> torch.Tensor:
     (for Gemma already multiplied by sqrt(d_model)); scaling a row scales that token's embedding in both.
     """
     if backend() == "bridge":
-        return dict(model.named_parameters())["model.embed_tokens._original_component.weight"]
+        return model.original_model.get_input_embeddings().weight
     return model.embed.W_E
 
 
