@@ -234,7 +234,8 @@ def test_row_edits_are_the_single_hooks_row_by_row(seed, size):
     assert torch.allclose(out[1], subtract(w, [1])(act[:1], None)[0], atol=1e-6)
     assert torch.allclose(out[2], remove_matched(r, size, [1])(act[:1], None)[0], atol=1e-6)
     assert torch.equal(out[3], act[3]) and out is not act
-    assert removed[0] == pytest.approx(one[0], rel=1e-5) and removed[2] == size
+    # abs: float32 sums of a near-zero projection differ by ~3e-8 between batch layouts (seed 38084: 3.4e-5)
+    assert removed[0] == pytest.approx(one[0], rel=1e-5, abs=1e-6) and removed[2] == size
     assert float((act[2] - out[2]).norm()) == pytest.approx(size, abs=1e-5)  # the matched control's exact norm
 
 
