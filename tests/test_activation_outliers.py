@@ -13,6 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import token_embedding
 from sd_lens.analyses.activation_outliers import (
     SITES,
     activation_outliers,
@@ -39,7 +40,7 @@ def _corpus(n: int, seed: int = 0) -> list[str]:
 def planted():
     """A 4-block tiny Llama whose BOS embedding has one channel 1000x its largest entry."""
     model = tiny_model("llama", seed=1, n_layers=4)
-    emb = dict(model.named_parameters())["model.embed_tokens._original_component.weight"]
+    emb = token_embedding(model)
     with torch.no_grad():
         emb[model.tokenizer.bos_token_id, PLANTED_CHANNEL] = 1000 * emb.abs().max()
     return model

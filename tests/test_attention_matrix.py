@@ -9,6 +9,7 @@ from sd_lens import model_view
 from sd_lens.analyses.attention_matrix import AttentionMatrix, attention_matrix
 from sd_lens.errors import InputError
 from sd_lens.linalg import svd_signed
+from sd_lens.models.hooked import backend
 from sd_lens.models.view import resolve_block
 
 
@@ -32,8 +33,10 @@ def _self_attention_states(model, layer: int, text: str = "hello world") -> dict
 def test_A_matches_the_models_own_attention_of_the_first_token(tiny_variant, unchanged):
     """End to end (GQA, folded or unfolded norms, biases, sandwich norm): the first token's real
     attention output equals post_norm(A n + bias)."""
+    mv = model_view(tiny_variant)
+    if backend() == "hooked" and mv.block(0).norm == "layer" and not mv.block(0).ln1_folded:
+        pytest.skip("bridge only: an unfolded HookedTransformer LayerNorm applies its weight and bias before hook_normalized")
     with unchanged(tiny_variant):
-        mv = model_view(tiny_variant)
         for layer in range(mv.n_layers):
             am = attention_matrix(tiny_variant, layer)
             v = mv.block(layer)
@@ -64,6 +67,7 @@ def test_per_head_count_and_gqa_rank(tiny):
     assert am.ov_rank == bound  # random init: full rank within the value heads' span
 
 
+@pytest.mark.bridge_only(reason="compares with the bridge's Hugging Face attention module")
 def test_gqa_heads_share_value_weights():
     """Query heads of one group use the same value head: W_V repeated, not reshaped."""
     from sd_lens.models.tiny import tiny_model

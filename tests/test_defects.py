@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from conftest import planted_bos_model
+from conftest import planted_bos_model, token_embedding
 from sd_lens.analyses.defects import find_defects
 from sd_lens.analyses.probe import probe_norms
 from sd_lens.errors import InputError
@@ -35,7 +35,7 @@ def test_explosion_block_lies_inside_the_defect(planted):
 def planted_two():
     """Tiny Llama with a 40x BOS and a 12x ' x' embedding: two high-norm carriers in different directions."""
     model = tiny_model("llama", seed=1, n_layers=4)
-    emb = dict(model.named_parameters())["model.embed_tokens._original_component.weight"]
+    emb = token_embedding(model)
     x_id = model.tokenizer(" x", add_special_tokens=False)["input_ids"][-1]
     with torch.no_grad():
         emb[model.tokenizer.bos_token_id] *= 40

@@ -13,6 +13,7 @@ from sd_lens.analyses.ffn_fit import FFNFit, fit_ffn
 from sd_lens.analyses.ffn_inputs import collect_ffn_inputs, ffn_hook_name
 from sd_lens.errors import InputError
 from sd_lens.linalg import acute_angle_deg, unit
+from sd_lens.models.hooked import backend
 from sd_lens.models.view import _ACTIVATIONS, BlockView
 
 METHODS = ("gaussian", "monte_carlo", "real")
@@ -278,6 +279,8 @@ def test_hook_normalized_equals_view_normalize(tiny_variant):
     """The claim collect_ffn_inputs rests on: ln2.hook_normalized == BlockView.normalize(FFN's
     residual input) — resid_mid, or resid_pre for parallel (NeoX) blocks."""
     mv = model_view(tiny_variant)
+    if backend() == "hooked" and mv.block(0).norm == "layer" and not mv.block(0).ln1_folded:
+        pytest.skip("bridge only: an unfolded HookedTransformer LayerNorm applies its weight and bias before hook_normalized")
     for layer in range(mv.n_layers):
         v = mv.block(layer)
         store = {}

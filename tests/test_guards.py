@@ -22,6 +22,7 @@ def test_clean_use_passes(model, unchanged):
             model("hi")
 
 
+@pytest.mark.bridge_only(reason="exercises the guard on a bridge's Hugging Face modules")
 def test_changed_weight_is_caught(model, unchanged):
     with pytest.raises(AssertionError, match="weight tensor"):
         with unchanged(model):
@@ -29,6 +30,7 @@ def test_changed_weight_is_caught(model, unchanged):
                 model.original_model.model.layers[1].mlp.down_proj.weight[0, 0] += 1e-6
 
 
+@pytest.mark.bridge_only(reason="exercises the guard on a bridge's Hugging Face modules")
 def test_leaked_transformer_lens_hook_is_caught_and_removed(model, unchanged):
     # hook_resid_post is an alias of the HookPoint blocks.0.hook_out
     with pytest.raises(AssertionError, match=r"hooks differ on 1 module\(s\), e.g. \['blocks.0.hook_out'\]"):
@@ -37,6 +39,7 @@ def test_leaked_transformer_lens_hook_is_caught_and_removed(model, unchanged):
     assert _hook_state(model) == {}  # cleaned up
 
 
+@pytest.mark.bridge_only(reason="exercises the guard on a bridge's Hugging Face modules")
 def test_leaked_torch_hook_is_caught(model, unchanged):
     layer = model.original_model.model.layers[0]
     with pytest.raises(AssertionError, match="hooks differ"):
@@ -45,6 +48,7 @@ def test_leaked_torch_hook_is_caught(model, unchanged):
     assert _hook_state(model) == {}
 
 
+@pytest.mark.bridge_only(reason="exercises the guard on a bridge's Hugging Face modules")
 def test_behaviour_change_without_weight_change_is_caught(model, unchanged):
     """A changed buffer (rotary frequencies) is caught by the weights and by the output."""
     with pytest.raises(AssertionError, match="reference forward output changed"):

@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import planted_bos_model
+from conftest import planted_bos_model, token_embedding
 from sd_lens.analyses.attribution import component_attribution, remove_along, remove_matched
 from sd_lens.analyses.defects import find_defects
 from sd_lens.analyses.local_jacobian import (
@@ -177,7 +177,7 @@ def test_local_cancel_removes_what_the_linear_model_predicts(planted):
 def _planted_noninitial():
     """A 4-block tiny Llama whose embedding of 'x' is 40x larger: a high-norm noninitial token."""
     model = tiny_model("llama", seed=1, n_layers=4)
-    emb = dict(model.named_parameters())["model.embed_tokens._original_component.weight"]
+    emb = token_embedding(model)
     x = int(tokenize(model, ["x"], max_tokens_per_text=None).sequences[0][-1])
     with torch.no_grad():
         emb[x] *= 40.0
@@ -234,7 +234,8 @@ def test_row_edits_are_the_single_hooks_row_by_row(seed, size):
     assert torch.allclose(out[1], subtract(w, [1])(act[:1], None)[0], atol=1e-6)
     assert torch.allclose(out[2], remove_matched(r, size, [1])(act[:1], None)[0], atol=1e-6)
     assert torch.equal(out[3], act[3]) and out is not act
-    assert removed[0] == pytest.approx(one[0], rel=1e-5) and removed[2] == size
+    # abs: float32 sums of a near-zero projection differ by ~3e-8 between batch layouts (seed 38084: 3.4e-5)
+    assert removed[0] == pytest.approx(one[0], rel=1e-5, abs=1e-6) and removed[2] == size
     assert float((act[2] - out[2]).norm()) == pytest.approx(size, abs=1e-5)  # the matched control's exact norm
 
 

@@ -67,7 +67,8 @@ def test_hooks_are_removed_when_the_forward_raises(unchanged):
         if armed:
             raise RuntimeError("boom in block 1")
 
-    handle = model.original_model.transformer.h[1].register_forward_hook(explode)
+    block = model.original_model.transformer.h[1] if hasattr(model, "original_model") else model.blocks[1]
+    handle = block.register_forward_hook(explode)
     try:
         with unchanged(model):
             armed = True  # only between unchanged's two reference forwards

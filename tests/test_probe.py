@@ -68,8 +68,10 @@ def test_over_long_text_is_an_error_unless_truncated(tiny):
 def test_non_finite_activations_raise(unchanged):
     model = tiny_model("llama", seed=3)
     with torch.no_grad():
-        model.blocks[1].mlp.W_out  # noqa: B018  (the bridge exposes the HF weight underneath)
-        model.original_model.model.layers[1].mlp.down_proj.weight.fill_(float("inf"))
+        if hasattr(model, "original_model"):  # a bridge exposes the HF weight underneath
+            model.original_model.model.layers[1].mlp.down_proj.weight.fill_(float("inf"))
+        else:  # a HookedTransformer's own parameter
+            model.blocks[1].mlp.W_out.fill_(float("inf"))
     with unchanged(model, check_output=False), pytest.raises(NonFiniteActivationError, match="block 1"):
         probe_norms(model, TEXTS)
 

@@ -199,7 +199,8 @@ def test_reading_the_last_block_runs_no_final_norm_or_unembedding(tiny):
     model = tiny
     fired: list[str] = []
     last = act_name("resid_post", model.cfg.n_layers - 1)
-    spy = [("ln_final.hook_normalized", lambda act, hook: fired.append(hook.name)), ("hook_unembed", lambda act, hook: fired.append(hook.name))]
+    spy = [(name, lambda act, hook: fired.append(hook.name))
+           for name in ("ln_final.hook_normalized", "hook_unembed") if name in model.hook_dict]  # HookedTransformer: no hook_unembed
     tokens = torch.tensor([[1, 5, 7, 9]])
     before = _n_hooks(model)
     early = run(model, tokens, {last: token_norms}, fwd_hooks=spy)

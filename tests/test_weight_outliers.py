@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from sd_lens.analyses.weight_outliers import NORMS, _peaked, weight_outliers
 from sd_lens.errors import InputError
-from sd_lens.models.loading import bridge_from_hf
+from sd_lens.models.loading import model_from_hf
 from sd_lens.models.tiny import char_tokenizer, tiny_hf_config
 from sd_lens.models.view import model_view
 
@@ -75,7 +75,7 @@ def _planted(family: str, compat: bool):
         scale = down.abs().max()
         down[3, UNIT] = 200 * scale  # row UNIT of W_out peaks
         down[CHANNEL, 50] = 200 * scale  # column CHANNEL of W_out peaks
-    return bridge_from_hf(hf, char_tokenizer(), name=f"planted-{family}", compatibility_mode=compat)
+    return model_from_hf(hf, char_tokenizer(), name=f"planted-{family}", compatibility_mode=compat)
 
 
 @pytest.mark.parametrize("compat", [True, False], ids=["folded", "unfolded"])

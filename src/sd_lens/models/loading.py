@@ -202,9 +202,21 @@ def _cache_is_valid(target: Path, gguf: Path) -> bool:
 
 
 def _import_backends() -> None:
-    """Import transformers and TransformerLens's bridge (several seconds in a fresh process)."""
+    """Import transformers and TransformerLens (several seconds in a fresh process)."""
     import transformers  # noqa: F401
-    from transformer_lens.model_bridge import TransformerBridge  # noqa: F401
+
+    from sd_lens.models.hooked import backend
+
+    backend()  # imports TransformerLens (its bridge, where it has one)
+
+
+def _transformers_tag() -> str:
+    """``""`` under transformers 5+, ``"-tf4"`` under 4.x: transformers 4 cannot read a directory that
+    transformers 5 saved (its tokenizer class, its ``rope_parameters``), so each keeps its own conversion."""
+    import importlib.metadata
+
+    major = importlib.metadata.version("transformers").split(".")[0]
+    return "" if not major.isdigit() or int(major) >= 5 else f"-tf{major}"
 
 
 def converted_model_dir(name: str) -> Path:
@@ -216,12 +228,12 @@ def converted_model_dir(name: str) -> Path:
     """
     spec = BUNDLED[name]
     # Gemma-3's gguf_path verifies (or assembles) the GGUF from its chunk packages
-    return _cached_conversion(lambda: (spec.gguf_path(), cache_root() / f"{name}-v{_CACHE_FORMAT}"), name)
+    return _cached_conversion(lambda: (spec.gguf_path(), cache_root() / f"{name}-v{_CACHE_FORMAT}{_transformers_tag()}"), name)
 
 
 def _local_gguf_dir(path: Path) -> Path:
     """The cache directory of a local .gguf file: keyed by its content, so an edited file converts anew."""
-    return _cached_conversion(lambda: (path, cache_root() / "local" / f"{path.stem}-{_sha256(path)[:16]}"), path.name)
+    return _cached_conversion(lambda: (path, cache_root() / "local" / f"{path.stem}-{_sha256(path)[:16]}{_transformers_tag()}"), path.name)
 
 
 def _cached_conversion(locate: Callable[[], tuple[Path, Path]], label: str) -> Path:
@@ -290,6 +302,17 @@ def _cached_snapshot(repo_id: str) -> Path | None:
     return folder if _has_model_files(folder) else None
 
 
+def _hub_offline() -> bool:
+    """``HF_HUB_OFFLINE``: huggingface_hub 1.x reads it when asked, 0.x (TransformerLens 2.x's) at import."""
+    from huggingface_hub import constants
+
+    is_offline_mode = getattr(constants, "is_offline_mode", None)
+    if is_offline_mode is not None:
+        return bool(is_offline_mode())
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return bool(constants.HF_HUB_OFFLINE) or flag in {"1", "ON", "YES", "TRUE"}
+
+
 def hub_model_dir(repo_id: str) -> tuple[Path, str]:
     """The local directory and report label of the Hugging Face model ``repo_id``.
 
@@ -312,7 +335,7 @@ def hub_model_dir(repo_id: str) -> tuple[Path, str]:
         f"pass a local Hugging Face model directory (with config.json), a .gguf file, or a bundled name "
         f"({', '.join(known_models())})"
     )
-    if constants.is_offline_mode():
+    if _hub_offline():
         raise UnknownModelError(
             f"Unknown model {repo_id!r}: not in the local Hugging Face hub cache ({constants.HF_HUB_CACHE}) and the hub "
             f"is offline (HF_HUB_OFFLINE is set): download it first where there is a network, or {alternatives}."
@@ -508,7 +531,25 @@ def _boot(
             f"cannot load the model in {model_dir}: {str(exc).splitlines()[0][:200]}. A model folder needs "
             "config.json, its weights (*.safetensors or pytorch_model.bin) and the tokenizer files."
         ) from exc
-    return bridge_from_hf(hf, tok, name=label, device=device, dtype=dtype, compatibility_mode=compatibility_mode)
+    return model_from_hf(hf, tok, name=label, device=device, dtype=dtype, compatibility_mode=compatibility_mode)
+
+
+def model_from_hf(
+    hf_model: Any,
+    tokenizer: Any,
+    *,
+    name: str = "model",
+    device: Any = "cpu",
+    dtype: torch.dtype = torch.float32,
+    compatibility_mode: bool = True,
+) -> Any:
+    """A loaded Hugging Face causal LM as a TransformerLens model: a ``TransformerBridge``
+    (TransformerLens 4) or, where TransformerLens has no bridge (2.x), a ``HookedTransformer``
+    built by :func:`sd_lens.models.hooked.hooked_from_hf`."""
+    from sd_lens.models.hooked import backend, hooked_from_hf
+
+    build = bridge_from_hf if backend() == "bridge" else hooked_from_hf
+    return build(hf_model, tokenizer, name=name, device=device, dtype=dtype, compatibility_mode=compatibility_mode)
 
 
 def bridge_from_hf(

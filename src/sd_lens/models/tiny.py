@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from sd_lens.models.loading import bridge_from_hf
+from sd_lens.models.loading import model_from_hf
 
 FAMILIES = ("llama", "gemma3", "gpt2", "neox")
 
@@ -66,10 +66,9 @@ def tiny_hf_config(family: str, *, n_layers: int = 2, d_model: int = 64, vocab_s
     raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
 
 
-def tiny_model(family: str = "llama", *, seed: int = 0, n_layers: int = 2, d_model: int = 64,
-               randomize_norms: bool = True, compatibility_mode: bool = True,
-               dtype: torch.dtype = torch.float32) -> Any:
-    """A random-init TransformerBridge of ``family``; norm scales randomised so folding is tested."""
+def tiny_hf_model(family: str = "llama", *, seed: int = 0, n_layers: int = 2, d_model: int = 64,
+                  randomize_norms: bool = True) -> Any:
+    """The random-init Hugging Face model (float32, eager attention, eval mode) behind :func:`tiny_model`."""
     from transformers import AutoModelForCausalLM
 
     cfg = tiny_hf_config(family, n_layers=n_layers, d_model=d_model)
@@ -80,6 +79,18 @@ def tiny_model(family: str = "llama", *, seed: int = 0, n_layers: int = 2, d_mod
             for name, p in hf.named_parameters():
                 if "norm" in name or ".ln_" in name or "layernorm" in name.lower():
                     p.add_(0.3 * torch.randn_like(p))
-    return bridge_from_hf(
+    return hf.eval()
+
+
+def tiny_model(family: str = "llama", *, seed: int = 0, n_layers: int = 2, d_model: int = 64,
+               randomize_norms: bool = True, compatibility_mode: bool = True,
+               dtype: torch.dtype = torch.float32) -> Any:
+    """A random-init TransformerLens model of ``family``; norm scales randomised so folding is tested.
+
+    A ``TransformerBridge`` (TransformerLens 4) or a ``HookedTransformer`` converted from the same
+    Hugging Face model (TransformerLens 2.x): see :func:`sd_lens.models.loading.model_from_hf`.
+    """
+    hf = tiny_hf_model(family, seed=seed, n_layers=n_layers, d_model=d_model, randomize_norms=randomize_norms)
+    return model_from_hf(
         hf.to(dtype), char_tokenizer(), name=f"tiny-{family}", dtype=dtype, compatibility_mode=compatibility_mode
     )

@@ -33,7 +33,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from sd_lens.errors import UnsupportedArchitectureError
-from sd_lens.runtime.hooks import block_of, temporary_hooks
+from sd_lens.runtime.hooks import LOGITS, block_of, temporary_hooks
 from sd_lens.runtime.tokens import attention_mask as padding_mask
 from sd_lens.runtime.tokens import length_sorted_batches, model_device, pad
 from sd_lens.types import HookedModel, HookFn
@@ -142,17 +142,23 @@ def run_batch(
     for causal models, see the module docstring).
     """
     out: dict[str, Any] = {}
+    # a HookedTransformer has no hook on its logits: a LOGITS reducer reads the forward's output instead
+    logits_reducer = reducers[LOGITS] if LOGITS in reducers and LOGITS not in model.hook_dict else None
+    hooked = {name: r for name, r in reducers.items() if logits_reducer is None or name != LOGITS}
     # "auto": the forward ends once every reducer has read its value (interventions deeper than every
     # reducer cannot matter) — also in the last block, where stop_at_layer cannot stop the final norm
     # and unembedding from running
-    auto = stop_at_layer == "auto" and bool(reducers)
-    hooks = list(fwd_hooks) + _reducer_hooks(reducers, batch, out, stop_when_read=auto)
+    auto = stop_at_layer == "auto" and bool(hooked) and logits_reducer is None
+    hooks = list(fwd_hooks) + _reducer_hooks(hooked, batch, out, stop_when_read=auto)
     stop = _stop_layer(reducers, stop_at_layer)
     try:
-        forward(
+        result = forward(
             model, batch.tokens, fwd_hooks=hooks, stop_at_layer=stop,
             attention_mask=batch.mask.long() if attention_mask and batch.padded else None,
+            return_type="logits" if logits_reducer is not None and stop is None else None,
         )
+        if logits_reducer is not None and result is not None:
+            out[LOGITS] = logits_reducer(result.detach(), batch)
     except _AllRead:
         pass
     silent = [name for name in reducers if name not in out]

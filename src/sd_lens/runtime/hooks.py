@@ -18,7 +18,12 @@ import torch
 from sd_lens.errors import UnsupportedArchitectureError
 from sd_lens.types import HookedModel, HookFn
 
-__all__ = ["FFN_INPUT", "act_name", "block_of", "ffn_input", "require_hooks", "temporary_hooks"]
+__all__ = ["FFN_INPUT", "LOGITS", "act_name", "block_of", "ffn_input", "require_hooks", "temporary_hooks"]
+
+#: The logits' hook point: a ``TransformerBridge``'s ``unembed.hook_out``. A ``HookedTransformer`` has no
+#: hook on its logits; there the engine hands a reducer of this name the forward's output, so a reducer
+#: reads the logits under this one name on both (an intervention on them needs the hook: bridge only).
+LOGITS = "unembed.hook_out"
 
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
@@ -58,10 +63,14 @@ def block_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def require_hooks(model: HookedModel, names: Sequence[str]) -> None:
-    """Raise :class:`~sd_lens.errors.UnsupportedArchitectureError` naming any hook point the model lacks."""
+def require_hooks(model: HookedModel, names: Sequence[str], *, reading: bool = True) -> None:
+    """Raise :class:`~sd_lens.errors.UnsupportedArchitectureError` naming any hook point the model lacks.
+
+    ``reading=True`` (reducers): :data:`LOGITS` counts as present, the engine reads it from the forward's
+    output where the model has no such hook; ``reading=False`` (hooks to attach): only real hook points.
+    """
     hook_dict = model.hook_dict
-    missing = [n for n in names if n not in hook_dict]
+    missing = [n for n in names if n not in hook_dict and not (reading and n == LOGITS)]
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         raise UnsupportedArchitectureError(
@@ -78,6 +87,6 @@ def temporary_hooks(model: HookedModel, fwd_hooks: Sequence[tuple[str, HookFn]])
     ``KeyboardInterrupt`` — and hooks the model had before are left alone. Every name must be a
     hook point of the model (checked before anything is attached).
     """
-    require_hooks(model, [name for name, _ in fwd_hooks])
+    require_hooks(model, [name for name, _ in fwd_hooks], reading=False)
     with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
         yield model
