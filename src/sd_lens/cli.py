@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-report", dest="report", action="store_false", help="only print the table")
     d.add_argument("--out", type=Path, default=Path("sd_lens_report"))
     d.set_defaults(func=cmd_demo)
+    from sd_lens.quantize import cli as quantize_cli
+
+    quantize_cli.add_parser(sub)
     return parser
 
 
