@@ -49,3 +49,21 @@ def test_smollm2_smoothquant_needs_the_defect_blocks_too(smollm2_quant):
     assert r.row("SmoothQuant W8A8").perplexity == pytest.approx(583.55, rel=0.03)
     assert r.row("SmoothQuant W8A8", "defects").perplexity == pytest.approx(260.75, rel=0.03)
     assert r.recovered("SmoothQuant W8A8") >= 0.5
+
+
+def test_gemma3_rtn_breaks_elsewhere_than_f2(gemma3):
+    """Gemma-3: per-tensor RTN destroys the model and keeping the defect blocks' F2 does not help, because
+    the damage is not at F2: the folded pre-norm gains make weight outliers (max/median |W| up to 672 in
+    block 16's q projection) and the masked channel sits in the FFN input (see docs: quantize)."""
+    with assert_model_unchanged(gemma3):
+        r = quantization_experiment(gemma3, schemes=("rtn", "smoothquant"), controls=False)
+    # measured: defect blocks 5 (explosion) and 16 (decay)
+    assert r.protected == (5, 16)
+    base = r.row("float").perplexity
+    assert base == pytest.approx(238.85, rel=0.02)  # measured: 238.85
+    # measured: RTN 2.98e8 (x1.2e6), F2 kept at 5, 16: 3.54e8 -- no recovery
+    assert r.row("W8A8 RTN").perplexity > 1e4 * base
+    assert r.row("W8A8 RTN", "defects").perplexity > 1e4 * base
+    # measured: SmoothQuant 274.22 (x1.15), + F2 kept 263.13 (x1.10)
+    assert r.row("SmoothQuant W8A8").perplexity == pytest.approx(274.22, rel=0.03)
+    assert r.row("SmoothQuant W8A8", "defects").perplexity == pytest.approx(263.13, rel=0.03)
