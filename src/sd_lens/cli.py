@@ -1,4 +1,4 @@
-"""``sd-lens`` command line: ``analyze`` (JSON), ``report`` (HTML), ``demo`` and ``signature``.
+"""``sd-lens`` command line: ``analyze`` (JSON), ``report`` (HTML), ``demo``, ``signature`` and ``quantize``.
 
 The analysis flags are generated from :class:`sd_lens.pipeline.AnalysisConfig` (one flag per field,
 see :func:`add_config_arguments`), so an option added there appears here with its help text.
@@ -216,9 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-report", dest="report", action="store_false", help="only print the table")
     d.add_argument("--out", type=Path, default=Path("sd_lens_report"))
     d.set_defaults(func=cmd_demo)
+    from sd_lens.quantize import cli as quantize_cli
     from sd_lens.signature.cli import add_parser as add_signature_parser
 
     add_signature_parser(sub)  # sd-lens signature [compare ...]
+    quantize_cli.add_parser(sub)  # sd-lens quantize
     return parser
 
 
