@@ -13,10 +13,12 @@ from sd_lens.quantize import quantization_experiment
 
 
 @pytest.fixture(scope="module")
-def smollm2_quant(smollm2):
+def smollm2_quant(smollm2, smollm2_analysis):
     # the whole experiment (13 quantize/restore cycles) leaves the model bit-for-bit unchanged
     with assert_model_unchanged(smollm2):
-        return quantization_experiment(smollm2, schemes=("rtn", "smoothquant"), seeds=(0, 1, 2))
+        return quantization_experiment(
+            smollm2, analysis=smollm2_analysis, schemes=("rtn", "smoothquant"), seeds=(0, 1, 2)
+        )
 
 
 def test_smollm2_defect_blocks_come_from_the_analysis(smollm2_quant):
