@@ -478,3 +478,20 @@ def test_quantization_grid_sees_a_planted_massive_activation():
         big = quantization_grid(model, TEXTS).at(1, "down")
     assert big["range_ratio"] > 100 * down["range_ratio"]
     assert big["zeroed"] > 0.9 > down["zeroed"]
+
+
+def test_run_analysis_quantize_option_writes_json_and_a_report_section(tmp_path):
+    """quantize=True (sd-lens analyze/report --quantize): the experiment's rows in the JSON, a report section."""
+    from sd_lens.pipeline import run_analysis
+    from sd_lens.report import write_report
+
+    model = planted_bos_model()
+    texts = ["the cat sat on the mat", "a b c d e f g", "hello there"]
+    result = run_analysis(model, texts, quantize=True)
+    q = json.loads(result.to_json())["quantization"]
+    assert q["protected_blocks"] == sorted({b for d in result.defects for b in [d.explosion_layer, *d.decay_layers]})
+    assert [r["scheme"] for r in q["rows"]][0] == "float" and len(q["rows"]) > 4
+    assert "quantization" in result.timings_s
+    assert "quantization" not in json.loads(run_analysis(model, texts).to_json())
+    html = write_report(model, result, tmp_path / "r").read_text(encoding="utf-8")
+    assert "W8A8 quantization and the defect blocks" in html and "random (" in html

@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import torch
 
@@ -57,6 +57,9 @@ from sd_lens.runtime.engine import run_passes
 from sd_lens.runtime.precision import DTYPES, check_memory, forward_dtype
 from sd_lens.runtime.tokens import tokenize
 from sd_lens.types import HookedModel
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sd_lens.quantize.evaluate import QuantizationResult
 
 SCHEMA_VERSION = 2
 DEFAULT_TRIGGER_TEXT = "The cat sat on the mat because it was warm."
@@ -99,6 +102,12 @@ class AnalysisConfig:
         False,
         "also set the massive activations to zero and to their mean at the block where they emerge (Sun et al.) "
         "and measure perplexity and KL to the clean model on held-out text (slow)",
+    )
+    quantize: bool = _option(
+        False,
+        "also the W8A8 quantization experiment (Wang et al. 2025, sec. 6): perplexity of held-out text under "
+        "fake-quantized RTN, per-token and SmoothQuant, with the defect blocks' down-projection kept in float "
+        "against random and all blocks kept (slow; sd-lens quantize runs it alone)",
     )
     forward_dtype: Literal["float32", "bfloat16", "float16"] | None = _option(
         None,
@@ -176,6 +185,7 @@ class AnalysisResult:
     dtype: str = "float32"
     model_dtype: str | None = None  # the weights' dtype, when the forward ran in another (forward_dtype)
     dtype_check: DtypeCheck | None = None
+    quantization: QuantizationResult | None = None
     sinks: AttentionSinks | None = None
     attribution: ComponentAttribution | None = None
     lever: LeverReport | None = None
@@ -236,6 +246,7 @@ class AnalysisResult:
             "minor_groups": [d.to_dict() for d in self.defects.minor],
             "layers": self.spectra.to_dict(),
             **({"channels": self._channels_dict()} if self.channels_measured else {}),
+            **({"quantization": self.quantization.to_dict()} if self.quantization is not None else {}),
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
         }
 
@@ -437,11 +448,21 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
             model, outliers, held, texts=texts, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
         )
         t = tick("interventions", t)
+    quantization = None
+    if cfg.quantize:
+        from sd_lens.quantize import quantization_experiment
+
+        quantization = quantization_experiment(
+            model, texts, held_out_texts(texts), analysis=report, batch_size=cfg.batch_size,
+            max_tokens_per_text=cfg.max_tokens_per_text, progress=cfg.progress,
+        )
+        t = tick("quantization", t)
     return AnalysisResult(
         model=model_name(model),
         architecture=view.architecture,
         dtype=dtype,
         dtype_check=check,
+        quantization=quantization,
         n_layers=view.n_layers,
         d_model=view.d_model,
         texts=list(texts),

@@ -184,6 +184,28 @@ def channels_section(page: Page, ctx: ReportContext) -> None:
             page.paragraph(d.summary())
 
 
+def quantization_section(page: Page, ctx: ReportContext) -> None:
+    """The W8A8 quantization experiment (``quantize=True`` only): its table, the summary line and the figure."""
+    from sd_lens.quantize.figures import quantization_figure
+
+    q = ctx.result.quantization
+    if q is None:
+        return
+
+    page.heading("W8A8 quantization and the defect blocks")
+    page.paragraph(
+        "Wang et al. (ICML 2025, sec. 6): every linear layer fake-quantized to 8 bits (weights and activations), "
+        f"perplexity of {q.n_texts} held-out texts ({q.n_tokens} predicted tokens), with the FFN down-projection (F2) "
+        f"kept in float at the defect blocks ({', '.join(map(str, q.protected)) or 'none: no major defect'}: the "
+        "explosion and decay blocks of every major defect), at as many random blocks (the control), or at every block."
+    )
+    rows = [line.strip("|").split("|") for line in q.table().splitlines()[2:]]
+    page.table([[c.strip() for c in r] for r in rows], header=["scheme", "F2 kept at blocks", "perplexity", "x float"])
+    if q.protected:
+        page.paragraph(q.summary().splitlines()[-1] + ".")
+    page.figure(quantization_figure(q), caption="Perplexity per scheme and kept set (log scale; random: mean and range).")
+
+
 def corpus_section(page: Page, ctx: ReportContext) -> None:
     """Size of the corpus and its first lines."""
     result = ctx.result
@@ -304,6 +326,7 @@ SECTIONS: list[Section] = [
     defects_section,
     minor_section,
     channels_section,
+    quantization_section,
     angles_section,
     attention_section,
     timings_section,
