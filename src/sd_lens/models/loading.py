@@ -388,7 +388,9 @@ def load_model(
     compatibility_mode: bool = True,
     device_map: str | dict[str, Any] | None = None,
 ) -> Any:
-    """Load a model as a TransformerLens ``TransformerBridge`` with HookedTransformer hook names.
+    """Load a model as a TransformerLens model with HookedTransformer hook names: a ``TransformerBridge``
+    in compatibility mode (TransformerLens 4), or a ``HookedTransformer`` under TransformerLens 2.x
+    (docs/models.md, "What loads how").
 
     Args:
         name: a built-in name (``"smollm2-135m-instruct"``, ``"gemma-3-270m"``), a local Hugging
@@ -548,6 +550,11 @@ def model_from_hf(
     built by :func:`sd_lens.models.hooked.hooked_from_hf`."""
     from sd_lens.models.hooked import backend, hooked_from_hf
 
+    if backend() != "bridge" and getattr(hf_model, "hf_device_map", None):
+        raise InputError(
+            "a model split over devices (device_map) needs TransformerLens 4's TransformerBridge; with "
+            "TransformerLens 2.x load it on one device (HookedTransformer's own n_devices splits it by blocks)"
+        )
     build = bridge_from_hf if backend() == "bridge" else hooked_from_hf
     return build(hf_model, tokenizer, name=name, device=device, dtype=dtype, compatibility_mode=compatibility_mode)
 
