@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sd_lens.errors import InputError, SdLensError
+from sd_lens.errors import InputError
 
 __all__ = ["add_parser", "run"]
 
@@ -156,14 +156,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m sd_lens.signature.cli``: the same as ``sd-lens signature`` (exit 2 on bad input)."""
-    parser = argparse.ArgumentParser(prog="sd-lens")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["signature", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args))
-    except SdLensError as exc:
-        print(f"sd-lens: error: {exc}", file=sys.stderr)
-        return 2
+    from sd_lens.cli import main as sd_lens_main
+
+    return sd_lens_main(["signature", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
