@@ -367,3 +367,36 @@ def smollm2_analysis(smollm2: Any) -> Any:
 
         _analyses["smollm2"] = run_analysis(smollm2, seed=0)
     return _analyses["smollm2"]
+
+
+# --------------------------------------------------------------------------------------------
+# executed docs pages
+# --------------------------------------------------------------------------------------------
+def tutorial_module() -> Any:
+    """``examples/tutorial.py``: the runner of the executed docs pages."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "tutorial.py"
+    spec = importlib.util.spec_from_file_location("sd_lens_tutorial", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_page(page: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, models: dict[str, Any]) -> dict[str, Any]:
+    """Run an executed docs page's Python blocks in order, in ``tmp_path``, with ``models`` (the shared real
+    models, by name) standing in for ``load_model``; each of them must come out unchanged. Returns the namespace."""
+    import sd_lens
+
+    real_load = sd_lens.load_model
+
+    def load_model(name: Any = sd_lens.DEFAULT_MODEL, **kwargs: Any) -> Any:
+        return models[name] if name in models and not kwargs else real_load(name, **kwargs)
+
+    monkeypatch.setattr(sd_lens, "load_model", load_model)
+    monkeypatch.chdir(tmp_path)
+    with contextlib.ExitStack() as stack:
+        for model in models.values():
+            stack.enter_context(assert_model_unchanged(model))
+        return tutorial_module().run_tutorial(page, echo=False)

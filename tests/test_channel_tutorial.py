@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-from conftest import assert_model_unchanged
+from conftest import run_page, tutorial_module
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "channel_tutorial.md"
 
 
-def _tutorial_module():
-    spec = importlib.util.spec_from_file_location("sd_lens_tutorial", ROOT / "examples" / "tutorial.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_channel_tutorial_names_no_block_channel_or_neuron_of_a_model():
     """Its code reads every block, channel and neuron from the results: no number in a python block but sizes."""
-    tutorial = _tutorial_module()
+    tutorial = tutorial_module()
     blocks = [b.body for b in tutorial.blocks(PAGE.read_text(encoding="utf-8")) if b.lang == "python"]
     assert blocks
     code = "\n".join(blocks)
@@ -33,19 +25,7 @@ def test_channel_tutorial_names_no_block_channel_or_neuron_of_a_model():
 @pytest.mark.real_model
 def test_channel_tutorial_runs(smollm2, gemma3, tmp_path, monkeypatch):
     """Run the page's Python blocks in order (the shared real models stand in for ``load_model``)."""
-    import sd_lens
-
-    real_load = sd_lens.load_model
-    shared = {"smollm2-135m-instruct": smollm2, "gemma-3-270m": gemma3}
-
-    def load_model(name=sd_lens.DEFAULT_MODEL, **kwargs):
-        return shared[name] if name in shared and not kwargs else real_load(name, **kwargs)
-
-    monkeypatch.setattr(sd_lens, "load_model", load_model)
-    monkeypatch.chdir(tmp_path)
-    tutorial = _tutorial_module()
-    with assert_model_unchanged(gemma3), assert_model_unchanged(smollm2):
-        ns = tutorial.run_tutorial(PAGE, echo=False)
+    ns = run_page(PAGE, tmp_path, monkeypatch, {"smollm2-135m-instruct": smollm2, "gemma-3-270m": gemma3})
     # what the page says, checked on what it computed (measured on the default corpus)
     result = ns["result"]
     assert result.findings[0].causal.norm_after > 0.99 * result.findings[0].causal.norm_before  # v0 does nothing

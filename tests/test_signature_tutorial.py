@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 
-from conftest import assert_model_unchanged
+from conftest import run_page, tutorial_module
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "signatures.md"
 
 
-def _tutorial_module():
-    spec = importlib.util.spec_from_file_location("sd_lens_tutorial", ROOT / "examples" / "tutorial.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_signature_page_names_no_block_or_channel_of_a_model():
     """Its code reads every block and channel from the results: no model's block, channel or layer number in it."""
-    tutorial = _tutorial_module()
+    tutorial = tutorial_module()
     blocks = [b.body for b in tutorial.blocks(PAGE.read_text(encoding="utf-8")) if b.lang == "python"]
     assert len(blocks) >= 6
     code = "\n".join(blocks)
@@ -44,19 +36,7 @@ def test_signature_page_shows_the_committed_heat_map():
 @pytest.mark.real_model
 def test_signature_tutorial_runs(smollm2, gemma3, tmp_path, monkeypatch):
     """Run the page's Python blocks in order (the shared real models stand in for ``load_model``)."""
-    import sd_lens
-
-    real_load = sd_lens.load_model
-    shared = {"smollm2-135m-instruct": smollm2, "gemma-3-270m": gemma3}
-
-    def load_model(name=sd_lens.DEFAULT_MODEL, **kwargs):
-        return shared[name] if name in shared and not kwargs else real_load(name, **kwargs)
-
-    monkeypatch.setattr(sd_lens, "load_model", load_model)
-    monkeypatch.chdir(tmp_path)
-    tutorial = _tutorial_module()
-    with assert_model_unchanged(gemma3), assert_model_unchanged(smollm2):
-        ns = tutorial.run_tutorial(PAGE, echo=False)
+    ns = run_page(PAGE, tmp_path, monkeypatch, {"smollm2-135m-instruct": smollm2, "gemma-3-270m": gemma3})
     from sd_lens.signature import signature_angle
 
     a, b, ft, rot = ns["sig_a"], ns["sig_b"], ns["sig_ft"], ns["sig_rot"]
