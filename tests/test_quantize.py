@@ -38,6 +38,8 @@ from sd_lens.quantize.figures import quantization_figure
 from sd_lens.runtime import run, tokenize
 from sd_lens.runtime.reducers import keep
 
+pytestmark = pytest.mark.bridge_only(reason="sd_lens.quantize swaps the weights of a TransformerBridge's wrapped linear layers (a HookedTransformer gets a clear UnsupportedArchitectureError)")
+
 TEXTS = ["hello world, this is it.", "a b c d e f", "the quick brown fox jumps over", "xy"]
 LOGITS = "unembed.hook_out"
 

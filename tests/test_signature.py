@@ -37,6 +37,8 @@ from sd_lens.signature.cli import main as signature_main
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import planted_bos_model  # noqa: E402
 
+pytestmark = pytest.mark.bridge_only(reason="plants defects and rotates the basis through the bridge's Hugging Face model")
+
 TEXTS = [t[:60] for t in default_corpus(8)]  # short: no truncation warning, fast
 PLANT_TEXTS = ["@ " + t for t in TEXTS]  # one first character ('@' is rare in the corpus) for models without BOS
 
