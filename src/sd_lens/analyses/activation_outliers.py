@@ -355,22 +355,27 @@ def _reducer(k: int, slots: dict[tuple[int, int], int]):
     memo: dict[str, Any] = {"batch": None}
 
     def tokens_of(batch: Batch, device: Any) -> tuple[Tensor, ...]:
+        # the real positions come from the lengths on the host: no nonzero (a device sync) per hook
         if memo["batch"] is not batch:
-            mask = batch.mask
-            rows, pos = torch.nonzero(mask, as_tuple=True)
-            tok = batch.tokens[mask]
-            keys = torch.where(pos == 0, torch.full_like(tok, _INITIAL_KEY), tok)
-            uniq, inv = keys.unique(return_inverse=True)
-            seq_of = torch.as_tensor(batch.index, device=device)[rows]
-            slot = torch.tensor([slots.get((i, p), -1) for i, p in zip(seq_of.tolist(), pos.tolist())])
-            memo.update(batch=batch, value=(pos, uniq, inv, seq_of, slot, slot >= 0))
+            width = batch.tokens.shape[1]
+            rows, pos = torch.nonzero(torch.arange(width)[None, :] < batch.lengths[:, None], as_tuple=True)
+            slot = torch.tensor([slots.get((batch.index[r], p), -1) for r, p in zip(rows.tolist(), pos.tolist())])
+            chosen = slot >= 0
+            flat = (rows * width + pos).to(device)
+            pos_d = pos.to(device)
+            tok = batch.tokens.flatten()[flat]
+            keys = torch.where(pos_d == 0, torch.full_like(tok, _INITIAL_KEY), tok)
+            uniq, inv = keys.unique(return_inverse=True)  # once per batch
+            seq_of = torch.as_tensor(batch.index, device=device)[rows.to(device)]
+            chosen_d = torch.nonzero(chosen).flatten().to(device)  # indices: a boolean mask would sync per hook
+            memo.update(batch=batch, value=(flat, pos_d, uniq, inv, seq_of, slot[chosen], chosen_d))
         return memo["value"]
 
     def reduce(act: Tensor, batch: Batch) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
-        real = act[batch.mask].float()  # [N, D]
+        flat, pos, uniq, inv, seq_of, slot, chosen = tokens_of(batch, act.device)
+        real = act.flatten(0, 1)[flat].float()  # [N, D]: the real tokens, in row-major order
         absval = real.abs()
         n, width = real.shape
-        pos, uniq, inv, seq_of, slot, chosen = tokens_of(batch, real.device)
         with warnings.catch_warnings():  # index_reduce is "beta"; it is 4-8x faster than scatter_reduce here
             warnings.simplefilter("ignore", UserWarning)
             best = torch.full((len(uniq), width), -1.0, device=real.device).index_reduce_(0, inv, absval, "amax")
@@ -384,8 +389,8 @@ def _reducer(k: int, slots: dict[tuple[int, int], int]):
             ukeys = uniq[keep]
         else:
             ukeys = uniq[:, None].expand(len(uniq), width)
-        cand = (ukeys.cpu(), best.cpu(), real.gather(0, first).cpu(), seq_of[first].cpu(), pos[first].cpu())
-        return cand, slot[chosen], absval[chosen.to(real.device)].cpu()
+        cand = (ukeys, best, real.gather(0, first), seq_of[first], pos[first])
+        return cand, slot, absval[chosen]
 
     return reduce
 

@@ -116,8 +116,9 @@ def outlier_scores(
 
 
 def _reduce(act: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
-    """The stream reducer: (α [B, H, T], An score [B, T]) on the CPU."""
-    return sink_scores(act, batch.lengths).cpu(), outlier_scores(act, batch.lengths).cpu()
+    """The stream reducer: (α [B, H, T], An score [B, T]), computed where the pattern is."""
+    lengths = batch.lengths_on(act.device)
+    return sink_scores(act, lengths), outlier_scores(act, lengths)
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from sd_lens.linalg import unit
 from sd_lens.models.view import resolve_block
 from sd_lens.runtime.engine import Batch, Reducer, forward, run
 from sd_lens.runtime.hooks import act_name, ffn_input
+from sd_lens.runtime.reducers import resident
 from sd_lens.runtime.tokens import decode_one
 from sd_lens.types import HookedModel, HookFn, ModelOrView
 
@@ -157,13 +158,13 @@ def vocab_coefficients(
     progress: bool = False,
 ) -> VocabCoefficients:
     """v₀ coefficient of the FFN input at block ``layer`` for every vocabulary token (see module doc)."""
-    v = unit(v0.detach().float().cpu())
+    v_on = resident(unit(v0.detach().float()))
     bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
     if bos is None:
         bos = 0
 
     def last_coefficient(act: Tensor, batch: Batch) -> Tensor:
-        return (act[:, -1].float() @ v.to(act.device)).cpu()
+        return act[:, -1].float() @ v_on(act.device)
 
     reducers = {ffn_input(layer): last_coefficient}
     t0 = time.perf_counter()
@@ -210,7 +211,7 @@ def noninitial_pathway(
         return torch.zeros_like(act)
 
     def last_norm(act: Tensor, batch: Batch) -> Tensor:
-        return act[:, -1].float().norm(dim=-1).cpu()
+        return act[:, -1].float().norm(dim=-1)
 
     zero_attention = [(act_name("attn_out", b), zero) for b in range(layer + 1)]
     t0 = time.perf_counter()

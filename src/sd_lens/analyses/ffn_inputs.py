@@ -20,6 +20,7 @@ from torch import Tensor
 from sd_lens.errors import InputError
 from sd_lens.runtime.engine import Batch, stream
 from sd_lens.runtime.hooks import ffn_input
+from sd_lens.runtime.reducers import resident
 from sd_lens.runtime.tokens import as_sequences
 from sd_lens.types import HookedModel
 
@@ -111,8 +112,10 @@ def collect_ffn_inputs(
             break  # the sequences after this one are not needed
     needed = [i for i in range(len(keep)) if keep[i].numel() > 0]
 
-    def kept_rows(act: Tensor, batch: Batch) -> list[Tensor]:
-        return [act[row, keep[needed[i]].to(act.device)].to("cpu", torch.float32).clone() for row, i in enumerate(batch.index)]
+    kept_at = {i: resident(keep[needed[i]]) for i in range(len(needed))}
+
+    def kept_rows(act: Tensor, batch: Batch) -> list[Tensor]:  # on the device; the engine copies them out
+        return [act[row, kept_at[i](act.device)].float() for row, i in enumerate(batch.index)]
 
     names = {lay: ffn_input(lay) for lay in sorted(set(layers))}
     results: dict[int, dict[int, Tensor]] = {lay: {} for lay in names}

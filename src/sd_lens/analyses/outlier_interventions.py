@@ -69,6 +69,7 @@ from sd_lens.errors import InputError, NonFiniteActivationError
 from sd_lens.models.loading import model_name
 from sd_lens.runtime.engine import Batch, make_batch, run_batch, stream
 from sd_lens.runtime.hooks import act_name, require_hooks
+from sd_lens.runtime.reducers import resident
 from sd_lens.runtime.tokens import Tokenized, length_sorted_batches, tokenize
 from sd_lens.types import HookedModel, HookFn
 
@@ -152,7 +153,10 @@ def massive_mask(
     ``|act[b, t, c]| >= relative x`` the median of ``|act[b]|`` over every channel and position of row
     ``b`` (over its ``real`` positions when given; pad positions are never massive then).
     """
-    ch = torch.as_tensor(channels, dtype=torch.long, device=act.device)
+    if isinstance(channels, Tensor) and channels.device == act.device:
+        ch = channels.long()
+    else:
+        ch = torch.as_tensor(channels, dtype=torch.long).to(act.device, non_blocking=True)
     a = act.detach().abs()
     med = _row_median(a, real)
     sel = a[..., ch].float()
@@ -349,13 +353,16 @@ def massive_means(
     sums = {b: torch.zeros(2, len(c), dtype=torch.float64) for b, c in chans.items()}
     counts = {b: torch.zeros(2, len(c), dtype=torch.long) for b, c in chans.items()}
 
-    def reducer(ch: Tensor) -> Any:
+    def reducer(channels: Tensor) -> Any:
+        ch_at = resident(channels)
+
         def reduce(act: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+            ch = ch_at(act.device)
             m = massive_mask(act, ch, relative=relative, absolute=absolute, real=batch.mask)
-            v = act[..., ch.to(act.device)].double() * m
+            v = act[..., ch].double() * m
             return (
-                torch.stack([v[:, 0].sum(0), v[:, 1:].sum((0, 1))]).cpu(),
-                torch.stack([m[:, 0].sum(0), m[:, 1:].sum((0, 1))]).cpu(),
+                torch.stack([v[:, 0].sum(0), v[:, 1:].sum((0, 1))]),
+                torch.stack([m[:, 0].sum(0), m[:, 1:].sum((0, 1))]),
             )
 
         return reduce

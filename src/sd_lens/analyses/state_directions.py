@@ -200,40 +200,49 @@ def cluster_state_directions(
             per_layer[layer] = _Targets(where, rows[member, where[col]], col, mk[:, where].sum(dim=0).double())
         targets.append(per_layer)
 
+    def parts_of(batch: Batch, layer: int) -> list[tuple[int, _Targets]]:
+        return [(b, targets[i][layer]) for b, i in enumerate(batch.index) if layer in targets[i]]
+
     def reducer(layer: int) -> Reducer:
-        def reduce(act: Tensor, batch: Batch) -> None:
-            parts = [(b, targets[i][layer]) for b, i in enumerate(batch.index) if layer in targets[i]]
+        # on the device: only gather the marked states; the clustering runs on the host after the forward
+        def reduce(act: Tensor, batch: Batch) -> Tensor | None:
+            parts = parts_of(batch, layer)
             if not parts:
                 return None
             b_idx = torch.cat([torch.full_like(t.positions, b) for b, t in parts])
             p_idx = torch.cat([t.positions for _, t in parts])
-            weights = torch.cat([t.weights for _, t in parts])
-            offsets = torch.tensor([0] + [len(t.positions) for _, t in parts[:-1]]).cumsum(0)
-            rows = torch.cat([t.rows for _, t in parts])
-            owner = torch.cat([t.owner + off for (_, t), off in zip(parts, offsets.tolist())])
-            vecs = act[b_idx.to(act.device), p_idx.to(act.device)].float()
-            norms = vecs.norm(dim=1)
-            order = torch.argsort(norms, descending=True, stable=True)
-            units = (vecs / norms.clamp_min(torch.finfo(torch.float32).tiny)[:, None])[order]
-            order = order.cpu()
-            ids_sorted, signs_sorted = banks[layer].add(units, weights[order])
-            ids = torch.empty_like(ids_sorted)
-            signs = torch.empty_like(signs_sorted)
-            ids[order], signs[order] = ids_sorted, signs_sorted
-            assignment[rows, layer] = ids[owner].to(torch.int32)
-            sign[rows, layer] = signs[owner]
-            return None
+            dev = act.device  # index copies that do not wait for the device
+            return act[b_idx.to(dev, non_blocking=True), p_idx.to(dev, non_blocking=True)].float()
 
         return reduce
 
-    reducers = {act_name("resid_post", layer): reducer(layer) for layer in range(deepest)}
+    def assign(batch: Batch, layer: int, vecs: Tensor) -> None:
+        parts = parts_of(batch, layer)
+        weights = torch.cat([t.weights for _, t in parts])
+        offsets = torch.tensor([0] + [len(t.positions) for _, t in parts[:-1]]).cumsum(0)
+        rows = torch.cat([t.rows for _, t in parts])
+        owner = torch.cat([t.owner + off for (_, t), off in zip(parts, offsets.tolist())])
+        norms = vecs.norm(dim=1)
+        order = torch.argsort(norms, descending=True, stable=True)
+        units = (vecs / norms.clamp_min(torch.finfo(torch.float32).tiny)[:, None])[order]
+        ids_sorted, signs_sorted = banks[layer].add(units, weights[order])
+        ids = torch.empty_like(ids_sorted)
+        signs = torch.empty_like(signs_sorted)
+        ids[order], signs[order] = ids_sorted, signs_sorted
+        assignment[rows, layer] = ids[owner].to(torch.int32)
+        sign[rows, layer] = signs[owner]
+
+    names = {act_name("resid_post", layer): layer for layer in range(deepest)}
+    reducers = {name: reducer(layer) for name, layer in names.items()}
     if prefixes:
         # the same tokens per forward as the probe's batches: prefixes are shorter than whole texts
         mean_text = probe.n_tokens / max(1, len(probe.sequences))
         mean_prefix = sum(len(p) for p in prefixes) / len(prefixes)
         per_batch = max(batch_size, int(batch_size * mean_text / mean_prefix))
-        for _ in stream(model, prefixes, reducers, batch_size=per_batch, progress=progress):
-            pass
+        for batch, out in stream(model, prefixes, reducers, batch_size=per_batch, progress=progress):
+            for name, layer in names.items():  # block order, as the forward read them
+                if out[name] is not None:
+                    assign(batch, layer, out[name])
     d_model = int(model.cfg.d_model)
     empty = torch.zeros(0, d_model)
     return StateClusters(

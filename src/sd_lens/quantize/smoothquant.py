@@ -87,7 +87,7 @@ def channel_maxima(
     def reduce(act: Tensor, batch: Batch) -> Tensor:
         a = act.reshape(act.shape[0], act.shape[1], -1).abs().float()
         a = a.masked_fill(~batch.mask[:, :, None], 0.0)
-        return a.amax((0, 1)).cpu()
+        return a.amax((0, 1))
 
     out: dict[str, Tensor] = {}
     for _, values in stream(model, tok.sequences, {n: reduce for n in hook_names}, batch_size=batch_size):

@@ -16,7 +16,13 @@ caller keeps (a norm per token, one token's vector, a coefficient). The engine
 * stops as soon as every reducer has read its value (no later block, final norm or unembedding
   runs, also when the deepest hook is in the last block), and
 * keeps nothing but what the reducers return: a full activation cache exists only when a reducer
-  returns the whole activation (:func:`keep`).
+  returns the whole activation (:func:`keep`), and
+* on an accelerator, lets reducers compute where the activation is and moves what they returned to
+  the host once per forward, after it (:func:`to_host`: one batch of non-blocking copies and one
+  synchronisation), so the forward never waits on a device-to-host copy inside a hook. A reducer
+  must therefore not call ``.cpu()``, ``.item()``, ``.tolist()`` or ``float()`` on device values
+  (``tests/test_device_discipline.py`` runs the library's reducers on meta tensors, where each of
+  these raises); use ``batch.lengths_on(act.device)`` rather than copying ``batch.lengths`` there.
 
 Reducers receive the activation detached; an intervention that must *change* an activation is a
 forward hook passed in ``fwd_hooks`` (it runs before the reducers at the same hook point, so a
@@ -26,9 +32,10 @@ reducer sees the edited value).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
+import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -38,7 +45,9 @@ from sd_lens.runtime.tokens import attention_mask as padding_mask
 from sd_lens.runtime.tokens import length_sorted_batches, model_device, pad
 from sd_lens.types import HookedModel, HookFn
 
-__all__ = ["Batch", "Pass", "Reducer", "forward", "keep", "make_batch", "run", "run_batch", "run_passes", "stream"]
+__all__ = [
+    "Batch", "Pass", "Reducer", "forward", "keep", "make_batch", "run", "run_batch", "run_passes", "stream", "to_host",
+]
 
 
 @dataclass(frozen=True)
@@ -50,12 +59,20 @@ class Batch:
         tokens: long ``[B, T]`` on the model's device (right-padded).
         lengths: long ``[B]`` on the CPU: the real tokens of each row.
         mask: bool ``[B, T]`` on the model's device: True at real tokens.
+        device_lengths: ``lengths`` on the model's device (copied before the forward, so that a
+            reducer needs no host-to-device copy); read it through :meth:`lengths_on`.
     """
 
     index: list[int]
     tokens: Int[Tensor, "batch pos"]
     lengths: Int[Tensor, " batch"]
     mask: Bool[Tensor, "batch pos"]
+    device_lengths: Int[Tensor, " batch"] | None = field(default=None, repr=False)
+
+    def lengths_on(self, device: torch.device) -> Int[Tensor, " batch"]:
+        """``lengths`` on ``device`` (the copy made before the forward when it is the model's device)."""
+        d = self.device_lengths
+        return d if d is not None and d.device == torch.device(device) else self.lengths.to(device)
 
     @property
     def padded(self) -> bool:
@@ -69,8 +86,39 @@ StopAt = int | None | Literal["auto"]
 
 
 def keep(act: Float[Tensor, "batch pos *rest"], batch: Batch) -> Float[Tensor, "batch pos *rest"]:
-    """The reducer that keeps the whole activation (float32, CPU): a cache, only when asked for."""
-    return act.float().cpu()
+    """The reducer that keeps the whole activation (float32; on the CPU once the engine returns it):
+    a cache, only when asked for."""
+    return act.float()
+
+
+def to_host(value: Any) -> Any:
+    """``value`` (a tensor, or tuples, lists and dicts of them) with every tensor on the CPU.
+
+    CUDA tensors are copied with ``non_blocking=True`` (into pinned memory) and waited for once, at
+    the end; CPU tensors and non-tensors are returned as they are.
+    """
+    pending: list[torch.device] = []
+
+    def move(v: Any) -> Any:
+        if isinstance(v, Tensor):
+            if v.device.type == "cpu":
+                return v
+            if v.device.type == "cuda":
+                pending.append(v.device)
+                return v.to("cpu", non_blocking=True)
+            return v.cpu()
+        if isinstance(v, tuple):
+            return tuple(move(x) for x in v)
+        if isinstance(v, list):
+            return [move(x) for x in v]
+        if isinstance(v, dict):
+            return {k: move(x) for k, x in v.items()}
+        return v
+
+    out = move(value)
+    for device in dict.fromkeys(pending):
+        torch.cuda.synchronize(device)
+    return out
 
 
 def _stop_layer(names: Iterable[str], stop_at_layer: StopAt) -> int | None:
@@ -136,10 +184,11 @@ def run_batch(
     stop_at_layer: StopAt = "auto",
     attention_mask: bool = False,
 ) -> dict[str, Any]:
-    """Run one :class:`Batch`; return ``{hook name: reducer value}``.
+    """Run one :class:`Batch`; return ``{hook name: reducer value}``, every tensor on the CPU.
 
     ``attention_mask=True`` passes ``batch.mask`` to the model when the batch is padded (not needed
-    for causal models, see the module docstring).
+    for causal models, see the module docstring). Reducers run on the activation's device; their
+    values come to the host together after the forward (:func:`to_host`).
     """
     out: dict[str, Any] = {}
     # a HookedTransformer has no hook on its logits: a LOGITS reducer reads the forward's output instead
@@ -168,14 +217,15 @@ def run_batch(
             "the model does not run them. Load it with sd_lens.load_model (compatibility mode on) or call "
             "model.enable_compatibility_mode()."
         )
-    return out
+    return to_host(out)
 
 
 def make_batch(model: HookedModel, seqs: Sequence[Int[Tensor, " pos"]], index: Sequence[int], pad_id: int = 0) -> Batch:
     """Right-pad ``seqs`` into a :class:`Batch` on the model's device."""
     tokens, lengths = pad(seqs, pad_id)
     device = model_device(model)
-    return Batch(list(index), tokens.to(device), lengths, padding_mask(lengths, tokens.shape[1]).to(device))
+    mask = padding_mask(lengths, tokens.shape[1])
+    return Batch(list(index), tokens.to(device), lengths, mask.to(device), lengths.to(device))
 
 
 def run(
