@@ -45,20 +45,23 @@ def acute_angle_deg(a: Float[Tensor, "*a d"], b: Float[Tensor, "*b d"], dim: int
     return torch.rad2deg(torch.arccos(cos))
 
 
-def svd_signed(m: Float[Tensor, "m n"]) -> tuple[Float[Tensor, "m k"], Float[Tensor, " k"], Float[Tensor, "k n"]]:
-    """SVD ``m = U diag(S) Vh`` computed in float64, returned as float32 on the CPU.
+def svd_signed(
+    m: Float[Tensor, "m n"], device: torch.device | str | None = None
+) -> tuple[Float[Tensor, "m k"], Float[Tensor, " k"], Float[Tensor, "k n"]]:
+    """SVD ``m = U diag(S) Vh`` computed in float64 on ``device`` (default: ``m``'s), returned as
+    float32 on the CPU.
 
     Singular vectors are only defined up to a joint sign flip of ``(u_k, v_k)``; this fixes the
     sign so that the largest-magnitude entry of every ``u_k`` is positive, which makes results
     reproducible across runs and methods (angles are sign-free anyway).
     """
-    U, S, Vh = torch.linalg.svd(m.detach().to("cpu", torch.float64), full_matrices=False)
+    U, S, Vh = torch.linalg.svd(m.detach().to(device or m.device, torch.float64), full_matrices=False)
     idx = U.abs().argmax(0)
-    sign = torch.sign(U[idx, torch.arange(U.shape[1])])
+    sign = torch.sign(U[idx, torch.arange(U.shape[1], device=U.device)])
     sign[sign == 0] = 1
     U = U * sign
     Vh = Vh * sign[:, None]
-    return U.float(), S.float(), Vh.float()
+    return U.float().cpu(), S.float().cpu(), Vh.float().cpu()
 
 
 class LeadingTriplet:

@@ -91,10 +91,12 @@ def attention_matrix(model_or_view: ModelOrView, layer: int | None = None) -> At
         An :class:`AttentionMatrix` with ``A`` (summed over heads), ``per_head`` and ``bias`` such
         that, for a normalised input ``n`` of a token attending only to itself,
         ``view.self_attention_out(n) == A @ n + bias`` (before any post-attention norm).
-        The weights are read from float32 copies: nothing in the model is touched.
+        The weights are read from float32 copies: nothing in the model is touched. Computed where
+        the block's weights are; the matrices come back on the CPU.
     """
     view = resolve_block(model_or_view, layer)
     with torch.no_grad():
         per_head = view.attn_ov_per_head().contiguous()
-        bias = view.self_attention_out(torch.zeros(view.d_model))
-    return AttentionMatrix(layer=view.layer, A=per_head.sum(0), per_head=per_head, bias=bias)
+        bias = view.self_attention_out(torch.zeros(view.d_model, device=view.W_out.device))
+        A = per_head.sum(0)
+    return AttentionMatrix(layer=view.layer, A=A.cpu(), per_head=per_head.cpu(), bias=bias.cpu())

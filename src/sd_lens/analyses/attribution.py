@@ -629,7 +629,8 @@ _RAW_HOOK = {"attn": "blocks.{}.attn.hook_out", "ffn": "blocks.{}.mlp.hook_out"}
 
 def _post_scale(view: ModelView, layer: int, sublayer: str) -> Tensor | None:
     b = view.block(layer)
-    return b.attn_post_scale if sublayer == "attn" else b.mlp_post_scale
+    scale = b.attn_post_scale if sublayer == "attn" else b.mlp_post_scale
+    return None if scale is None else scale.cpu()
 
 
 def lever_sites(

@@ -111,6 +111,7 @@ class FFNFit(LeadingTriplet):
         n_eval: number of held-out inputs R² was computed on.
         seconds: wall time of the whole call; ``fit_seconds``: of the fit alone (without R²).
         seed: seed of the sampling / split.
+        device: where the fit ran (the block's weights' device by default); its SVD runs there too.
     """
 
     method: str
@@ -125,10 +126,14 @@ class FFNFit(LeadingTriplet):
     seconds: float
     fit_seconds: float
     seed: int
+    device: str = "cpu"
 
     @cached_property
     def _svd(self) -> tuple[Tensor, Tensor, Tensor]:
-        return svd_signed(self.F)
+        # on the device the fit ran on (a GPU when the weights are there), if this process has it
+        dev = torch.device(self.device)
+        usable = dev.type == "cpu" or (dev.type == "cuda" and torch.cuda.is_available())
+        return svd_signed(self.F, dev if usable else "cpu")
 
     def svd(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(U, S, Vh)`` of ``F`` (cached; float64 SVD, float32 results, sign convention of
@@ -163,17 +168,6 @@ def _center_rows(view: BlockView, M: Tensor) -> Tensor:
     if view.norm != "layer":
         return M
     return M - M.mean(-1, keepdim=True)
-
-
-def _view_on(view: BlockView, device: torch.device) -> BlockView:
-    import dataclasses
-
-    moved = {
-        f.name: getattr(view, f.name).to(device)
-        for f in dataclasses.fields(view)
-        if isinstance(getattr(view, f.name), Tensor) and getattr(view, f.name).device != device
-    }
-    return dataclasses.replace(view, **moved) if moved else view
 
 
 class _R2:
@@ -437,7 +431,7 @@ def fit_ffn(
         raise InputError(f"holdout must be in [0, 1), got {holdout}")
     view = resolve_block(model_or_view, layer)
     dev = view.W_out.device if device is None else torch.device(device)
-    view_d = _view_on(view, dev)
+    view_d = view.to(dev)
     Q = _sample_basis(view, dev)
     k = view.d_model if Q is None else Q.shape[1]
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -506,13 +500,12 @@ def fit_ffn(
             r2, r2_hidden, count = _evaluate(ref_view, M_z, b, _gaussian_batches(ne, view.d_model, None, eval_gen, chunk_size, dev))
         else:
             r2, r2_hidden, count = _evaluate(view_d, M, b, batches)
-        M_cpu = M.cpu()
-        F = (view.W_out.T.double().cpu() @ M_cpu.double()).float()
+        F = (view_d.W_out.T.double() @ M.double()).float()  # on the device, like the fit
     return FFNFit(
         method=method,
         layer=view.layer,
-        M=M_cpu,
-        F=F,
+        M=M.cpu(),
+        F=F.cpu(),
         b_hidden=b.cpu(),
         r2=r2,
         r2_hidden=r2_hidden,
@@ -521,4 +514,5 @@ def fit_ffn(
         seconds=time.perf_counter() - t0,
         fit_seconds=fit_s,
         seed=seed,
+        device=str(dev),
     )

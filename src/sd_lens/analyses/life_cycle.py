@@ -640,7 +640,7 @@ def life_cycle(
     split: dict[int, tuple[Tensor, Tensor, Tensor, BlockView]] = {}
     closure = 0.0
     for b in blocks:
-        bv = view.block(b)
+        bv = view.block(b).to("cpu")  # a few blocks' host arithmetic with the streamed values
         y, factor, bias = ffn_output(bv, hidden[b])
         split[b] = (y, factor, bias, bv)
         added = mlp_out[b].double()

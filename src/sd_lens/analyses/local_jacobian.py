@@ -352,12 +352,12 @@ def visible_channels(view: BlockView) -> Tensor:
 def effective_input(view: BlockView, n: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
     """``γ₂ ⊙ n + β₂`` with the channels the FFN cannot read (:func:`visible_channels`) set to 0."""
     with torch.no_grad():
-        return view.ffn_input(n.float()) * visible_channels(view)
+        return view.ffn_input(n.float()) * visible_channels(view).to(n.device)
 
 
 def _at(position: int) -> Callable[[Tensor, Batch], Tensor]:
     def reduce(act: Tensor, batch: Batch) -> Tensor:
-        return act[0, position].double().cpu()
+        return act[0, position].double()
 
     return reduce
 
@@ -413,7 +413,7 @@ def local_jacobian(
     view = view or model_view(model)
     fit = fit_ffn(view.block(layer), method=gaussian, n_eval=0) if isinstance(gaussian, str) else gaussian
     out = _quiet_run(model, tokens[None], {nm: _at(position % T) for nm in names})
-    return _local_from(view.block(layer), out[names[0]], out[names[1]], direction, fit, rtol, dtype)
+    return _local_from(view.block(layer).to("cpu"), out[names[0]], out[names[1]], direction, fit, rtol, dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -765,7 +765,7 @@ def local_causal_checks(
                 if layer not in fits:
                     fits[layer] = fit_ffn(view.block(layer), method=gaussian_method, n_eval=0)
                 n, real = reads[layer]
-                c.local[layer] = _local_from(view.block(layer), n, real, u, fits[layer], rtol, torch.float64)
+                c.local[layer] = _local_from(view.block(layer).to("cpu"), n, real, u, fits[layer], rtol, torch.float64)
         good = []
         for layer in blocks:
             errs = [c.local[layer].closure_error for c in carriers]
@@ -848,7 +848,7 @@ def _reads_rows(
     reducers: dict[str, Any] = {act_name("resid_post", layer): token_norms for layer in range(hi + 1)}
     for layer in blocks:
         for name in (ffn_input(layer), act_name("mlp_out", layer)):
-            reducers[name] = lambda a, b: a[:, pos].double().cpu()
+            reducers[name] = lambda a, b: a[:, pos].double()
     out = _quiet_run(model, tokens[None].expand(rows, -1), reducers, hooks)
     norms = torch.stack([out[act_name("resid_post", layer)] for layer in range(hi + 1)], dim=1)
     return norms, {layer: (out[ffn_input(layer)], out[act_name("mlp_out", layer)]) for layer in blocks}
@@ -901,7 +901,7 @@ def _intervene(
         cnorms, _ = _reads_rows(model, c.tokens, c.pos, window[1], [], P * n_seeds, chooks)
         pc = _peak(c.norms, c.pos, window)
         locs = [c.local[x] for x in site]
-        g2 = [view.block(x).ln2_scale * visible_channels(view.block(x)) for x in site]
+        g2 = [(view.block(x).ln2_scale * visible_channels(view.block(x))).cpu() for x in site]
         rand_eff = [float(torch.stack([(g * r).norm() for r in randoms]).mean()) for g in g2]
         for b in range(P):
             pi = _peak(norms[b], c.pos, window)
@@ -922,7 +922,7 @@ def _intervene(
                 real = out_int - loc.real_out.double()
                 lp = loc.J.double() @ dn
                 fit = fits.get(layer)
-                gp = _gaussian_change(view.block(layer), loc, fit, dn) if fit is not None else torch.full_like(lp, float("nan"))
+                gp = _gaussian_change(view.block(layer).to("cpu"), loc, fit, dn) if fit is not None else torch.full_like(lp, float("nan"))
                 rn = float(real.norm()) or 1e-30
                 acc["fit"][ci, b] = torch.tensor([float(real @ uu), float(lp @ uu), float(gp @ uu),
                                                   float((lp - real).norm()) / rn, float((gp - real).norm()) / rn])

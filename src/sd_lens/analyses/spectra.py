@@ -35,7 +35,7 @@ def _post_scaled(m: Tensor, scale: Tensor | None) -> Tensor:
     if scale is None:
         return m
     rho = float(torch.linalg.matrix_norm(m)) / math.sqrt(m.shape[0])
-    return scale[:, None] * m / max(rho, 1e-12)
+    return scale.to(m.device)[:, None] * m / max(rho, 1e-12)
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,8 +68,11 @@ def linearize_block(
     return BlockLinearization(layer, A, F, L, view.parallel, fit)
 
 
-def top_singular(m: Float[Tensor, "d d"]) -> tuple[float, Float[Tensor, " d"], Float[Tensor, " d"]]:
-    """Leading singular triplet ``(s0, u0, v0)`` of a square matrix, exactly, in float64.
+def top_singular(
+    m: Float[Tensor, "d d"], device: torch.device | str | None = None
+) -> tuple[float, Float[Tensor, " d"], Float[Tensor, " d"]]:
+    """Leading singular triplet ``(s0, u0, v0)`` of a square matrix, exactly, in float64 on ``device``
+    (default: ``m``'s); ``u0``, ``v0`` come back as float32 on the CPU.
 
     From the symmetric eigenproblem of ``m mᵀ`` (u0 its top eigenvector, ``s0 = √λ``,
     ``v0 = mᵀ u0 / s0``): several times cheaper than a full SVD and exact for the top triplet.
@@ -77,14 +80,14 @@ def top_singular(m: Float[Tensor, "d d"]) -> tuple[float, Float[Tensor, " d"], F
     ``u0`` is positive, so ``u0``/``v0`` agree with those of ``FFNFit``/``AttentionMatrix``
     (angles are sign-free anyway).
     """
-    m64 = m.detach().double()
+    m64 = m.detach().to(device or m.device, torch.float64)
     vals, vecs = torch.linalg.eigh(m64 @ m64.T)
     u0 = vecs[:, -1]
     if float(u0[u0.abs().argmax()]) < 0:
         u0 = -u0
     s0 = float(vals[-1].clamp(min=0).sqrt())
     v0 = m64.T @ u0 / max(s0, 1e-300)
-    return s0, u0.float(), v0.float()
+    return s0, u0.float().cpu(), v0.float().cpu()
 
 
 @dataclass(frozen=True, eq=False)
@@ -169,9 +172,11 @@ def layer_spectra(
         todo = tqdm(todo, desc=progress if isinstance(progress, str) else "block spectra", unit="block")
     for layer in todo:
         extra: dict[str, Any] = {"inputs": inputs_by_layer[layer]} if inputs_by_layer is not None else {}
-        lin = linearize_block(view.block(layer), layer, method=method, **fit_kwargs, **extra)
-        s0, u0, v0 = top_singular(lin.L)
-        fs0, fu0, fv0 = top_singular(lin.F)
+        block = view.block(layer)
+        lin = linearize_block(block, layer, method=method, **fit_kwargs, **extra)
+        dev = block.W_out.device  # the eigenproblems run where the block's weights are (a GPU when there is one)
+        s0, u0, v0 = top_singular(lin.L, dev)
+        fs0, fu0, fv0 = top_singular(lin.F, dev)
         blocks.append(
             BlockSpectrum(
                 layer=layer,

@@ -266,7 +266,7 @@ def weight_outliers(
             masked = torch.nonzero(a <= mask_tol).flatten().tolist()
             amp_idx = torch.nonzero(a >= gain_ratio * med).flatten().tolist() if med > 0 else []
             amplified = sorted(((int(c), float(scale[c]), float(a[c]) / med) for c in amp_idx), key=lambda t: -abs(t[1]))
-            norms[(layer, norm)] = NormScales(layer, norm, source, scale.clone(), med, [int(c) for c in masked], amplified)
+            norms[(layer, norm)] = NormScales(layer, norm, source, scale.cpu().clone(), med, [int(c) for c in masked], amplified)
         rows, row_med = _peaked(b.W_out, 1, stat_ratio)
         cols, col_med = _peaked(b.W_out, 0, stat_ratio)
         down.append(DownProjOutliers(layer, rows, cols, row_med, col_med))

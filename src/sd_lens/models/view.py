@@ -22,7 +22,7 @@ matrices returned by methods act on column vectors the way the papers write them
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, wraps
 from typing import Any, Callable, Literal
 
 import torch
@@ -44,6 +44,18 @@ _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu_pytorch_tanh": lambda z: F.gelu(z, approximate="tanh"),
     "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
 }
+
+
+def _on_weights(method: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """A :class:`BlockView` method computing where the block's weights are (a GPU when the model is
+    there) and returning on its input's device: analyses stay device-agnostic."""
+
+    @wraps(method)
+    def run(self: "BlockView", x: Tensor, *args: Any) -> Tensor:
+        here, there = x.device, self.W_out.device
+        return method(self, x.to(there), *args).to(here)
+
+    return run
 
 
 def _f32(t: Any) -> Tensor | None:
@@ -134,8 +146,8 @@ class BlockView:
     def centering(self) -> Float[Tensor, "d_model d_model"]:
         """The linear part of the normalisation's mean removal (identity for RMSNorm)."""
         d = self.d_model
-        eye = torch.eye(d)
-        return eye - torch.full((d, d), 1.0 / d) if self.norm == "layer" else eye
+        eye = torch.eye(d, device=self.W_out.device)
+        return eye - 1.0 / d if self.norm == "layer" else eye
 
     # -- attention ------------------------------------------------------------------------
     def attn_ov_per_head(self) -> Float[Tensor, "n_heads d_model d_model"]:
@@ -148,6 +160,7 @@ class BlockView:
         """A = sum_h W_O^h W_V^h diag(gamma_1), the attention update of a self-attending token."""
         return self.attn_ov_per_head().sum(0)
 
+    @_on_weights
     def self_attention_out(self, n: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         """Exact attention output (before any post-norm) of a token that attends only to itself."""
         h = n.to(torch.float32) * self.ln1_scale
@@ -160,10 +173,12 @@ class BlockView:
         return out + self.b_O if self.b_O is not None else out
 
     # -- FFN ---------------------------------------------------------------------------------
+    @_on_weights
     def ffn_input(self, n: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         h = n.to(torch.float32) * self.ln2_scale
         return h + self.ln2_bias if self.ln2_bias is not None else h
 
+    @_on_weights
     def ffn_hidden(self, n: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_mlp"]:
         """Hidden activation (the input of the down-projection) for normalised inputs n."""
         h = self.ffn_input(n)
@@ -173,16 +188,22 @@ class BlockView:
         gate = h @ self.W_gate + (self.b_gate if self.b_gate is not None else 0.0)
         return self.act(gate) * pre
 
+    @_on_weights
     def ffn_out(self, n: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         """FFN output before any post-FFN norm."""
         out = self.ffn_hidden(n) @ self.W_out
         return out + self.b_out if self.b_out is not None else out
 
+    def to(self, device: torch.device | str) -> "BlockView":
+        """This view with every tensor on ``device`` (itself when they are there already)."""
+        return on_one_device(self, device)
+
+    @_on_weights
     def post_norm(self, y: Tensor, scale: Tensor | None) -> Tensor:
         """Gemma-style post-norm (RMSNorm times its scale); identity when the block has none."""
         if scale is None:
             return y
-        return y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps) * scale
+        return y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps) * scale.to(y.device)
 
 
 def _check_layout(family: Family, what: str, declared: object, found: object) -> None:
@@ -253,6 +274,20 @@ CACHE_ALL_BYTES = 2 * 2**30
 CACHED_BLOCKS_BIG = 4
 
 
+def on_one_device(view: BlockView, device: torch.device | str | None = None) -> BlockView:
+    """``view`` with every tensor on ``device`` (default: its ``W_out``'s, the block's weights; a GPU
+    when the model is there): defaults such as an absent norm's unit scale are made on the host."""
+    import dataclasses
+
+    device = view.W_out.device if device is None else torch.device(device)
+    moved = {
+        f.name: getattr(view, f.name).to(device)
+        for f in dataclasses.fields(view)
+        if isinstance(getattr(view, f.name), Tensor) and getattr(view, f.name).device != device
+    }
+    return dataclasses.replace(view, **moved) if moved else view
+
+
 class ModelView:
     """Per-block linear pieces of a TransformerLens model, built lazily and cached.
 
@@ -277,7 +312,8 @@ class ModelView:
         self._block = lru_cache(maxsize=self.cache_size)(self._build)
 
     def _build(self, layer: int) -> BlockView:
-        return (self._family.block_view or standard_block_view)(self._model, layer, self._family)
+        view = (self._family.block_view or standard_block_view)(self._model, layer, self._family)
+        return on_one_device(view)
 
     def block(self, layer: int) -> BlockView:
         if not isinstance(layer, int) or not -self.n_layers <= layer < self.n_layers:
