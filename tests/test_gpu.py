@@ -1,19 +1,23 @@
 """The analyses on a CUDA device (``pytest -m gpu``; skipped without one).
 
-Not run on the machines of this project so far (no GPU was lent while this was written): these tests
-say what must hold on a GPU — the same findings as on the CPU, and the model left as it was.
+What must hold on a GPU: the same findings as on the CPU, the model left as it was, and no reducer
+that makes the forward wait for the device (``torch.cuda.set_sync_debug_mode`` turned to "error"
+while each reducer runs; ``tests/test_device_discipline.py`` checks the same without a GPU).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from tests.conftest import planted_bos_model
+from tests.test_device_discipline import ALLOWED
 
 from sd_lens.analyses.ffn_fit import fit_ffn
 from sd_lens.analyses.probe import probe_norms
 from sd_lens.models.tiny import tiny_model
 from sd_lens.models.view import model_view
 from sd_lens.pipeline import run_analysis
+from sd_lens.runtime import engine
 from sd_lens.runtime.precision import forward_dtype
 
 pytestmark = [
@@ -62,3 +66,50 @@ def test_smollm2_on_cuda_matches_the_cpu(smollm2):
     texts = sd_lens.default_corpus()[:16]
     a, b = probe_norms(smollm2, texts), probe_norms(gpu, texts)
     assert torch.allclose(a.hook("resid_post"), b.hook("resid_post"), rtol=1e-3)
+
+
+def _planted(device: str):
+    model = planted_bos_model()
+    return model.to(device) if device != "cpu" else model
+
+
+def test_the_full_analysis_on_cuda_matches_the_cpu():
+    """Every part (channels, local checks, interventions, quantization) on the planted defect."""
+    opts = dict(channels=True, local_checks=True, interventions=True, quantize=True)
+    cpu = run_analysis(_planted("cpu"), TEXTS, **opts).to_dict()
+    gpu = run_analysis(_planted("cuda"), TEXTS, **opts).to_dict()
+    assert len(gpu["defects"]) == len(cpu["defects"]) >= 1
+    for a, b in zip(cpu["defects"], gpu["defects"]):
+        assert (a["explosion_layer"], a["decay_layers"]) == (b["explosion_layer"], b["decay_layers"])
+    assert gpu["typical_norm"] == pytest.approx(cpu["typical_norm"], rel=1e-3)
+
+
+def test_no_reducer_waits_for_the_gpu(monkeypatch):
+    """A synchronising call (a device-to-host copy, .item(), nonzero ...) inside a reducer raises."""
+    failures: dict[str, str] = {}
+    original = engine._reducer_hooks
+
+    def strict(reducers, batch, out, stop_when_read=False):
+        def wrap(name, reducer):
+            def run(act, b):
+                torch.cuda.set_sync_debug_mode("error")
+                try:
+                    return reducer(act, b)
+                except RuntimeError as exc:
+                    import traceback
+
+                    frames = [f.name for f in traceback.extract_tb(exc.__traceback__)[1:]
+                              if "site-packages" not in f.filename]
+                    failures.setdefault(frames[-1], f"{name}: {frames} {exc!r:.200}")
+                    torch.cuda.set_sync_debug_mode(0)
+                    return reducer(act, b)
+                finally:
+                    torch.cuda.set_sync_debug_mode(0)
+
+            return run
+
+        return original({n: wrap(n, r) for n, r in reducers.items()}, batch, out, stop_when_read)
+
+    monkeypatch.setattr(engine, "_reducer_hooks", strict)
+    run_analysis(_planted("cuda"), TEXTS, channels=True, local_checks=True, interventions=True, quantize=True)
+    assert set(failures) <= set(ALLOWED), "\n".join(v for k, v in failures.items() if k not in ALLOWED)
