@@ -27,6 +27,7 @@ from torch import Tensor
 
 from sd_lens.linalg import unit
 from sd_lens.runtime.hooks import ffn_input, temporary_hooks
+from sd_lens.runtime.reducers import resident
 from sd_lens.types import HookedModel, HookFn
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "intervene",
     "patching_hooks",
     "project_out",
+    "remove_matched",
     "set_coefficient",
 ]
 
@@ -52,16 +54,45 @@ def _select(positions: Positions) -> Any:
     return list(positions)
 
 
-def project_out(direction: Float[Tensor, " d"], positions: Positions = None) -> HookFn:
-    """Hook removing the component along ``direction`` at ``positions`` (all when None)."""
-    d = unit(direction.detach().float())
+def project_out(
+    direction: Float[Tensor, " d"], positions: Positions = None, removed: list[float] | None = None
+) -> HookFn:
+    """Hook removing the component along ``direction`` at ``positions`` (all when None).
+
+    With ``removed`` (a list), each call appends the largest norm it removed, for a matched
+    control (:func:`remove_matched`); that reads a value off the device, so leave it out otherwise.
+    """
+    d = resident(unit(direction.detach().float()))
     sel = _select(positions)
 
     def hook(act: Tensor, hook: Any) -> Tensor:
-        u = d.to(act.device)
+        u = d(act.device)
         out = act.clone()  # a new tensor: TransformerBridge ignores in-place edits of norm hooks
         part = act[:, sel].float()
-        out[:, sel] = (part - (part @ u)[..., None] * u).to(act.dtype)
+        coef = part @ u
+        out[:, sel] = (part - coef[..., None] * u).to(act.dtype)
+        if removed is not None:
+            removed.append(float(coef.abs().max()))
+        return out
+
+    return hook
+
+
+def remove_matched(direction: Float[Tensor, " d"], size: float, positions: Positions = None) -> HookFn:
+    """Hook removing a vector of norm ``size`` along ``direction`` at ``positions`` (a matched control).
+
+    The removed vector is ``sign(act @ direction) * size * direction``: it shrinks the component
+    along ``direction`` by ``size`` (through zero if it is smaller).
+    """
+    d = resident(unit(direction.detach().float()))
+    sel = _select(positions)
+
+    def hook(act: Tensor, hook: Any) -> Tensor:
+        u = d(act.device)
+        out = act.clone()
+        part = act[:, sel].float()
+        sign = torch.where(part @ u >= 0, 1.0, -1.0)
+        out[:, sel] = (part - (sign * size)[..., None] * u).to(act.dtype)
         return out
 
     return hook
@@ -69,11 +100,11 @@ def project_out(direction: Float[Tensor, " d"], positions: Positions = None) -> 
 
 def set_coefficient(direction: Float[Tensor, " d"], value: float | Float[Tensor, ""], positions: Positions) -> HookFn:
     """Hook setting the coefficient along ``direction`` to ``value`` at ``positions``."""
-    d = unit(direction.detach().float())
+    d = resident(unit(direction.detach().float()))
     sel = _select(positions)
 
     def hook(act: Tensor, hook: Any) -> Tensor:
-        u = d.to(act.device)
+        u = d(act.device)
         out = act.clone()
         part = act[:, sel].float()
         target = torch.as_tensor(value, dtype=torch.float32, device=act.device)

@@ -78,6 +78,7 @@ from torch import Tensor
 from sd_lens.analyses.defects import Defect, DefectReport, carrier_order
 from sd_lens.analyses.probe import NormProbe
 from sd_lens.errors import InputError, UnsupportedArchitectureError
+from sd_lens.interventions import project_out, remove_matched
 from sd_lens.linalg import unit
 from sd_lens.models.view import ModelView, model_view
 from sd_lens.runtime.engine import run, stream
@@ -429,48 +430,9 @@ def component_attribution(
 # ------------------------------------------------------------------------------------------------
 # interventions on the sublayer outputs
 # ------------------------------------------------------------------------------------------------
-def remove_along(
-    direction: Float[Tensor, " d"], positions: list[int] | None = None, removed: list[float] | None = None
-) -> HookFn:
-    """Hook removing the component along ``direction`` at ``positions`` (all when None).
-
-    Like :func:`sd_lens.interventions.project_out`, and it appends the largest norm it removed in
-    each call to ``removed`` (when given), for a matched control.
-    """
-    u_cpu = unit(direction.detach().float())
-    sel: Any = slice(None) if positions is None else list(positions)
-
-    def hook(act: Tensor, hook: Any) -> Tensor:
-        u = u_cpu.to(act.device)
-        out = act.clone()  # a new tensor: TransformerBridge ignores in-place edits of some hooks
-        part = act[:, sel].float()
-        coef = part @ u
-        out[:, sel] = (part - coef[..., None] * u).to(act.dtype)
-        if removed is not None:
-            removed.append(float(coef.abs().max()))
-        return out
-
-    return hook
-
-
-def remove_matched(direction: Float[Tensor, " d"], size: float, positions: list[int] | None = None) -> HookFn:
-    """Hook removing a vector of norm ``size`` along ``direction`` at ``positions`` (a matched control).
-
-    The removed vector is ``sign(act @ direction) * size * direction``: it shrinks the component
-    along ``direction`` by ``size`` (through zero if it is smaller).
-    """
-    u_cpu = unit(direction.detach().float())
-    sel: Any = slice(None) if positions is None else list(positions)
-
-    def hook(act: Tensor, hook: Any) -> Tensor:
-        u = u_cpu.to(act.device)
-        out = act.clone()
-        part = act[:, sel].float()
-        sign = torch.where(part @ u >= 0, 1.0, -1.0)
-        out[:, sel] = (part - (sign * size)[..., None] * u).to(act.dtype)
-        return out
-
-    return hook
+#: :func:`sd_lens.interventions.project_out` (with its ``removed`` list): the name the lever's
+#: docs and earlier code use
+remove_along = project_out
 
 
 # ------------------------------------------------------------------------------------------------
