@@ -19,7 +19,7 @@ observation (iv) (high norms are triggered by the right leading singular vector)
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float
@@ -54,6 +54,22 @@ def _select(positions: Positions) -> Any:
     return list(positions)
 
 
+def _along(direction: Float[Tensor, " d"], positions: Positions, edit: Callable[[Tensor, Tensor, Tensor], Tensor]) -> HookFn:
+    """A hook replacing the rows ``part`` (float32) at ``positions`` by ``edit(part, part @ u, u)``,
+    ``u`` the unit ``direction`` (copied to the device once)."""
+    d = resident(unit(direction.detach().float()))
+    sel = _select(positions)
+
+    def hook(act: Tensor, hook: Any) -> Tensor:
+        u = d(act.device)
+        out = act.clone()  # a new tensor: TransformerBridge ignores in-place edits of norm hooks
+        part = act[:, sel].float()
+        out[:, sel] = edit(part, part @ u, u).to(act.dtype)
+        return out
+
+    return hook
+
+
 def project_out(
     direction: Float[Tensor, " d"], positions: Positions = None, removed: list[float] | None = None
 ) -> HookFn:
@@ -62,20 +78,13 @@ def project_out(
     With ``removed`` (a list), each call appends the largest norm it removed, for a matched
     control (:func:`remove_matched`); that reads a value off the device, so leave it out otherwise.
     """
-    d = resident(unit(direction.detach().float()))
-    sel = _select(positions)
 
-    def hook(act: Tensor, hook: Any) -> Tensor:
-        u = d(act.device)
-        out = act.clone()  # a new tensor: TransformerBridge ignores in-place edits of norm hooks
-        part = act[:, sel].float()
-        coef = part @ u
-        out[:, sel] = (part - coef[..., None] * u).to(act.dtype)
+    def edit(part: Tensor, coef: Tensor, u: Tensor) -> Tensor:
         if removed is not None:
             removed.append(float(coef.abs().max()))
-        return out
+        return part - coef[..., None] * u
 
-    return hook
+    return _along(direction, positions, edit)
 
 
 def remove_matched(direction: Float[Tensor, " d"], size: float, positions: Positions = None) -> HookFn:
@@ -84,34 +93,19 @@ def remove_matched(direction: Float[Tensor, " d"], size: float, positions: Posit
     The removed vector is ``sign(act @ direction) * size * direction``: it shrinks the component
     along ``direction`` by ``size`` (through zero if it is smaller).
     """
-    d = resident(unit(direction.detach().float()))
-    sel = _select(positions)
-
-    def hook(act: Tensor, hook: Any) -> Tensor:
-        u = d(act.device)
-        out = act.clone()
-        part = act[:, sel].float()
-        sign = torch.where(part @ u >= 0, 1.0, -1.0)
-        out[:, sel] = (part - (sign * size)[..., None] * u).to(act.dtype)
-        return out
-
-    return hook
+    return _along(
+        direction, positions, lambda part, coef, u: part - (torch.where(coef >= 0, 1.0, -1.0) * size)[..., None] * u
+    )
 
 
 def set_coefficient(direction: Float[Tensor, " d"], value: float | Float[Tensor, ""], positions: Positions) -> HookFn:
     """Hook setting the coefficient along ``direction`` to ``value`` at ``positions``."""
-    d = resident(unit(direction.detach().float()))
-    sel = _select(positions)
 
-    def hook(act: Tensor, hook: Any) -> Tensor:
-        u = d(act.device)
-        out = act.clone()
-        part = act[:, sel].float()
-        target = torch.as_tensor(value, dtype=torch.float32, device=act.device)
-        out[:, sel] = (part + (target - part @ u)[..., None] * u).to(act.dtype)
-        return out
+    def edit(part: Tensor, coef: Tensor, u: Tensor) -> Tensor:
+        target = torch.as_tensor(value, dtype=torch.float32, device=part.device)
+        return part + (target - coef)[..., None] * u
 
-    return hook
+    return _along(direction, positions, edit)
 
 
 def ablation_hooks(
