@@ -104,10 +104,10 @@ def test_massive_mask_is_the_criterion_and_set_massive_touches_nothing_else(seed
                 v = abs(float(act[b, t, c]))
                 want = t < lengths[b] and v >= relative * med and v > 0 and (absolute is None or v > absolute)
                 assert bool(mask[b, t, j]) == want
-    from sd_lens.analyses import outlier_interventions as oi
+    from sd_lens.runtime.engine import with_real_mask
 
     hook = set_massive(chans, initial=0.0, relative=relative, absolute=absolute)
-    with oi._real_positions(real):
+    with with_real_mask(real):  # as inside the engine's forward of a padded batch
         out = hook(act, None)
     full = torch.zeros_like(act, dtype=torch.bool)
     full[..., chans] = mask

@@ -255,3 +255,21 @@ def test_passes_over_different_sequences_are_refused(tiny):
     b = activation_outliers_pass(tiny, tokenize(tiny, ["another text"]))
     with pytest.raises(ValueError, match="different sequences"):
         run_passes(tiny, [a, b])
+
+
+def test_intervention_hooks_see_the_running_batchs_real_positions(tiny):
+    """real_mask() is the engine's padding mask during its forwards and None outside them."""
+    from sd_lens.runtime.engine import real_mask
+
+    seen = []
+
+    def hook(act, hook):  # an intervention: it edits nothing, it records what it could leave out
+        seen.append(real_mask())
+        return act
+
+    seqs = [torch.tensor([1, 5, 6, 7]), torch.tensor([1, 8])]
+    batches = list(stream(tiny, seqs, {act_name("resid_post", 0): token_norms}, batch_size=2,
+                          fwd_hooks=[(act_name("resid_post", 0), hook)]))
+    (batch, _), = batches
+    assert len(seen) == 1 and torch.equal(seen[0], batch.mask) and seen[0].sum() == 6
+    assert real_mask() is None

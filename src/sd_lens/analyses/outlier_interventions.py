@@ -54,8 +54,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal, Mapping, Sequence, cast
 
@@ -67,8 +65,8 @@ from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_
 from sd_lens.corpus import DEFAULT_N_LINES, default_corpus
 from sd_lens.errors import InputError, NonFiniteActivationError
 from sd_lens.models.loading import model_name
-from sd_lens.runtime.engine import Batch, make_batch, run_batch, stream
-from sd_lens.runtime.hooks import act_name, require_hooks
+from sd_lens.runtime.engine import Batch, make_batch, real_mask, run_batch, stream, with_real_mask
+from sd_lens.runtime.hooks import LOGITS, act_name, require_hooks
 from sd_lens.runtime.reducers import resident
 from sd_lens.runtime.tokens import Tokenized, length_sorted_batches, tokenize
 from sd_lens.types import HookedModel, HookFn
@@ -89,24 +87,10 @@ __all__ = [
     "set_massive",
 ]
 
-#: the hook whose output is the logits (TransformerLens's unembedding)
-LOGITS_HOOK = "unembed.hook_out"
+#: the hook whose output is the logits (TransformerLens's unembedding; :data:`sd_lens.runtime.hooks.LOGITS`)
+LOGITS_HOOK = LOGITS
 Mode = Literal["zero", "mean"]
 MODES = ("zero", "mean")
-
-#: real (non-pad) positions of the rows a hook is about to see; set by :func:`perplexity` and
-#: :func:`massive_means` around each forward so the run-time median ignores padding
-_REAL: ContextVar[Tensor | None] = ContextVar("sd_lens_real_positions", default=None)
-
-
-@contextmanager
-def _real_positions(mask: Tensor | None) -> Iterator[None]:
-    token = _REAL.set(mask)
-    try:
-        yield
-    finally:
-        _REAL.reset(token)
-
 
 def held_out_corpus(n_lines: int = DEFAULT_N_LINES, skip: int = DEFAULT_N_LINES) -> list[str]:
     """``n_lines`` prose lines of the default corpus's source that ``default_corpus(skip)`` does not hold.
@@ -231,7 +215,7 @@ def set_massive(
     def hook(act: Tensor, hook: Any) -> Tensor:
         if int(ch.max()) >= act.shape[-1]:
             raise InputError(f"channel {int(ch.max())} is out of range for width {act.shape[-1]}")
-        real = _REAL.get()
+        real = real_mask()  # the engine's batch: padding stays out of the median
         if real is not None and tuple(real.shape) != tuple(act.shape[:2]):
             real = None
         c = ch.to(act.device)
@@ -514,8 +498,8 @@ def _second_half(fn: HookFn, n: int) -> HookFn:
     """``fn`` applied to rows ``n:`` only (the intervened copy of a doubled batch)."""
 
     def hook(act: Tensor, hook: Any) -> Tensor:
-        real = _REAL.get()
-        with _real_positions(None if real is None else real[n:]):
+        real = real_mask()
+        with with_real_mask(None if real is None else real[n:]):
             edited = fn(act[n:], hook)
         return torch.cat([act[:n], edited], dim=0)
 
@@ -564,8 +548,7 @@ def perplexity(
             return s_int, s_clean, _kl_sum(act[:n], act[n:], b.mask[:n]), c
 
         run_hooks = [(name, _second_half(fn, n)) for name, fn in hooks] if doubled else hooks
-        with _real_positions(batch.mask):
-            out = run_batch(model, batch, {LOGITS_HOOK: reduce}, fwd_hooks=run_hooks)
+        out = run_batch(model, batch, {LOGITS_HOOK: reduce}, fwd_hooks=run_hooks)
         s, sc, k, c = out[LOGITS_HOOK]
         nll += s
         clean_nll += sc

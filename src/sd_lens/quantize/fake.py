@@ -55,6 +55,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from sd_lens.errors import InputError, UnsupportedArchitectureError
+from sd_lens.runtime.engine import real_mask
 from sd_lens.runtime.hooks import require_hooks
 from sd_lens.types import HookedModel, HookFn
 
@@ -277,14 +278,6 @@ def _check_blocks(model: HookedModel, blocks: Iterable[int], what: str) -> tuple
     return tuple(sorted(set(out)))
 
 
-def _real_positions() -> Tensor | None:
-    """Real (non-pad) positions of the batch :func:`~sd_lens.analyses.outlier_interventions.perplexity`
-    is running, when it is the caller (None elsewhere: every position counts)."""
-    from sd_lens.analyses.outlier_interventions import _REAL
-
-    return _REAL.get()
-
-
 def _act_hook(
     granularity: Literal["tensor", "token"], bits: int, smooth: Tensor | None, live: list[bool], name: str
 ) -> HookFn:
@@ -295,7 +288,7 @@ def _act_hook(
         if smooth is not None:
             flat = act.reshape(act.shape[0], act.shape[1], -1)
             x = (flat.float() / smooth.to(act.device)).to(act.dtype)
-        real = _real_positions()
+        real = real_mask()  # the engine's batch (None outside it: every position counts)
         if real is not None and tuple(real.shape) != tuple(act.shape[:2]):
             real = None
         return quantize_activation(x, granularity, bits, real).reshape(act.shape)

@@ -32,6 +32,8 @@ reducer sees the edited value).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
@@ -46,8 +48,29 @@ from sd_lens.runtime.tokens import length_sorted_batches, model_device, pad
 from sd_lens.types import HookedModel, HookFn
 
 __all__ = [
-    "Batch", "Pass", "Reducer", "forward", "keep", "make_batch", "run", "run_batch", "run_passes", "stream", "to_host",
+    "Batch", "Pass", "Reducer", "forward", "keep", "make_batch", "real_mask", "run", "run_batch", "run_passes", "stream",
+    "to_host", "with_real_mask",
 ]
+
+#: the real (non-pad) positions of the rows the running forward sees; set by :func:`run_batch`
+_REAL: ContextVar[Tensor | None] = ContextVar("sd_lens_real_positions", default=None)
+
+
+def real_mask() -> Bool[Tensor, "batch pos"] | None:
+    """For an intervention hook: bool ``[B, T]`` (on the model's device), True at the real tokens of
+    the batch :func:`run_batch` is running, so a hook can leave padding out of a statistic; None
+    outside the engine's forwards (every position counts then)."""
+    return _REAL.get()
+
+
+@contextmanager
+def with_real_mask(mask: Tensor | None) -> Iterator[None]:
+    """:func:`real_mask` is ``mask`` inside the block (e.g. for a hook that runs another on some rows)."""
+    token = _REAL.set(mask)
+    try:
+        yield
+    finally:
+        _REAL.reset(token)
 
 
 @dataclass(frozen=True)
@@ -201,11 +224,8 @@ def run_batch(
     hooks = list(fwd_hooks) + _reducer_hooks(hooked, batch, out, stop_when_read=auto)
     stop = _stop_layer(reducers, stop_at_layer)
     try:
-        result = forward(
-            model, batch.tokens, fwd_hooks=hooks, stop_at_layer=stop,
-            attention_mask=batch.mask.long() if attention_mask and batch.padded else None,
-            return_type="logits" if logits_reducer is not None and stop is None else None,
-        )
+        with with_real_mask(batch.mask):
+            result = _forward_batch(model, batch, hooks, stop, attention_mask, logits_reducer is not None)
         if logits_reducer is not None and result is not None:
             out[LOGITS] = logits_reducer(result.detach(), batch)
     except _AllRead:
@@ -218,6 +238,16 @@ def run_batch(
             "model.enable_compatibility_mode()."
         )
     return to_host(out)
+
+
+def _forward_batch(
+    model: HookedModel, batch: Batch, hooks: Sequence[tuple[str, HookFn]], stop: int | None, mask: bool, logits: bool
+) -> Any:
+    return forward(
+        model, batch.tokens, fwd_hooks=hooks, stop_at_layer=stop,
+        attention_mask=batch.mask.long() if mask and batch.padded else None,
+        return_type="logits" if logits and stop is None else None,
+    )
 
 
 def make_batch(model: HookedModel, seqs: Sequence[Int[Tensor, " pos"]], index: Sequence[int], pad_id: int = 0) -> Batch:
