@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import planted_bos_model
-from tests.test_device_discipline import ALLOWED
 
+from conftest import planted_bos_model
 from sd_lens.analyses.ffn_fit import fit_ffn
 from sd_lens.analyses.probe import probe_norms
 from sd_lens.models.tiny import tiny_model
@@ -19,6 +18,7 @@ from sd_lens.models.view import model_view
 from sd_lens.pipeline import run_analysis
 from sd_lens.runtime import engine
 from sd_lens.runtime.precision import forward_dtype
+from test_device_discipline import ALLOWED
 
 pytestmark = [
     pytest.mark.gpu,

@@ -16,6 +16,7 @@ from sd_lens.analyses.defects import find_defects
 from sd_lens.analyses.outlier_interventions import perplexity
 from sd_lens.analyses.probe import probe_norms
 from sd_lens.errors import InputError, UnsupportedArchitectureError
+from sd_lens.models.hooked import backend
 from sd_lens.models.tiny import tiny_model
 from sd_lens.quantize import (
     PER_TOKEN,
@@ -37,8 +38,6 @@ from sd_lens.quantize import fake as fake_module
 from sd_lens.quantize.figures import quantization_figure
 from sd_lens.runtime import run, tokenize
 from sd_lens.runtime.reducers import keep
-
-pytestmark = pytest.mark.bridge_only(reason="sd_lens.quantize swaps the weights of a TransformerBridge's wrapped linear layers (a HookedTransformer gets a clear UnsupportedArchitectureError)")
 
 TEXTS = ["hello world, this is it.", "a b c d e f", "the quick brown fox jumps over", "xy"]
 LOGITS = "unembed.hook_out"
@@ -64,11 +63,15 @@ def test_sites_and_linears_exist(tiny):
         names = [lin.name for lin in lins]
         expected = {"qkv": ["attn.q", "attn.k", "attn.v"], "o": ["attn.o"], "down": ["mlp.out"],
                     "mlp_in": ["mlp.gate", "mlp.in"] if tiny.cfg.gated_mlp else ["mlp.in"]}[s]
+        if backend() == "hooked":  # a HookedTransformer's parameters: W_Q ... W_out
+            expected = [f"{n.split('.')[0]}.W_{n.split('.')[1].upper() if n.startswith('attn') else n.split('.')[1]}"
+                        for n in expected]
         assert names == expected
         # every linear of a site reads the same number of features
         assert len({lin.d_in for lin in lins}) == 1
 
 
+@pytest.mark.bridge_only(reason="compares with the bias of the bridge's wrapped nn.Linear")
 def test_site_edits_reach_the_linears(tiny):
     """A new tensor returned at a site's hook is exactly what its linear reads (also for neox's parallel
     block and GPT-2's Conv1D): the input hooks of q, v, o and F2 see it, and the FFN's first
@@ -316,7 +319,7 @@ def test_smoothquant_factors_follow_the_formula(tiny):
     acts = [run(tiny, s, {name: keep})[name] for s in tok.sequences]
     xmax = torch.stack([a.abs().reshape(-1, a.shape[-1]).amax(0) for a in acts]).amax(0)
     torch.testing.assert_close(smooth.act_max[(1, "mlp_in")], xmax)
-    wmax = torch.stack([w.param.detach().abs().amax(1 - w.in_axis) for w in lin[(1, "mlp_in")]]).amax(0)
+    wmax = torch.stack([w.matrix(w.param.detach()).abs().amax(1 - w.in_axis) for w in lin[(1, "mlp_in")]]).amax(0)
     torch.testing.assert_close(smooth.scales[(1, "mlp_in")], (xmax.sqrt() / wmax.sqrt()).clamp(min=1e-5))
     with pytest.raises(InputError):
         smoothquant_scales(tiny, TEXTS, alpha=1.5)

@@ -185,3 +185,42 @@ def test_gemma3_hooked_transformer_gives_the_bridges_analysis():
     model = hooked_from_hf(hf, tok, name="google/gemma-3-270m")
     del hf
     _check_against_bridge(run_analysis(model, seed=0), "analyze_gemma3.json")
+
+
+QUANT_TEXTS = ["hello world, this is it.", "a b c d e f", "the quick brown fox jumps over", "xy"]
+
+
+def _quantized_perplexities(family: str) -> dict[str, float]:
+    from sd_lens.analyses.outlier_interventions import perplexity
+    from sd_lens.quantize import Scheme, fake_quantize, smoothquant_scales
+    from sd_lens.runtime import tokenize
+
+    # 4 bits: large enough effects on a tiny random model; per-tensor, per-channel/per-token and
+    # SmoothQuant cover every weight layout (a per-head W_Q's output channels, W_O's inputs).
+    # GPT-2 and NeoX have value biases: a HookedTransformer folds them into b_O (fold_value_biases), a
+    # bridge keeps them in hook_z, so the output projection's *input* differs by a per-head constant —
+    # the same function in float, not the same tensor to quantize. Their o sites stay in float here.
+    model = tiny_model(family, seed=3)
+    biased = family in ("gpt2", "neox")
+    keep: dict[str, Any] = {"keep": range(int(model.cfg.n_layers)), "keep_sites": ("o",)} if biased else {"keep": [0]}
+    # the same token ids on both backends (their default BOS conventions differ for the tiny NeoX)
+    texts = tokenize(model, QUANT_TEXTS, prepend_bos=True)
+    smooth = smoothquant_scales(model, texts, alpha=0.5)
+    out = {"float": perplexity(model, texts, kl=False).perplexity}
+    for scheme in (Scheme("rtn", w_bits=4, a_bits=4),
+                   Scheme("per_token", weights="channel", activations="token", w_bits=4, a_bits=4),
+                   Scheme("smoothquant", smooth_alpha=0.5, w_bits=4, a_bits=4)):
+        with fake_quantize(model, scheme, smooth=smooth if scheme.smooth_alpha else None, **keep) as hooks:
+            out[scheme.name] = perplexity(model, texts, hooks, kl=False).perplexity
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fake_quantization_is_the_same_on_both_backends(family):
+    """The quantizer reads a bridge's wrapped nn.Linear weights and a HookedTransformer's per-head W_Q … W_out:
+    on the same weights both give the same perplexities (committed from the TransformerLens 4 leg)."""
+    base = json.loads((DATA / "quantize_tiny.json").read_text())[family]
+    got = _quantized_perplexities(family)
+    assert all(abs(got[k] / got["float"] - 1) > 2e-4 for k in got if k != "float")  # 4 bits change something
+    for k, v in base.items():
+        assert got[k] == pytest.approx(v, rel=1e-5), (family, k, got[k], v)

@@ -246,7 +246,7 @@ def quantization_experiment(
     """Perplexity of ``model`` under W8A8 fake quantization, with the defect blocks' F2 kept or not.
 
     Args:
-        model: a TransformerBridge (:func:`sd_lens.load_model`).
+        model: a TransformerBridge (:func:`sd_lens.load_model`) or a TransformerLens 2.x HookedTransformer.
         texts: the analysis corpus (defects, SmoothQuant calibration); default
             :func:`~sd_lens.corpus.default_corpus`.
         held_out: the perplexity texts; default :func:`~sd_lens.corpus.held_out_texts` of ``texts``. None

@@ -1,4 +1,4 @@
-"""Simulated ("fake") W8A8 quantization of every linear layer of a TransformerBridge, reversibly.
+"""Simulated ("fake") W8A8 quantization of every linear layer of a TransformerLens model, reversibly.
 
 Fake quantization (Jacob et al., CVPR 2018; the protocol of Xiao et al., *SmoothQuant*, ICML 2023 and
 of Wang et al., *Demystifying Singular Defects in LLMs*, ICML 2025, §6): every linear layer computes
@@ -32,8 +32,10 @@ scale) while the folded weight row that reads it is exactly zero. SmoothQuant is
 a zero weight row makes its factor huge (``max|W_j|`` clamped at 1e-5), which divides the channel out
 of the activation's range.
 
-**Weights** are the parameters the bridge's forward actually uses: the ``weight`` of the Hugging Face
-``nn.Linear`` / ``Conv1D`` each ``LinearBridge`` wraps (``model_view`` gives copies, not those). Their
+**Weights** are the parameters the forward actually uses: on a TransformerBridge the ``weight`` of the
+Hugging Face ``nn.Linear`` / ``Conv1D`` each ``LinearBridge`` wraps (``model_view`` gives copies, not
+those); on a TransformerLens 2.x HookedTransformer its ``W_Q … W_out`` (per-head attention weights
+quantized as the matrices they flatten to, :class:`LinearWeight`). Their
 data is swapped for quantized copies inside :func:`fake_quantize` and the original tensors are put back
 on exit — the very same tensor objects, so the model is restored bit for bit, also after an exception.
 
@@ -210,17 +212,39 @@ SCHEMES: dict[str, Scheme] = {"rtn": RTN, "per_token": PER_TOKEN, "smoothquant":
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
 class LinearWeight:
-    """One linear layer of a bridge: its weight parameter (the one the forward uses) and layout."""
+    """One linear layer: its weight parameter (the one the forward uses) and layout.
+
+    ``matrix(t)`` is ``t`` (the parameter's data) as a 2-D matrix whose ``in_axis`` is the input
+    features; ``unmatrix`` undoes it. A bridge's ``nn.Linear``/``Conv1D`` weight is already one; a
+    HookedTransformer keeps its attention weights per head: ``W_Q/W_K/W_V`` ``[heads, d_model, d_head]``
+    read as ``[d_model, heads·d_head]``, ``W_O`` ``[heads, d_head, d_model]`` as ``[heads·d_head, d_model]``.
+    """
 
     block: int
     site: str
     name: str  # e.g. "attn.q", "mlp.out"
     param: torch.nn.Parameter
-    in_axis: int  # the input-feature axis of ``param``
+    in_axis: int  # the input-feature axis of ``matrix(param)``
+    heads: Literal["", "in", "out"] = ""  # how a per-head parameter flattens (HookedTransformer)
+
+    def matrix(self, t: Tensor) -> Tensor:
+        if self.heads == "in":
+            return t.permute(1, 0, 2).reshape(t.shape[1], -1)
+        if self.heads == "out":
+            return t.reshape(-1, t.shape[-1])
+        return t
+
+    def unmatrix(self, m: Tensor) -> Tensor:
+        h = self.param.shape
+        if self.heads == "in":
+            return m.reshape(h[1], h[0], h[2]).permute(1, 0, 2)
+        if self.heads == "out":
+            return m.reshape(h)
+        return m
 
     @property
     def d_in(self) -> int:
-        return int(self.param.shape[self.in_axis])
+        return int(self.matrix(self.param).shape[self.in_axis])
 
 
 def _linear_of(component: Any) -> tuple[torch.nn.Parameter, int]:
@@ -235,18 +259,53 @@ def _linear_of(component: Any) -> tuple[torch.nn.Parameter, int]:
     raise UnsupportedArchitectureError(f"unknown linear layer type {type(inner).__name__}")
 
 
+#: a HookedTransformer's weight parameters per site: (module, attribute, per-head layout); a
+#: grouped-query attention keeps its key/value weights in ``_W_K``/``_W_V``
+_HOOKED_PARAMS: dict[str, tuple[tuple[str, str, Literal["", "in", "out"]], ...]] = {
+    "qkv": (("attn", "W_Q", "in"), ("attn", "W_K", "in"), ("attn", "W_V", "in")),
+    "o": (("attn", "W_O", "out"),),
+    "mlp_in": (("mlp", "W_gate", ""), ("mlp", "W_in", "")),
+    "down": (("mlp", "W_out", ""),),
+}
+
+
+def _hooked_linear_weights(model: HookedModel) -> dict[tuple[int, str], list[LinearWeight]]:
+    out: dict[tuple[int, str], list[LinearWeight]] = {}
+    for b in range(int(model.cfg.n_layers)):
+        blk = model.blocks[b]
+        for site in SITES:
+            found = []
+            for part, attr, heads in _HOOKED_PARAMS[site]:
+                module = getattr(blk, part, None)
+                param = getattr(module, "_" + attr, None) if attr in ("W_K", "W_V") else None
+                if not isinstance(param, torch.nn.Parameter):
+                    param = getattr(module, attr, None)
+                if not isinstance(param, torch.nn.Parameter):
+                    continue
+                found.append(LinearWeight(b, site, f"{part}.{attr}", param, 0, heads))
+            if not found:
+                raise UnsupportedArchitectureError(f"block {b} has no weight reading {site!r}")
+            out[(b, site)] = found
+    return out
+
+
 def linear_weights(model: HookedModel) -> dict[tuple[int, str], list[LinearWeight]]:
     """``{(block, site): [LinearWeight, ...]}`` for every block and :data:`SITES` entry.
 
+    A TransformerBridge's are the ``nn.Linear``/``Conv1D`` weights its components wrap; a
+    HookedTransformer's (TransformerLens 2.x) its ``W_Q … W_out`` parameters.
+
     Raises:
-        UnsupportedArchitectureError: not a TransformerBridge (whose components wrap ``nn.Linear`` /
-            ``Conv1D``), or a site without its linears.
+        UnsupportedArchitectureError: neither, or a site without its linears.
     """
     blocks = getattr(model, "blocks", None)
+    first = getattr(blocks[0], "attn", None) if isinstance(blocks, torch.nn.ModuleList) and len(blocks) else None
+    if not hasattr(model, "original_model") and isinstance(getattr(first, "W_Q", None), torch.nn.Parameter):
+        return _hooked_linear_weights(model)
     if blocks is None or not hasattr(model, "original_model"):
         raise UnsupportedArchitectureError(
-            "fake quantization swaps the weights of a TransformerBridge's linear layers; load the model "
-            "with sd_lens.load_model (a TransformerLens 4 bridge)"
+            "fake quantization swaps the weights of a model's linear layers: a TransformerBridge "
+            "(sd_lens.load_model) or a HookedTransformer"
         )
     out: dict[tuple[int, str], list[LinearWeight]] = {}
     for b in range(int(model.cfg.n_layers)):
@@ -337,7 +396,7 @@ def fake_quantize(
 
     Raises:
         InputError: bad blocks or sites, a smoothing scheme without (matching) ``smooth``.
-        UnsupportedArchitectureError: not a TransformerBridge, or a hook point missing.
+        UnsupportedArchitectureError: neither a TransformerBridge nor a HookedTransformer, or a hook point missing.
     """
     kept = _check_blocks(model, keep, "keep")
     bad = [s for s in keep_sites if s not in SITES]
@@ -373,14 +432,15 @@ def fake_quantize(
                     if id(lin.param) in done:  # a weight shared by two sites is quantized once
                         continue
                     w = lin.param.data
-                    new = w if f is None else _scaled(w, f, lin.in_axis)
+                    m = lin.matrix(w)
+                    new = m if f is None else _scaled(m, f, lin.in_axis)
                     if scheme.weights is not None:
                         new = quantize_weight(new, scheme.weights, scheme.w_bits, lin.in_axis)
-                    if new is w:
+                    if new is m:
                         continue
                     originals.append((lin.param, w))
                     done.add(id(lin.param))
-                    lin.param.data = new
+                    lin.param.data = lin.unmatrix(new).contiguous()
                 name = site_hook(b, s)
                 if scheme.activations is not None:
                     hooks.append((name, _act_hook(scheme.activations, scheme.a_bits, f, live, name)))

@@ -128,7 +128,7 @@ def smoothquant_scales(
         lins = linears[k]
         with torch.no_grad():
             wm = torch.stack([
-                lin.param.detach().abs().float().amax(1 - lin.in_axis).cpu() for lin in lins
+                lin.matrix(lin.param.detach()).abs().float().amax(1 - lin.in_axis).cpu() for lin in lins
             ]).amax(0)
         xm = maxima[names[k]]
         if xm.numel() != wm.numel():
