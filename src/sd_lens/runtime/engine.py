@@ -14,7 +14,7 @@ caller keeps (a norm per token, one token's vector, a coefficient). The engine
 * attaches the caller's interventions (ordinary TransformerLens forward hooks) and the reducers
   as temporary hooks, removed after every forward even on error or ``KeyboardInterrupt``,
 * stops as soon as every reducer has read its value (no later block, final norm or unembedding
-  runs, also when the deepest hook is in the last block), and
+  runs, also when the deepest hook is in the last block),
 * keeps nothing but what the reducers return: a full activation cache exists only when a reducer
   returns the whole activation (:func:`keep`), and
 * on an accelerator, lets reducers compute where the activation is and moves what they returned to
