@@ -376,6 +376,11 @@ def test_experiment_on_a_tiny_model(planted, unchanged):
     d = json.loads(json.dumps(res.to_dict()))
     assert d["protected_blocks"] == prot and len(d["rows"]) == len(res.rows)
     assert "| float |" in res.table()
+    # the random controls: one line (and one bar, below) for all their seeds
+    shown = res.display_rows()
+    assert len(shown) == len(res.rows) - max(0, len(res.random_rows()) - 1)
+    assert [s is not None for _, s in shown].count(True) == (1 if res.random_rows() else 0)
+    assert res.table().count("| random (") == (1 if res.random_rows() else 0)
     assert math.isfinite(res.recovered())
     fig = quantization_figure(res)
     assert isinstance(fig, Figure) and len(fig.axes[0].patches) == len({r.label for r in res.rows

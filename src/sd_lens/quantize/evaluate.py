@@ -151,18 +151,25 @@ class QuantizationResult:
             k = self.row(name, kept).perplexity
         return (q - k) / (q - base) if q != base else math.nan
 
+    def display_rows(self) -> list[tuple[QuantRow, dict[str, float] | None]]:
+        """The rows in order for a table or a figure: each scheme's random controls collapsed into
+        their first row, paired with :meth:`random_summary`; every other row with None."""
+        out: list[tuple[QuantRow, dict[str, float] | None]] = []
+        done: set[str] = set()
+        for r in self.rows:
+            if r.kept != "random":
+                out.append((r, None))
+            elif r.scheme not in done:
+                done.add(r.scheme)
+                out.append((r, self.random_summary(r.scheme)))
+        return out
+
     def table(self) -> str:
         """A markdown table: one line per scheme and kept set (the random controls as mean [min, max])."""
         base = self.row(FLOAT).perplexity
         lines = ["| scheme | F2 kept at blocks | perplexity | x float |", "|---|---|---:|---:|"]
-        done_random: set[str] = set()
-        for r in self.rows:
-            if r.kept == "random":
-                if r.scheme in done_random:
-                    continue
-                done_random.add(r.scheme)
-                s = self.random_summary(r.scheme)
-                assert s is not None
+        for r, s in self.display_rows():
+            if s is not None:
                 lines.append(f"| {r.scheme} | random ({int(s['n'])} seeds, {len(r.kept_blocks)} blocks) | "
                              f"{s['mean']:.2f} [{s['min']:.2f}, {s['max']:.2f}] | {s['mean'] / base:.2f} |")
                 continue

@@ -66,13 +66,8 @@ def quantization_figure(result: Any, title: str | None = None) -> Figure:
     kinds: list[str] = []
     lows: list[float] = []
     highs: list[float] = []
-    done: set[str] = set()
-    for r in result.rows:
-        if r.kept == "random":
-            if r.scheme in done:
-                continue
-            done.add(r.scheme)
-            s = result.random_summary(r.scheme)
+    for r, s in result.display_rows():
+        if s is not None:  # the random controls of a scheme: one bar, their range as the error bar
             labels.append(f"{r.scheme}\n+ random F2 ({int(s['n'])} seeds)")
             vals.append(s["mean"])
             lows.append(s["min"])
