@@ -26,20 +26,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from typing import Callable
 
 import sd_lens
+from perplexity_timing import bare_forward, token_rates
 from sd_lens.analyses.activation_outliers import activation_outliers
 from sd_lens.analyses.outlier_interventions import (
-    LOGITS_HOOK,
     emergence_targets,
     held_out_corpus,
     intervention_hooks,
     perplexity,
 )
-from sd_lens.runtime import make_batch, run_batch, tokenize
-from sd_lens.runtime.tokens import length_sorted_batches
+from sd_lens.runtime import tokenize
 
 
 def main() -> None:
@@ -58,16 +56,7 @@ def main() -> None:
     print(f"{args.model}: targets {targets}, {len(tok.sequences)} held-out texts, {tok.n_tokens} tokens, "
           f"batch size {args.batch_size}, load average {os.getloadavg()[0]:.2f}")
 
-    def timed(fn: Callable[[], object]) -> tuple[float, float]:
-        """(tokens per wall second, tokens per CPU second of this process)."""
-        w0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        return tok.n_tokens / (time.perf_counter() - w0), tok.n_tokens / (time.process_time() - c0)
-
-    def bare() -> None:
-        for idx in length_sorted_batches(tok.sequences, args.batch_size):
-            batch = make_batch(model, [tok.sequences[i] for i in idx], idx)
-            run_batch(model, batch, {LOGITS_HOOK: lambda act, b: None})
+    bare = bare_forward(model, tok, args.batch_size)
 
     runs: dict[str, Callable[[], object]] = {
         "bare": bare,
@@ -80,7 +69,7 @@ def main() -> None:
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(args.rounds):
         for name, fn in runs.items():
-            w, c = timed(fn)
+            w, c = token_rates(tok.n_tokens, fn)
             wall[name].append(w)
             cpu[name].append(c)
         print(f"round {r}: " + ", ".join(f"{k} {wall[k][-1]:.1f} ({cpu[k][-1]:.1f})" for k in runs)

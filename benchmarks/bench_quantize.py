@@ -28,11 +28,11 @@ import time
 from typing import Callable
 
 import sd_lens
-from sd_lens.analyses.outlier_interventions import LOGITS_HOOK, perplexity
+from perplexity_timing import bare_forward, token_rates
+from sd_lens.analyses.outlier_interventions import perplexity
 from sd_lens.corpus import default_corpus, held_out_texts
 from sd_lens.quantize import PER_TOKEN, RTN, SMOOTHQUANT, fake_quantize, smoothquant_scales
-from sd_lens.runtime import make_batch, run_batch, tokenize
-from sd_lens.runtime.tokens import length_sorted_batches
+from sd_lens.runtime import tokenize
 
 #: the SmolLM2 defect blocks (explosion + decay of both major defects, as find_defects reports them);
 #: which blocks are kept does not change the cost
@@ -55,15 +55,7 @@ def main() -> None:
     print(f"{args.model}: {len(tok.sequences)} held-out texts, {tok.n_tokens} tokens, batch size {args.batch_size}, "
           f"load average {os.getloadavg()[0]:.2f}")
 
-    def timed(fn: Callable[[], object]) -> tuple[float, float]:
-        w0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        return tok.n_tokens / (time.perf_counter() - w0), tok.n_tokens / (time.process_time() - c0)
-
-    def bare() -> None:
-        for idx in length_sorted_batches(tok.sequences, args.batch_size):
-            batch = make_batch(model, [tok.sequences[i] for i in idx], idx)
-            run_batch(model, batch, {LOGITS_HOOK: lambda act, b: None})
+    bare = bare_forward(model, tok, args.batch_size)
 
     enter: list[float] = []
 
@@ -95,7 +87,7 @@ def main() -> None:
                 fn()  # the forward alone, without the weight swap (timed inside)
                 w, c = tok.n_tokens / fn.wall, tok.n_tokens / fn.cpu  # type: ignore[attr-defined]
             else:
-                w, c = timed(fn)
+                w, c = token_rates(tok.n_tokens, fn)
             wall[name].append(w)
             cpu[name].append(c)
             line.append(f"{name} {w:.0f}")
