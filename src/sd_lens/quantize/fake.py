@@ -309,7 +309,7 @@ def linear_weights(model: HookedModel) -> dict[tuple[int, str], list[LinearWeigh
             "(sd_lens.load_model) or a HookedTransformer"
         )
     if tl_version()[:1] == (3,) and bool(getattr(model.cfg, "gated_mlp", False)):
-        # found by tests/test_quantize.py under 3.9: swapping the wrapped gate projection's weight
+        # found by tests/unit/test_quantize.py under 3.9: swapping the wrapped gate projection's weight
         # leaves the forward unchanged, so its quantization would silently be missing
         raise UnsupportedArchitectureError(
             "fake quantization of a gated-MLP model needs TransformerLens 4 (or 2.x): a TransformerLens 3.x "

@@ -10,7 +10,7 @@
 
 Every analysis that runs the model is a short specialisation of :func:`stream` or :func:`run`
 (:func:`run_batch` for one prepared :class:`Batch`, :func:`forward` for a bare forward);
-``tests/test_runtime_seam.py`` fails if any other module calls a forward or attaches a hook.
+``tests/unit/test_runtime_seam.py`` fails if any other module calls a forward or attaches a hook.
 """
 
 from sd_lens.runtime.engine import (

@@ -7,7 +7,7 @@ caller keeps (a norm per token, one token's vector, a coefficient). The engine
 
 * runs batches of right-padded sequences. Right padding is exact for causal attention: a real token
   never attends to a later (pad) position, so real positions are the same as each sequence run alone
-  (checked bit-identical on SmolLM2 and Gemma-3; ``tests/test_runtime_seam.py`` checks it on a tiny
+  (checked bit-identical on SmolLM2 and Gemma-3; ``tests/unit/test_runtime_seam.py`` checks it on a tiny
   model of every family). The attention mask therefore goes to the model only when asked for
   (``attention_mask=True``): on a CPU an explicit mask moves the forward off the causal fast path
   and costs about 10 %. Reducers always get it as ``batch.mask``.
@@ -21,7 +21,7 @@ caller keeps (a norm per token, one token's vector, a coefficient). The engine
   the host once per forward, after it (:func:`to_host`: one batch of non-blocking copies and one
   synchronisation), so the forward never waits on a device-to-host copy inside a hook. A reducer
   must therefore not call ``.cpu()``, ``.item()``, ``.tolist()`` or ``float()`` on device values
-  (``tests/test_device_discipline.py`` runs the library's reducers on meta tensors, where each of
+  (``tests/unit/test_device_discipline.py`` runs the library's reducers on meta tensors, where each of
   these raises); use ``batch.lengths_on(act.device)`` rather than copying ``batch.lengths`` there.
 
 Reducers receive the activation detached; an intervention that must *change* an activation is a

@@ -6,7 +6,7 @@ overflow; bfloat16 keeps float32's range. :func:`forward_dtype` casts the weight
 buffers: rotary tables, masks) to another dtype inside a ``with`` block and back afterwards — also
 after an exception. The round trip is bit-exact: float32 holds every float16 and bfloat16 value
 exactly, so casting up and back down returns the same bits; a cast down keeps the originals aside
-(``tests/test_precision.py``).
+(``tests/unit/test_precision.py``).
 
 Memory: the float32 copy of a half-precision model needs its weights' bytes once more on each
 parameter's device (a cast down keeps the original beside the copy); :func:`extra_bytes` says how much and :func:`check_memory` refuses, with the
