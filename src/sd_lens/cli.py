@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from sd_lens.errors import InputError, SdLensError
 from sd_lens.models.loading import DEFAULT_MODEL, DEVICE_MAP_NAMES, known_models
-from sd_lens.outputs import output_dir, output_file
+from sd_lens.outputs import is_stdout, notes_stream, output_dir, output_file
 from sd_lens.pipeline import AnalysisConfig, AnalysisResult
 from sd_lens.types import HookedModel
 
@@ -143,12 +143,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         output_file(args.json, "--json")
     device = _device(args.device)
     result = _analyze(_load(args.model, device, args.dtype, args.device_map), texts, config)
-    text = result.to_json(args.json)
-    if args.json is None:
-        print(text)
-    else:
-        print(result.defects.summary())
-        print(f"JSON written to {args.json}")
+    if args.json is None or is_stdout(args.json):
+        print(result.to_json())
+        return 0
+    result.to_json(args.json)
+    notes = notes_stream(args.json)  # stderr when the JSON itself goes to a pipe or /dev/stdout
+    print(result.defects.summary(), file=notes)
+    print(f"JSON written to {args.json}", file=notes)
     return 0
 
 
@@ -163,10 +164,17 @@ def _report(loaded: Loaded, texts: list[str] | None, config: AnalysisConfig, out
     return 0
 
 
+def _report_dir(out: Path) -> None:
+    """Check ``--out`` and the files the report writes in it (a read-only report.html is refused now)."""
+    from sd_lens.report.build import REPORT_FILES
+
+    output_dir(out, "--out", files=REPORT_FILES)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     texts = _texts(args.text_file)
-    output_dir(args.out, "--out")
+    _report_dir(args.out)
     device = _device(args.device)
     return _report(_load(args.model, device, args.dtype, args.device_map), texts, config, args.out)
 
@@ -175,7 +183,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from sd_lens.analyses.norm_table import first_token_norms
 
     if args.report:
-        output_dir(args.out, "--out")
+        _report_dir(args.out)
     loaded = _load(args.model)
     print(first_token_norms(loaded.model, args.text).format())
     if args.report:
@@ -204,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     a = sub.add_parser("analyze", help="run every analysis and write JSON")
     _common(a)
-    a.add_argument("--json", type=Path, default=None, help="write the JSON here (default: print it)")
+    a.add_argument("--json", type=Path, default=None, help="write the JSON here: a file (written atomically), - or a pipe (default: print it)")
     a.set_defaults(func=cmd_analyze)
     r = sub.add_parser("report", help="run every analysis and write a self-contained HTML report")
     _common(r)

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     :func:`sd_lens.cli.main`)."""
     from sd_lens.cli import _device, _load
     from sd_lens.corpus import default_corpus, held_out_texts, read_texts
-    from sd_lens.outputs import output_file
+    from sd_lens.outputs import notes_stream, output_file
 
     # every input and output is checked before the model loads
     schemes = _schemes(args.schemes)
@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, max_tokens_per_text=args.max_tokens_per_text, progress=progress,
     )
     result.to_json(args.json)
-    print(result.summary())
-    print(f"JSON written to {args.json}")
+    notes = notes_stream(args.json)  # stderr when the JSON itself goes to standard output or a pipe
+    print(result.summary(), file=notes)
+    print(f"JSON written to {args.json}", file=notes)
     return 0

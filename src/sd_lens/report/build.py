@@ -47,6 +47,8 @@ CORPUS_LINES_SHOWN = 5
 CORPUS_LINE_CHARS = 160
 #: Characters of the JSON shown in the page (the file beside it is complete).
 JSON_CHARS_SHOWN = 20_000
+#: the files :func:`write_report` writes into its folder
+REPORT_FILES = ("report.html", "analysis.json")
 
 
 @dataclass(frozen=True)
@@ -397,7 +399,8 @@ def write_report(
         model: the model the result was computed on (the trigger text is run once, with temporary
             hooks; nothing stays attached, the weights are not touched).
         result: from :func:`~sd_lens.pipeline.run_analysis`.
-        out_dir: directory to write into (created when missing; existing files are replaced).
+        out_dir: directory to write into (created when missing; existing files are replaced
+            atomically, keeping their mode; a read-only one is refused before anything runs).
         trigger_text: the text of the causal checks (default :func:`~sd_lens.report.adapters.trigger_text_of`).
         text_index: corpus text shown in the norm view (default :func:`~sd_lens.report.adapters.pick_text`).
         attention_layers: blocks of the attention views (default
@@ -406,7 +409,7 @@ def write_report(
     Returns:
         The path of ``report.html``.
     """
-    out = output_dir(out_dir, "report folder")
+    out = output_dir(out_dir, "report folder", files=REPORT_FILES, create=True)
     page = build_report(
         model, result, trigger_text=trigger_text, text_index=text_index, attention_layers=attention_layers
     )

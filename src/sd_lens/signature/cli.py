@@ -14,6 +14,7 @@ bundled models): bad input exits 2 with one line on stderr.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -82,13 +83,17 @@ def _check_common(args: argparse.Namespace) -> list[str] | None:
 
 
 def _run_compute(args: argparse.Namespace) -> int:
-    from sd_lens.outputs import output_file
+    from sd_lens.outputs import output_file, writes_in_place
     from sd_lens.signature.store import save_signature
 
     texts = _check_common(args)
     if args.out is not None:
         output_file(args.out, "--out")
     sig = _compute(args.model, texts, args, block=args.block)
+    if args.out is not None and writes_in_place(args.out):  # the file itself goes to stdout or a pipe
+        save_signature(sig, args.out)
+        print(f"Signature written to {args.out}", file=sys.stderr)
+        return 0
     print(json.dumps(sig.to_dict(), indent=1))
     if args.out is not None:
         save_signature(sig, args.out)
@@ -97,7 +102,7 @@ def _run_compute(args: argparse.Namespace) -> int:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from sd_lens.outputs import atomic_write_text, output_dir, output_file
+    from sd_lens.outputs import atomic_write_bytes, atomic_write_text, notes_stream, output_dir, output_file
     from sd_lens.report.figures import fig_to_png
     from sd_lens.signature.compare import angle_matrix, check_widths
     from sd_lens.signature.store import is_signature_file, load_signature, signature_width
@@ -136,14 +141,16 @@ def _run_compare(args: argparse.Namespace) -> int:
     print(matrix.table("weights"))
     if args.json is not None:
         atomic_write_text(args.json, json.dumps(matrix.to_dict(), indent=1) + "\n")
-        print(f"JSON written to {args.json}")
+        print(f"JSON written to {args.json}", file=notes_stream(args.json))
     if args.figure is not None:
         fig = matrix.figure()
         if args.figure.suffix.lower() == ".png":
-            args.figure.write_bytes(fig_to_png(fig))
+            atomic_write_bytes(args.figure, fig_to_png(fig))
         else:
-            fig.savefig(args.figure, bbox_inches="tight")
-        print(f"Figure written to {args.figure}")
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format=args.figure.suffix.lower()[1:], bbox_inches="tight")
+            atomic_write_bytes(args.figure, buffer.getvalue())
+        print(f"Figure written to {args.figure}", file=notes_stream(args.figure))
     return 0
 
 
