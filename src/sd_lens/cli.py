@@ -110,11 +110,37 @@ def _device(name: str) -> str:
     return name
 
 
-def _texts(text_file: Path | None) -> list[str] | None:
-    """The corpus of ``--text-file`` (read now, before the model loads), or None for the default."""
-    from sd_lens.corpus import read_texts
+def _texts(text_file: Path | None, max_bytes: int | None = None) -> list[str] | None:
+    """The corpus of ``--text-file`` (read now, before the model loads, at most ``--max-text-bytes``),
+    or None for the default."""
+    from sd_lens.corpus import DEFAULT_MAX_TEXT_BYTES, read_text_file
 
-    return read_texts(text_file) if text_file else None
+    return read_text_file(text_file, max_bytes or DEFAULT_MAX_TEXT_BYTES) if text_file else None
+
+
+def _bytes(text: str) -> int:
+    """A positive byte count: ``1000000``, ``64k``, ``16M``, ``1G`` (binary multiples)."""
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    scale = units.get(t[-1:], 1)
+    try:
+        value = int(t[:-1] if t[-1:] in units else t) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of bytes (e.g. 1000000, 64k, 16M), got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of bytes, got {text!r}")
+    return value
+
+
+def add_text_file_arguments(p: argparse.ArgumentParser, help: str, default: Any = None) -> None:
+    """``--text-file`` and ``--max-text-bytes`` (one definition for every command that reads texts)."""
+    from sd_lens.corpus import DEFAULT_MAX_TEXT_BYTES
+
+    p.add_argument("--text-file", type=Path, default=default,
+                   help=help + "; - reads standard input; pipes and devices only so")
+    p.add_argument("--max-text-bytes", type=_bytes, default=argparse.SUPPRESS if default is argparse.SUPPRESS
+                   else DEFAULT_MAX_TEXT_BYTES, metavar="N",
+                   help=f"refuse a --text-file larger than this (default: {DEFAULT_MAX_TEXT_BYTES // 2**20}M)")
 
 
 def _load(model: str, device: str = "cpu", dtype: str = "float32", device_map: str | None = None) -> Loaded:
@@ -138,7 +164,7 @@ def _analyze(loaded: Loaded, texts: list[str] | None, config: AnalysisConfig) ->
 def cmd_analyze(args: argparse.Namespace) -> int:
     # every input and output is checked before the model loads: a bad one costs nothing
     config = config_from_args(args)
-    texts = _texts(args.text_file)
+    texts = _texts(args.text_file, args.max_text_bytes)
     if args.json is not None:
         output_file(args.json, "--json")
     device = _device(args.device)
@@ -173,7 +199,7 @@ def _report_dir(out: Path) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    texts = _texts(args.text_file)
+    texts = _texts(args.text_file, args.max_text_bytes)
     _report_dir(args.out)
     device = _device(args.device)
     return _report(_load(args.model, device, args.dtype, args.device_map), texts, config, args.out)
@@ -194,7 +220,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name ({', '.join(known_models())}), HF dir, .gguf or Hugging Face model id")
-    p.add_argument("--text-file", type=Path, help="UTF-8 text file, one text per line (default: CPython docs corpus)")
+    add_text_file_arguments(p, "UTF-8 text file, one text per line (default: CPython docs corpus)")
     p.add_argument("--device", default="cpu")
     p.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16", "float16"],

@@ -53,12 +53,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _shared(p: argparse.ArgumentParser, inherit: bool = False) -> None:
     """The options of both forms; ``inherit``: a value given before ``compare`` is kept (no default here)."""
+    from sd_lens.cli import add_text_file_arguments
 
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if inherit else value
 
-    p.add_argument("--text-file", type=Path, default=default(None),
-                   help="UTF-8 text file, one text per line (default: the default corpus)")
+    add_text_file_arguments(p, "UTF-8 text file, one text per line (default: the default corpus)", default(None))
     p.add_argument("--threshold", type=float, default=default(4.0),
                    help="high-norm threshold, multiples of the block median (default: 4)")
     p.add_argument("--device", default=default("cpu"))
@@ -77,7 +77,7 @@ def _check_common(args: argparse.Namespace) -> list[str] | None:
 
     if not (args.threshold > 1 and args.threshold < float("inf")):
         raise InputError(f"--threshold {args.threshold}: give a finite multiple of the median above 1")
-    texts = _texts(args.text_file)
+    texts = _texts(args.text_file, getattr(args, "max_text_bytes", None))
     args.device = _device(args.device)
     return texts
 
