@@ -54,6 +54,7 @@ from sd_lens.models.loading import FLOAT16_WARNING, model_dtype, model_name
 from sd_lens.models.view import model_view
 from sd_lens.outputs import atomic_write_text
 from sd_lens.runtime.engine import run_passes
+from sd_lens.runtime.lock import model_lock
 from sd_lens.runtime.precision import DTYPES, check_memory, forward_dtype
 from sd_lens.runtime.tokens import tokenize
 from sd_lens.types import HookedModel
@@ -312,6 +313,10 @@ def run_analysis(
         config: an :class:`AnalysisConfig`; default options when None.
         **options: fields of :class:`AnalysisConfig` to override, e.g. ``seed=3, vocab=True``.
 
+    Thread safety: the whole analysis holds the model's lock (:func:`sd_lens.runtime.lock.model_lock`),
+    so two threads analysing one model run one after the other and each gets exactly the result of a
+    run alone; threads on different models run in parallel.
+
     Raises:
         InputError: an unknown or invalid option (before the model runs).
     """
@@ -323,11 +328,12 @@ def run_analysis(
         )
     cfg = replace(config or AnalysisConfig(), **options)
     texts = read_texts(texts)
-    own = model_dtype(model)
-    if cfg.forward_dtype is not None:
-        check_memory(model, cfg.forward_dtype)
-    with forward_dtype(model, cfg.forward_dtype, check=False):
-        result = _run_analysis(model, texts, cfg)
+    with model_lock(model):  # one analysis of a model at a time: its hooks and weights are shared state
+        own = model_dtype(model)
+        if cfg.forward_dtype is not None:
+            check_memory(model, cfg.forward_dtype)
+        with forward_dtype(model, cfg.forward_dtype, check=False):
+            result = _run_analysis(model, texts, cfg)
     return replace(result, model_dtype=own) if own != result.dtype else result
 
 
