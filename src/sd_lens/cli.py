@@ -143,6 +143,61 @@ def add_text_file_arguments(p: argparse.ArgumentParser, help: str, default: Any 
                    help=f"refuse a --text-file larger than this (default: {DEFAULT_MAX_TEXT_BYTES // 2**20}M)")
 
 
+def _local_model_dir(model: str) -> Path | None:
+    """The folder holding ``model``'s config.json without loading or downloading anything: a model
+    folder, a bundled model already converted, a Hugging Face snapshot already cached; else None."""
+    from sd_lens.models.loading import _CACHE_FORMAT, _cached_snapshot, cache_root, is_hub_id, known_models
+
+    path = Path(model)
+    if path.is_dir():
+        return path if (path / "config.json").is_file() else None
+    if model in known_models():
+        cached = cache_root() / f"{model}-v{_CACHE_FORMAT}"
+        return cached if (cached / "config.json").is_file() else None
+    if is_hub_id(model):
+        try:
+            return _cached_snapshot(model)
+        except Exception:  # noqa: BLE001 - a pre-check only: the load says what is wrong
+            return None
+    return None
+
+
+def _check_trigger_text(model: str, text: str) -> None:
+    """Refuse, before the model loads, a ``--trigger-text`` longer than the model's context, where the
+    context (config.json) and the tokenizer (tokenizer.json) can be read without loading the model.
+
+    A text of at most ``context - 2`` UTF-8 bytes always fits (a token covers at least one byte; BOS
+    and EOS are the only extras), so only longer ones are tokenised here; the exact check, on the
+    model's own tokenisation, runs again before any analysis (:func:`sd_lens.analyses.causal.trigger_tokens`).
+    """
+    import json
+
+    from sd_lens.pipeline import DEFAULT_TRIGGER_TEXT
+
+    folder = None if text == DEFAULT_TRIGGER_TEXT else _local_model_dir(model)
+    if folder is None:
+        return
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        cfg = cfg.get("text_config", cfg)
+        n_ctx = next(int(cfg[k]) for k in ("max_position_embeddings", "n_positions", "n_ctx") if isinstance(cfg.get(k), int))
+    except (OSError, ValueError, AttributeError, StopIteration):
+        return
+    if len(text.encode("utf-8")) + 2 <= n_ctx or not (folder / "tokenizer.json").is_file():
+        return
+    try:
+        from tokenizers import Tokenizer
+
+        n_tokens = len(Tokenizer.from_file(str(folder / "tokenizer.json")).encode(text, add_special_tokens=False).ids)
+    except Exception:  # noqa: BLE001 - a pre-check only: the exact one runs after the load
+        return
+    if n_tokens > n_ctx:
+        raise InputError(
+            f"--trigger-text has {n_tokens} tokens but the context of {model} holds {n_ctx}; give a shorter "
+            "one (a sentence is enough: the causal checks read its first tokens)"
+        )
+
+
 def _load(model: str, device: str = "cpu", dtype: str = "float32", device_map: str | None = None) -> Loaded:
     import sd_lens
     from sd_lens.runtime.precision import parse_dtype
@@ -165,6 +220,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     # every input and output is checked before the model loads: a bad one costs nothing
     config = config_from_args(args)
     texts = _texts(args.text_file, args.max_text_bytes)
+    _check_trigger_text(args.model, config.trigger_text)
     if args.json is not None:
         output_file(args.json, "--json")
     device = _device(args.device)
@@ -200,6 +256,7 @@ def _report_dir(out: Path) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     texts = _texts(args.text_file, args.max_text_bytes)
+    _check_trigger_text(args.model, config.trigger_text)
     _report_dir(args.out)
     device = _device(args.device)
     return _report(_load(args.model, device, args.dtype, args.device_map), texts, config, args.out)

@@ -24,7 +24,7 @@ import torch
 from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_outliers_pass
 from sd_lens.analyses.attention_sinks import AttentionSinks, attention_sinks_pass
 from sd_lens.analyses.attribution import ComponentAttribution, LeverReport, component_attribution, find_lever
-from sd_lens.analyses.causal import CausalCheck, verify_trigger
+from sd_lens.analyses.causal import CausalCheck, trigger_tokens, verify_trigger
 from sd_lens.analyses.defects import DefectReport, find_defects
 from sd_lens.analyses.dtype_check import DtypeCheck, dtype_check
 from sd_lens.analyses.explosion import (
@@ -347,6 +347,7 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
         timings[name] = timings.get(name, 0.0) + now - t0
         return now
 
+    trigger_tokens(model, cfg.trigger_text)  # an unusable trigger text fails now, not after every analysis
     t = time.perf_counter()
     dtype = model_dtype(model)
     if dtype == "float16":
