@@ -25,6 +25,7 @@ from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_
 from sd_lens.analyses.attention_sinks import AttentionSinks, attention_sinks_pass
 from sd_lens.analyses.attribution import ComponentAttribution, LeverReport, component_attribution, find_lever
 from sd_lens.analyses.causal import CausalCheck, trigger_tokens, verify_trigger
+from sd_lens.analyses.corpus_check import CorpusSummary, corpus_summary
 from sd_lens.analyses.defects import DefectReport, find_defects
 from sd_lens.analyses.dtype_check import DtypeCheck, dtype_check
 from sd_lens.analyses.explosion import (
@@ -195,6 +196,7 @@ class AnalysisResult:
     life: LifeCycle | None = None
     local: LocalCausalReport | None = None
     interventions: OutlierIntervention | None = None
+    corpus: CorpusSummary | None = None
 
     @property
     def seed(self) -> int:
@@ -238,7 +240,9 @@ class AnalysisResult:
             "d_model": self.d_model,
             "seed": self.seed,
             "fit_method": self.fit_method,
-            "corpus": {"n_texts": len(self.texts), "n_tokens": self.probe.n_tokens},
+            "corpus": {"n_texts": len(self.texts), "n_tokens": self.probe.n_tokens,
+                       **(self.corpus.to_dict() if self.corpus is not None else {})},
+            "corpus_warnings": list(self.corpus.warnings) if self.corpus is not None else [],
             "trigger_text": self.trigger_text,
             "threshold": self.defects.threshold,
             "typical_norm": [round(float(x), 3) for x in self.defects.typical_norm],
@@ -355,6 +359,9 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
     probe = probe_norms(
         model, texts, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text, progress=cfg.progress
     )
+    corpus = corpus_summary(probe, max_tokens_per_text=cfg.max_tokens_per_text, n_truncated=probe.n_truncated)
+    for warning in corpus.warnings:  # the findings below may not mean what they say: tell the user
+        warnings.warn(f"corpus: {warning}", stacklevel=3)
     t = tick("probe", t)
     report = find_defects(model, probe, threshold=threshold, batch_size=cfg.batch_size, progress=cfg.progress)
     t = tick("defects", t)
@@ -487,4 +494,5 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
         interventions=interventions,
         outliers=outliers,
         weights=weights,
+        corpus=corpus,
     )

@@ -209,14 +209,21 @@ def quantization_section(page: Page, ctx: ReportContext) -> None:
 
 
 def corpus_section(page: Page, ctx: ReportContext) -> None:
-    """Size of the corpus and its first lines."""
+    """Size of the corpus (tokens per text, truncations), why it may not carry the findings, and its first lines."""
     result = ctx.result
     page.heading("Corpus")
-    lengths = [len(s) for s in result.probe.sequences]
-    page.paragraph(
-        f"{len(result.texts)} text(s), {result.probe.n_tokens:,} tokens in all (BOS included; "
-        f"{min(lengths)}\u2013{max(lengths)} tokens per text). The first lines:"
-    )
+    summary = getattr(result, "corpus", None)
+    if summary is not None:
+        page.paragraph(summary.describe() + ".")
+        for warning in summary.warnings:
+            page.paragraph(f"Caution: {warning}.")
+        page.paragraph("The first lines:")
+    else:
+        lengths = [len(s) for s in result.probe.sequences]
+        page.paragraph(
+            f"{len(result.texts)} text(s), {result.probe.n_tokens:,} tokens in all (BOS included; "
+            f"{min(lengths)}\u2013{max(lengths)} tokens per text). The first lines:"
+        )
     page.bullets(_short(t, CORPUS_LINE_CHARS) for t in result.texts[:CORPUS_LINES_SHOWN])
 
 
