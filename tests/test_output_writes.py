@@ -191,6 +191,16 @@ def test_a_read_only_json_is_refused_before_the_model_loads(tmp_path, capsys, no
     assert ro.read_text() == "keep" and _mode(ro) == 0o444
 
 
+def test_the_writer_itself_refuses_a_read_only_file(tmp_path):
+    """Also for API callers that write without the check (``result.to_json(path)``)."""
+    ro = tmp_path / "ro.json"
+    ro.write_text("keep")
+    ro.chmod(0o444)
+    with pytest.raises(OutputError, match="read-only"):
+        atomic_write_text(ro, "new")
+    assert ro.read_text() == "keep" and _files(tmp_path) == ["ro.json"]
+
+
 def test_a_read_only_report_html_is_refused_before_the_model_loads(tmp_path, capsys, no_load):
     out = tmp_path / "rep"
     out.mkdir()

@@ -291,7 +291,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     (standard output) or a special file; the folders are created when missing. Returns ``path``.
 
     Raises:
-        OutputError: the write failed (nothing half-written is left, the old file is untouched).
+        OutputError: the write failed, or the file is read-only (nothing half-written is left, the old
+            file is untouched).
     """
     if writes_in_place(path):
         return _write_direct(path, data)
@@ -307,6 +308,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         old = os.stat(target)
     except OSError:
         old = None
+    if old is not None and _read_only(target):  # made read-only since the check, or never checked
+        raise OutputError(f"cannot write {path}: it is read-only; make it writable (chmod u+w) or choose another path")
     mode = stat.S_IMODE(old.st_mode) if old is not None else 0o666 & ~_umask()
     tmp: str | None = None
     with _terminate_cleanly():
