@@ -321,8 +321,14 @@ def run_analysis(
     so two threads analysing one model run one after the other and each gets exactly the result of a
     run alone; threads on different models run in parallel.
 
+    Warns:
+        UserWarning: ``"corpus: ..."`` when the corpus is too short or too uniform for the defect
+            finder (:mod:`sd_lens.analyses.corpus_check`); the same sentences are the result's
+            ``corpus.warnings`` and the JSON's ``corpus_warnings``.
+
     Raises:
-        InputError: an unknown or invalid option (before the model runs).
+        InputError: an unknown or invalid option (before the model runs), or a trigger text that
+            does not fit the model's context (before any analysis runs).
     """
     unknown = sorted(set(options) - set(AnalysisConfig.options()))
     if unknown:
