@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from sd_lens.errors import InputError, SdLensError
 from sd_lens.models.loading import DEFAULT_MODEL, DEVICE_MAP_NAMES, known_models
-from sd_lens.outputs import output_dir, output_file
+from sd_lens.outputs import is_stdout, notes_stream, output_dir, output_file
 from sd_lens.pipeline import AnalysisConfig, AnalysisResult
 from sd_lens.types import HookedModel
 
@@ -110,11 +110,92 @@ def _device(name: str) -> str:
     return name
 
 
-def _texts(text_file: Path | None) -> list[str] | None:
-    """The corpus of ``--text-file`` (read now, before the model loads), or None for the default."""
-    from sd_lens.corpus import read_texts
+def _texts(text_file: Path | None, max_bytes: int | None = None) -> list[str] | None:
+    """The corpus of ``--text-file`` (read now, before the model loads, at most ``--max-text-bytes``),
+    or None for the default."""
+    from sd_lens.corpus import DEFAULT_MAX_TEXT_BYTES, read_text_file
 
-    return read_texts(text_file) if text_file else None
+    return read_text_file(text_file, max_bytes or DEFAULT_MAX_TEXT_BYTES) if text_file else None
+
+
+def _bytes(text: str) -> int:
+    """A positive byte count: ``1000000``, ``64k``, ``16M``, ``1G`` (binary multiples)."""
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    scale = units.get(t[-1:], 1)
+    try:
+        value = int(t[:-1] if t[-1:] in units else t) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of bytes (e.g. 1000000, 64k, 16M), got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of bytes, got {text!r}")
+    return value
+
+
+def add_text_file_arguments(p: argparse.ArgumentParser, help: str, default: Any = None) -> None:
+    """``--text-file`` and ``--max-text-bytes`` (one definition for every command that reads texts)."""
+    from sd_lens.corpus import DEFAULT_MAX_TEXT_BYTES
+
+    p.add_argument("--text-file", type=Path, default=default,
+                   help=help + "; - reads standard input; pipes and devices only so")
+    p.add_argument("--max-text-bytes", type=_bytes, default=argparse.SUPPRESS if default is argparse.SUPPRESS
+                   else DEFAULT_MAX_TEXT_BYTES, metavar="N",
+                   help=f"refuse a --text-file larger than this (default: {DEFAULT_MAX_TEXT_BYTES // 2**20}M)")
+
+
+def _local_model_dir(model: str) -> Path | None:
+    """The folder holding ``model``'s config.json without loading or downloading anything: a model
+    folder, a bundled model already converted, a Hugging Face snapshot already cached; else None."""
+    from sd_lens.models.loading import _CACHE_FORMAT, _cached_snapshot, cache_root, is_hub_id, known_models
+
+    path = Path(model)
+    if path.is_dir():
+        return path if (path / "config.json").is_file() else None
+    if model in known_models():
+        cached = cache_root() / f"{model}-v{_CACHE_FORMAT}"
+        return cached if (cached / "config.json").is_file() else None
+    if is_hub_id(model):
+        try:
+            return _cached_snapshot(model)
+        except Exception:  # noqa: BLE001 - a pre-check only: the load says what is wrong
+            return None
+    return None
+
+
+def _check_trigger_text(model: str, text: str) -> None:
+    """Refuse, before the model loads, a ``--trigger-text`` longer than the model's context, where the
+    context (config.json) and the tokenizer (tokenizer.json) can be read without loading the model.
+
+    A text of at most ``context - 2`` UTF-8 bytes always fits (a token covers at least one byte; BOS
+    and EOS are the only extras), so only longer ones are tokenised here; the exact check, on the
+    model's own tokenisation, runs again before any analysis (:func:`sd_lens.analyses.causal.trigger_tokens`).
+    """
+    import json
+
+    from sd_lens.pipeline import DEFAULT_TRIGGER_TEXT
+
+    folder = None if text == DEFAULT_TRIGGER_TEXT else _local_model_dir(model)
+    if folder is None:
+        return
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        cfg = cfg.get("text_config", cfg)
+        n_ctx = next(int(cfg[k]) for k in ("max_position_embeddings", "n_positions", "n_ctx") if isinstance(cfg.get(k), int))
+    except (OSError, ValueError, AttributeError, StopIteration):
+        return
+    if len(text.encode("utf-8")) + 2 <= n_ctx or not (folder / "tokenizer.json").is_file():
+        return
+    try:
+        from sd_lens.runtime.tokens import count_tokens_in_file_tokenizer
+
+        n_tokens = count_tokens_in_file_tokenizer(folder / "tokenizer.json", text)
+    except Exception:  # noqa: BLE001 - a pre-check only: the exact one runs after the load
+        return
+    if n_tokens > n_ctx:
+        raise InputError(
+            f"--trigger-text has {n_tokens} tokens but the context of {model} holds {n_ctx}; give a shorter "
+            "one (a sentence is enough: the causal checks read its first tokens)"
+        )
 
 
 def _load(model: str, device: str = "cpu", dtype: str = "float32", device_map: str | None = None) -> Loaded:
@@ -138,17 +219,19 @@ def _analyze(loaded: Loaded, texts: list[str] | None, config: AnalysisConfig) ->
 def cmd_analyze(args: argparse.Namespace) -> int:
     # every input and output is checked before the model loads: a bad one costs nothing
     config = config_from_args(args)
-    texts = _texts(args.text_file)
+    texts = _texts(args.text_file, args.max_text_bytes)
+    _check_trigger_text(args.model, config.trigger_text)
     if args.json is not None:
         output_file(args.json, "--json")
     device = _device(args.device)
     result = _analyze(_load(args.model, device, args.dtype, args.device_map), texts, config)
-    text = result.to_json(args.json)
-    if args.json is None:
-        print(text)
-    else:
-        print(result.defects.summary())
-        print(f"JSON written to {args.json}")
+    if args.json is None or is_stdout(args.json):
+        print(result.to_json())
+        return 0
+    result.to_json(args.json)
+    notes = notes_stream(args.json)  # stderr when the JSON itself goes to a pipe or /dev/stdout
+    print(result.defects.summary(), file=notes)
+    print(f"JSON written to {args.json}", file=notes)
     return 0
 
 
@@ -163,10 +246,18 @@ def _report(loaded: Loaded, texts: list[str] | None, config: AnalysisConfig, out
     return 0
 
 
+def _report_dir(out: Path) -> None:
+    """Check ``--out`` and the files the report writes in it (a read-only report.html is refused now)."""
+    from sd_lens.report.build import REPORT_FILES
+
+    output_dir(out, "--out", files=REPORT_FILES)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    texts = _texts(args.text_file)
-    output_dir(args.out, "--out")
+    texts = _texts(args.text_file, args.max_text_bytes)
+    _check_trigger_text(args.model, config.trigger_text)
+    _report_dir(args.out)
     device = _device(args.device)
     return _report(_load(args.model, device, args.dtype, args.device_map), texts, config, args.out)
 
@@ -175,7 +266,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from sd_lens.analyses.norm_table import first_token_norms
 
     if args.report:
-        output_dir(args.out, "--out")
+        _report_dir(args.out)
     loaded = _load(args.model)
     print(first_token_norms(loaded.model, args.text).format())
     if args.report:
@@ -186,7 +277,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name ({', '.join(known_models())}), HF dir, .gguf or Hugging Face model id")
-    p.add_argument("--text-file", type=Path, help="UTF-8 text file, one text per line (default: CPython docs corpus)")
+    add_text_file_arguments(p, "UTF-8 text file, one text per line (default: CPython docs corpus)")
     p.add_argument("--device", default="cpu")
     p.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
@@ -204,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     a = sub.add_parser("analyze", help="run every analysis and write JSON")
     _common(a)
-    a.add_argument("--json", type=Path, default=None, help="write the JSON here (default: print it)")
+    a.add_argument("--json", type=Path, default=None, help="write the JSON here: a file (written atomically), - or a pipe (default: print it)")
     a.set_defaults(func=cmd_analyze)
     r = sub.add_parser("report", help="run every analysis and write a self-contained HTML report")
     _common(r)

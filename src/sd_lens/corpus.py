@@ -9,12 +9,18 @@ code-like lines (no space, or starting with ``>>>``) dropped, topics in sorted o
 
 from __future__ import annotations
 
+import os
+import stat
+import sys
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import BinaryIO, Iterable, Sequence
 
 from sd_lens.errors import InputError
 
 DEFAULT_N_LINES = 48
+#: the most bytes a text file may hold (sd-lens: ``--max-text-bytes``): 16 MiB
+DEFAULT_MAX_TEXT_BYTES = 16 * 2**20
+_CHUNK = 2**20
 
 
 def _prose_lines() -> list[str]:
@@ -59,23 +65,110 @@ def default_corpus(n_lines: int = DEFAULT_N_LINES, stride: int = 37) -> list[str
     return [lines[i] for i in order[:n_lines]]
 
 
-def read_texts(source: str | Path | Iterable[str] | None = None, n_lines: int = DEFAULT_N_LINES) -> list[str]:
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a pipe (FIFO)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _read_bounded(stream: BinaryIO, max_bytes: int, name: str) -> bytes:
+    """At most ``max_bytes`` of ``stream``, read in chunks; an :class:`InputError` as soon as there is more."""
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = stream.read(min(_CHUNK, max_bytes + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > max_bytes:
+            raise InputError(
+                f"text file {name} holds more than {max_bytes} bytes, the limit (sd-lens: --max-text-bytes; "
+                "read_texts: max_bytes); raise it, or give a smaller file"
+            )
+
+
+def read_text_file(path: str | Path, max_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> list[str]:
+    """The non-empty lines (stripped) of a UTF-8 text file, with or without a byte-order mark.
+
+    ``-`` reads standard input (a pipe asked for explicitly); any other path must be a regular file
+    (a FIFO, a device such as ``/dev/zero`` or a folder is refused at once, before anything waits on
+    it). At most ``max_bytes`` are read: a longer input is refused without reading the rest.
+
+    Raises:
+        InputError: a missing, unreadable, non-regular, oversized, non-UTF-8 or empty file.
+    """
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise InputError(f"max_bytes={max_bytes!r}: give a positive number of bytes")
+    name = str(path)
+    if name == "-":
+        name = "- (standard input)"
+        if sys.stdin is None:
+            raise InputError("text file -: there is no standard input to read")
+        if sys.stdin.isatty():
+            print("sd-lens: reading texts from standard input, one per line (end with Ctrl-D)", file=sys.stderr)
+        raw = _read_bounded(sys.stdin.buffer, max_bytes, name)
+    else:
+        try:  # O_NONBLOCK: opening a FIFO with no writer returns at once (and is then refused)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except OSError as exc:
+            raise InputError(f"cannot read text file {path}: {exc.strerror}") from exc
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+            os.close(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise InputError(f"text file {path} is a folder; give a text file, one text per line")
+            if not stat.S_ISREG(info.st_mode):
+                raise InputError(
+                    f"text file {path} is {_kind(info.st_mode)}, not a regular file; to read a pipe or a device, "
+                    f"pass it as standard input (sd-lens: --text-file - < {path})"
+                )
+            raise InputError(
+                f"text file {path} has {info.st_size} bytes, more than the limit of {max_bytes} "
+                "(sd-lens: --max-text-bytes; read_texts: max_bytes); raise it, or give a smaller file"
+            )
+        with os.fdopen(fd, "rb") as f:
+            try:
+                raw = _read_bounded(f, max_bytes, name)
+            except OSError as exc:
+                raise InputError(f"cannot read text file {path}: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark is not text: dropped
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InputError(
+            f"cannot read text file {name}: not UTF-8 (byte {exc.start}, line {line}: {exc.reason}); "
+            "save it as UTF-8"
+        ) from exc
+    # a mark left inside (files concatenated) is not text either
+    texts = [s for s in (ln.strip().lstrip("\ufeff").strip() for ln in text.splitlines()) if s]
+    if not texts:
+        raise InputError(f"text file {name} holds no non-empty line; give it one text per line")
+    return texts
+
+
+def read_texts(
+    source: str | Path | Iterable[str] | None = None,
+    n_lines: int = DEFAULT_N_LINES,
+    *,
+    max_bytes: int = DEFAULT_MAX_TEXT_BYTES,
+) -> list[str]:
     """Texts to analyse.
 
     ``None``: the default corpus. A :class:`~pathlib.Path`: a UTF-8 text file, one text per
-    non-empty line. A ``str``: that single text. Any other iterable: its strings.
+    non-empty line, read by :func:`read_text_file` (at most ``max_bytes``; ``Path("-")`` is
+    standard input). A ``str``: that single text. Any other iterable: its strings.
     """
     if source is None:
         return default_corpus(n_lines)
     if isinstance(source, Path):
-        try:
-            raw = source.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read text file {source}: {exc}") from exc
-        texts = [ln.strip() for ln in raw.splitlines() if ln.strip()]
-        if not texts:
-            raise InputError(f"text file {source} holds no non-empty line; give it one text per line")
-        return texts
+        return read_text_file(source, max_bytes)
     if isinstance(source, str):
         return [source]
     return list(source)

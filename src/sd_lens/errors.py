@@ -25,3 +25,7 @@ class InputError(SdLensError, ValueError):
 
 class NonFiniteActivationError(SdLensError, FloatingPointError):
     """The model produced NaN or inf activations; no analysis of them would mean anything."""
+
+
+class OutputError(SdLensError, OSError):
+    """A result could not be written (a full disk, a device that refuses it); nothing half-written is left."""

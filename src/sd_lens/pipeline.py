@@ -24,7 +24,8 @@ import torch
 from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_outliers_pass
 from sd_lens.analyses.attention_sinks import AttentionSinks, attention_sinks_pass
 from sd_lens.analyses.attribution import ComponentAttribution, LeverReport, component_attribution, find_lever
-from sd_lens.analyses.causal import CausalCheck, verify_trigger
+from sd_lens.analyses.causal import CausalCheck, trigger_tokens, verify_trigger
+from sd_lens.analyses.corpus_check import CorpusSummary, corpus_summary
 from sd_lens.analyses.defects import DefectReport, find_defects
 from sd_lens.analyses.dtype_check import DtypeCheck, dtype_check
 from sd_lens.analyses.explosion import (
@@ -54,6 +55,7 @@ from sd_lens.models.loading import FLOAT16_WARNING, model_dtype, model_name
 from sd_lens.models.view import model_view
 from sd_lens.outputs import atomic_write_text
 from sd_lens.runtime.engine import run_passes
+from sd_lens.runtime.lock import model_lock
 from sd_lens.runtime.precision import DTYPES, check_memory, forward_dtype
 from sd_lens.runtime.tokens import tokenize
 from sd_lens.types import HookedModel
@@ -194,6 +196,7 @@ class AnalysisResult:
     life: LifeCycle | None = None
     local: LocalCausalReport | None = None
     interventions: OutlierIntervention | None = None
+    corpus: CorpusSummary | None = None
 
     @property
     def seed(self) -> int:
@@ -237,7 +240,9 @@ class AnalysisResult:
             "d_model": self.d_model,
             "seed": self.seed,
             "fit_method": self.fit_method,
-            "corpus": {"n_texts": len(self.texts), "n_tokens": self.probe.n_tokens},
+            "corpus": {"n_texts": len(self.texts), "n_tokens": self.probe.n_tokens,
+                       **(self.corpus.to_dict() if self.corpus is not None else {})},
+            "corpus_warnings": list(self.corpus.warnings) if self.corpus is not None else [],
             "trigger_text": self.trigger_text,
             "threshold": self.defects.threshold,
             "typical_norm": [round(float(x), 3) for x in self.defects.typical_norm],
@@ -312,8 +317,18 @@ def run_analysis(
         config: an :class:`AnalysisConfig`; default options when None.
         **options: fields of :class:`AnalysisConfig` to override, e.g. ``seed=3, vocab=True``.
 
+    Thread safety: the whole analysis holds the model's lock (:func:`sd_lens.runtime.lock.model_lock`),
+    so two threads analysing one model run one after the other and each gets exactly the result of a
+    run alone; threads on different models run in parallel.
+
+    Warns:
+        UserWarning: ``"corpus: ..."`` when the corpus is too short or too uniform for the defect
+            finder (:mod:`sd_lens.analyses.corpus_check`); the same sentences are the result's
+            ``corpus.warnings`` and the JSON's ``corpus_warnings``.
+
     Raises:
-        InputError: an unknown or invalid option (before the model runs).
+        InputError: an unknown or invalid option (before the model runs), or a trigger text that
+            does not fit the model's context (before any analysis runs).
     """
     unknown = sorted(set(options) - set(AnalysisConfig.options()))
     if unknown:
@@ -323,11 +338,12 @@ def run_analysis(
         )
     cfg = replace(config or AnalysisConfig(), **options)
     texts = read_texts(texts)
-    own = model_dtype(model)
-    if cfg.forward_dtype is not None:
-        check_memory(model, cfg.forward_dtype)
-    with forward_dtype(model, cfg.forward_dtype, check=False):
-        result = _run_analysis(model, texts, cfg)
+    with model_lock(model):  # one analysis of a model at a time: its hooks and weights are shared state
+        own = model_dtype(model)
+        if cfg.forward_dtype is not None:
+            check_memory(model, cfg.forward_dtype)
+        with forward_dtype(model, cfg.forward_dtype, check=False):
+            result = _run_analysis(model, texts, cfg)
     return replace(result, model_dtype=own) if own != result.dtype else result
 
 
@@ -341,6 +357,7 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
         timings[name] = timings.get(name, 0.0) + now - t0
         return now
 
+    trigger_tokens(model, cfg.trigger_text)  # an unusable trigger text fails now, not after every analysis
     t = time.perf_counter()
     dtype = model_dtype(model)
     if dtype == "float16":
@@ -348,6 +365,9 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
     probe = probe_norms(
         model, texts, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text, progress=cfg.progress
     )
+    corpus = corpus_summary(probe, max_tokens_per_text=cfg.max_tokens_per_text, n_truncated=probe.n_truncated)
+    for warning in corpus.warnings:  # the findings below may not mean what they say: tell the user
+        warnings.warn(f"corpus: {warning}", stacklevel=3)
     t = tick("probe", t)
     report = find_defects(model, probe, threshold=threshold, batch_size=cfg.batch_size, progress=cfg.progress)
     t = tick("defects", t)
@@ -480,4 +500,5 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
         interventions=interventions,
         outliers=outliers,
         weights=weights,
+        corpus=corpus,
     )

@@ -10,7 +10,8 @@ SmolLM2 — the same two defects, 4 more states in D0 (902), every angle within 
 replaced by ``spread_deg`` (within-block) and ``turn_deg``, ``peak_ratio``, ``major``, ``minor_reasons``
 and ``minor_groups`` added. Gemma-3 — the block-0 group carried by ',' and ' and' lies within 1 deg of the
 initial token's block-0 direction, so it is part of the initial token's defect (now D0: explosion 5,
-decay 16 as before; predicted angle 18.6 deg instead of 20.8). Regenerate only for a change that is
+decay 16 as before; predicted angle 18.6 deg instead of 20.8). Issue #24 added the corpus summary
+(``corpus.tokens_per_text`` … ``top_token``) and ``corpus_warnings`` (empty) to both files; no number moved. Regenerate only for a change that is
 meant to move numbers, and say what moved here.
 
 Measured (2-core machine, 2026-12-04; threads 1 and 2, batch sizes 16, 8 and 5, against the committed files):

@@ -36,9 +36,11 @@ def test_json_below_a_file(tmp_path, capsys, no_load):
     _fails(capsys, ["analyze", "--json", str(tmp_path / "f" / "a.json")], "is a file, not a folder")
 
 
-def test_json_into_a_missing_folder_is_created(tmp_path):
+def test_json_into_a_missing_folder_is_created_when_written(tmp_path):
     target = output_file(tmp_path / "new" / "deeper" / "a.json")
-    assert target.parent.is_dir()
+    assert not (tmp_path / "new").exists()  # the check creates nothing (a refused run leaves no folder)
+    atomic_write_text(target, "{}")
+    assert target.read_text() == "{}"
 
 
 def test_report_onto_a_file(tmp_path, capsys, no_load):

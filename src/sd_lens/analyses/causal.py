@@ -27,10 +27,10 @@ from sd_lens.linalg import unit
 from sd_lens.runtime.engine import run
 from sd_lens.runtime.hooks import act_name, ffn_input
 from sd_lens.runtime.reducers import coefficient, first_row, token_norms
-from sd_lens.runtime.tokens import decode, tokenize
+from sd_lens.runtime.tokens import context_length, decode, encode
 from sd_lens.types import HookedModel, HookFn
 
-__all__ = ["CausalCheck", "verify_trigger"]
+__all__ = ["CausalCheck", "trigger_tokens", "verify_trigger"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,6 +95,32 @@ def _norms_and_coefs(
     return out[norm_at], out[coef_at]
 
 
+def trigger_tokens(model: HookedModel, text: str) -> Tensor:
+    """The token ids ``[1, T]`` of the causal checks' text, checked: a non-empty text of at least one
+    token besides BOS that fits the model's context (never truncated: the checks need all of it).
+
+    :func:`~sd_lens.pipeline.run_analysis` calls it before any analysis runs.
+
+    Raises:
+        InputError: naming the trigger text (``trigger_text``, sd-lens ``--trigger-text``), not a corpus text.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("the trigger text (trigger_text, sd-lens --trigger-text) is empty; give a sentence")
+    tokens = encode(model, text)
+    n_ctx = context_length(model)
+    if len(tokens) > n_ctx:
+        raise InputError(
+            f"the trigger text (trigger_text, sd-lens --trigger-text) has {len(tokens)} tokens but the model's "
+            f"context holds {n_ctx}; give a shorter one (a sentence is enough: the checks read its first tokens)"
+        )
+    if len(tokens) < 2:
+        raise InputError(
+            "the trigger text (trigger_text, sd-lens --trigger-text) needs at least one token besides BOS; "
+            "give a sentence"
+        )
+    return tokens[None]
+
+
 def verify_trigger(
     model: HookedModel,
     layer: int,
@@ -116,9 +142,7 @@ def verify_trigger(
     """
     if not 0 <= layer < int(model.cfg.n_layers):
         raise InputError(f"block {layer} does not exist: the model has blocks 0..{model.cfg.n_layers - 1}")
-    tokens = tokenize(model, [text], max_tokens_per_text=None).sequences[0][None]
-    if tokens.shape[1] < 2:
-        raise InputError("verify_trigger needs a text of at least one token besides BOS")
+    tokens = trigger_tokens(model, text)
     v = unit(v0.detach().float().cpu())
     if v.ndim != 1 or not bool(torch.isfinite(v).all()) or not bool(v.any()):
         raise InputError(

@@ -53,6 +53,8 @@ class NormProbe:
     token_strings: dict[int, str]
     seconds: float
     hook_points: tuple[str, ...] = HOOK_POINTS
+    #: texts cut to the probe's ``max_tokens_per_text`` (0 for none or unknown)
+    n_truncated: int = 0
     #: memo of typical_norm (not an init field: ``dataclasses.replace`` starts a fresh one)
     _typical: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -165,5 +167,6 @@ def probe_norms(
         texts=tok.texts,
         token_strings=strings,
         seconds=time.perf_counter() - t0,
+        n_truncated=tok.n_truncated,
     )
 

@@ -30,6 +30,7 @@ def _positive(text: str) -> int:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``quantize`` command to ``sd-lens``'s subparsers; returns its parser."""
+    from sd_lens.cli import add_text_file_arguments
     from sd_lens.models.loading import DEFAULT_MODEL, known_models
 
     p = subparsers.add_parser(
@@ -37,9 +38,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"built-in name ({', '.join(known_models())}), HF dir, .gguf or Hugging Face model id")
-    p.add_argument("--text-file", type=Path, default=None,
-                   help="held-out text for the perplexity, one text per line (default: the default corpus's next "
-                        "--held-out-lines lines); the defects are found on the default corpus")
+    add_text_file_arguments(p, "held-out text for the perplexity, one text per line (default: the default corpus's "
+                               "next --held-out-lines lines); the defects are found on the default corpus")
     p.add_argument("--json", type=Path, required=True, help="write the result here")
     p.add_argument("--schemes", default="rtn,per_token,smoothquant",
                    help="comma-separated: rtn, per_token, smoothquant (the first gets the random/all controls)")
@@ -67,14 +67,14 @@ def _schemes(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     """Run ``sd-lens quantize``; 0 when done (errors are :class:`~sd_lens.errors.SdLensError`, exit 2 in
     :func:`sd_lens.cli.main`)."""
-    from sd_lens.cli import _device, _load
-    from sd_lens.corpus import default_corpus, held_out_texts, read_texts
-    from sd_lens.outputs import output_file
+    from sd_lens.cli import _device, _load, _texts
+    from sd_lens.corpus import default_corpus, held_out_texts
+    from sd_lens.outputs import notes_stream, output_file
 
     # every input and output is checked before the model loads
     schemes = _schemes(args.schemes)
     corpus = default_corpus()
-    held = read_texts(args.text_file) if args.text_file is not None else held_out_texts(corpus, args.held_out_lines)
+    held = _texts(args.text_file, args.max_text_bytes) or held_out_texts(corpus, args.held_out_lines)
     overlap = set(held) & set(corpus)
     if overlap:
         raise InputError(f"--text-file: {len(overlap)} line(s) are in the analysis corpus (the default corpus), "
@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, max_tokens_per_text=args.max_tokens_per_text, progress=progress,
     )
     result.to_json(args.json)
-    print(result.summary())
-    print(f"JSON written to {args.json}")
+    notes = notes_stream(args.json)  # stderr when the JSON itself goes to standard output or a pipe
+    print(result.summary(), file=notes)
+    print(f"JSON written to {args.json}", file=notes)
     return 0

@@ -60,6 +60,7 @@ from sd_lens.errors import InputError, UnsupportedArchitectureError
 from sd_lens.models.hooked import tl_version
 from sd_lens.runtime.engine import real_mask
 from sd_lens.runtime.hooks import require_hooks
+from sd_lens.runtime.lock import model_lock
 from sd_lens.types import HookedModel, HookFn
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -405,7 +406,18 @@ def fake_quantize(
     Raises:
         InputError: bad blocks or sites, a smoothing scheme without (matching) ``smooth``.
         UnsupportedArchitectureError: neither a TransformerBridge nor a HookedTransformer, or a hook point missing.
+
+    The model's lock (:func:`~sd_lens.runtime.lock.model_lock`) is held inside: no other thread's
+    forward sees the quantized weights.
     """
+    with model_lock(model), _fake_quantize(model, scheme, keep=keep, keep_sites=keep_sites, smooth=smooth) as hooks:
+        yield hooks
+
+
+@contextmanager
+def _fake_quantize(
+    model: HookedModel, scheme: Scheme, *, keep: Iterable[int], keep_sites: Sequence[str], smooth: SmoothScales | None,
+) -> Iterator[list[tuple[str, HookFn]]]:
     kept = _check_blocks(model, keep, "keep")
     bad = [s for s in keep_sites if s not in SITES]
     if bad:

@@ -47,6 +47,8 @@ CORPUS_LINES_SHOWN = 5
 CORPUS_LINE_CHARS = 160
 #: Characters of the JSON shown in the page (the file beside it is complete).
 JSON_CHARS_SHOWN = 20_000
+#: the files :func:`write_report` writes into its folder
+REPORT_FILES = ("report.html", "analysis.json")
 
 
 @dataclass(frozen=True)
@@ -207,14 +209,21 @@ def quantization_section(page: Page, ctx: ReportContext) -> None:
 
 
 def corpus_section(page: Page, ctx: ReportContext) -> None:
-    """Size of the corpus and its first lines."""
+    """Size of the corpus (tokens per text, truncations), why it may not carry the findings, and its first lines."""
     result = ctx.result
     page.heading("Corpus")
-    lengths = [len(s) for s in result.probe.sequences]
-    page.paragraph(
-        f"{len(result.texts)} text(s), {result.probe.n_tokens:,} tokens in all (BOS included; "
-        f"{min(lengths)}\u2013{max(lengths)} tokens per text). The first lines:"
-    )
+    summary = getattr(result, "corpus", None)
+    if summary is not None:
+        page.paragraph(summary.describe() + ".")
+        for warning in summary.warnings:
+            page.paragraph(f"Caution: {warning}.")
+        page.paragraph("The first lines:")
+    else:
+        lengths = [len(s) for s in result.probe.sequences]
+        page.paragraph(
+            f"{len(result.texts)} text(s), {result.probe.n_tokens:,} tokens in all (BOS included; "
+            f"{min(lengths)}\u2013{max(lengths)} tokens per text). The first lines:"
+        )
     page.bullets(_short(t, CORPUS_LINE_CHARS) for t in result.texts[:CORPUS_LINES_SHOWN])
 
 
@@ -397,7 +406,8 @@ def write_report(
         model: the model the result was computed on (the trigger text is run once, with temporary
             hooks; nothing stays attached, the weights are not touched).
         result: from :func:`~sd_lens.pipeline.run_analysis`.
-        out_dir: directory to write into (created when missing; existing files are replaced).
+        out_dir: directory to write into (created when missing; existing files are replaced
+            atomically, keeping their mode; a read-only one is refused before anything runs).
         trigger_text: the text of the causal checks (default :func:`~sd_lens.report.adapters.trigger_text_of`).
         text_index: corpus text shown in the norm view (default :func:`~sd_lens.report.adapters.pick_text`).
         attention_layers: blocks of the attention views (default
@@ -406,7 +416,7 @@ def write_report(
     Returns:
         The path of ``report.html``.
     """
-    out = output_dir(out_dir, "report folder")
+    out = output_dir(out_dir, "report folder", files=REPORT_FILES, create=True)
     page = build_report(
         model, result, trigger_text=trigger_text, text_index=text_index, attention_layers=attention_layers
     )

@@ -145,6 +145,9 @@ def report_summary(result: AnalysisResult) -> str:
     )
     if result.dtype == "float16":
         head += "Caution: " + FLOAT16_WARNING + ". "
+    corpus = getattr(result, "corpus", None)
+    if corpus is not None and corpus.warnings:
+        head += "Caution: this corpus may not carry the findings (see Corpus): " + corpus.warnings[0].split(":")[0] + ". "
     if result.dtype_check is not None:
         head += ("" if result.dtype_check.agrees else "Caution: ") + result.dtype_check.summary() + " "
     minor = result.defects.minor

@@ -4,6 +4,8 @@
   truncation, right padding and the mask of real positions) and one token decoder;
 * :mod:`~sd_lens.runtime.hooks` — hook-point names (TransformerLens's ``get_act_name``) and one
   context manager for temporary hooks;
+* :mod:`~sd_lens.runtime.lock` — :func:`model_lock`, the per-model lock that lets several threads
+  share a model (their forwards and analyses run one at a time);
 * :mod:`~sd_lens.runtime.engine` — :func:`forward` (the only call of a model's forward),
   :func:`run` (one batch) and :func:`stream` (batches of texts), each applying a *reducer* per hook
   point so that no full activation cache is held unless a reducer keeps it.
@@ -26,6 +28,7 @@ from sd_lens.runtime.engine import (
     stream,
 )
 from sd_lens.runtime.hooks import act_name, block_of, require_hooks, temporary_hooks
+from sd_lens.runtime.lock import model_lock
 from sd_lens.runtime.tokens import (
     Tokenized,
     decode,
@@ -50,6 +53,7 @@ __all__ = [
     "keep",
     "make_batch",
     "model_device",
+    "model_lock",
     "pad",
     "require_hooks",
     "run",

@@ -16,6 +16,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from sd_lens.errors import UnsupportedArchitectureError
+from sd_lens.runtime.lock import model_lock
 from sd_lens.types import HookedModel, HookFn
 
 __all__ = ["FFN_INPUT", "LOGITS", "act_name", "block_of", "ffn_input", "require_hooks", "temporary_hooks"]
@@ -85,8 +86,9 @@ def temporary_hooks(model: HookedModel, fwd_hooks: Sequence[tuple[str, HookFn]])
 
     Gradients are off inside. Exactly the hooks attached here are removed on exit — also when the body raises, including
     ``KeyboardInterrupt`` — and hooks the model had before are left alone. Every name must be a
-    hook point of the model (checked before anything is attached).
+    hook point of the model (checked before anything is attached). The model's lock
+    (:func:`~sd_lens.runtime.lock.model_lock`) is held inside: another thread's hooks never join these.
     """
     require_hooks(model, [name for name, _ in fwd_hooks], reading=False)
-    with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
+    with model_lock(model), torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
         yield model

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 import torch
 
 from sd_lens.errors import InputError
+from sd_lens.runtime.lock import model_lock
 from sd_lens.types import HookedModel
 
 __all__ = ["DTYPES", "check_memory", "extra_bytes", "forward_dtype", "free_bytes", "parse_dtype"]
@@ -115,7 +116,15 @@ def forward_dtype(model: HookedModel, dtype: str | torch.dtype | None, *, check:
     float32) is undone by casting back, which is exact; any other (float32 to float16, to see what a
     half-precision forward does to a finding) keeps the original tensors aside and puts them back.
     With ``check``, the memory the cast needs is checked first (:func:`check_memory`).
+    The model's lock (:func:`~sd_lens.runtime.lock.model_lock`) is held inside: no other thread's
+    forward sees the cast weights.
     """
+    with model_lock(model), _cast_forward(model, dtype, check=check) as m:
+        yield m
+
+
+@contextmanager
+def _cast_forward(model: HookedModel, dtype: str | torch.dtype | None, *, check: bool) -> Iterator[Any]:
     if dtype is None:
         yield model
         return

@@ -97,6 +97,15 @@ def encode(model: HookedModel, text: str, *, prepend_bos: bool | None = None) ->
     return model.to_tokens(text, prepend_bos=prepend_bos, truncate=False, move_to_device=False)[0].cpu()
 
 
+def count_tokens_in_file_tokenizer(tokenizer_json: Any, text: str) -> int:
+    """Tokens of ``text`` (no special tokens) by a model's ``tokenizer.json`` alone, without loading the model:
+    the CLI's check of ``--trigger-text`` before the load (the exact check runs on the model's own
+    tokenisation afterwards). Raises what the ``tokenizers`` library raises on a bad file."""
+    from tokenizers import Tokenizer
+
+    return len(Tokenizer.from_file(str(tokenizer_json)).encode(text, add_special_tokens=False).ids)
+
+
 def tokenize(
     model: HookedModel,
     texts: Sequence[str],

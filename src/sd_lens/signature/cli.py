@@ -14,6 +14,7 @@ bundled models): bad input exits 2 with one line on stderr.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -52,12 +53,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _shared(p: argparse.ArgumentParser, inherit: bool = False) -> None:
     """The options of both forms; ``inherit``: a value given before ``compare`` is kept (no default here)."""
+    from sd_lens.cli import add_text_file_arguments
 
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if inherit else value
 
-    p.add_argument("--text-file", type=Path, default=default(None),
-                   help="UTF-8 text file, one text per line (default: the default corpus)")
+    add_text_file_arguments(p, "UTF-8 text file, one text per line (default: the default corpus)", default(None))
     p.add_argument("--threshold", type=float, default=default(4.0),
                    help="high-norm threshold, multiples of the block median (default: 4)")
     p.add_argument("--device", default=default("cpu"))
@@ -76,19 +77,23 @@ def _check_common(args: argparse.Namespace) -> list[str] | None:
 
     if not (args.threshold > 1 and args.threshold < float("inf")):
         raise InputError(f"--threshold {args.threshold}: give a finite multiple of the median above 1")
-    texts = _texts(args.text_file)
+    texts = _texts(args.text_file, getattr(args, "max_text_bytes", None))
     args.device = _device(args.device)
     return texts
 
 
 def _run_compute(args: argparse.Namespace) -> int:
-    from sd_lens.outputs import output_file
+    from sd_lens.outputs import output_file, writes_in_place
     from sd_lens.signature.store import save_signature
 
     texts = _check_common(args)
     if args.out is not None:
         output_file(args.out, "--out")
     sig = _compute(args.model, texts, args, block=args.block)
+    if args.out is not None and writes_in_place(args.out):  # the file itself goes to stdout or a pipe
+        save_signature(sig, args.out)
+        print(f"Signature written to {args.out}", file=sys.stderr)
+        return 0
     print(json.dumps(sig.to_dict(), indent=1))
     if args.out is not None:
         save_signature(sig, args.out)
@@ -97,7 +102,7 @@ def _run_compute(args: argparse.Namespace) -> int:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from sd_lens.outputs import atomic_write_text, output_dir, output_file
+    from sd_lens.outputs import atomic_write_bytes, atomic_write_text, notes_stream, output_dir, output_file
     from sd_lens.report.figures import fig_to_png
     from sd_lens.signature.compare import angle_matrix, check_widths
     from sd_lens.signature.store import is_signature_file, load_signature, signature_width
@@ -136,14 +141,16 @@ def _run_compare(args: argparse.Namespace) -> int:
     print(matrix.table("weights"))
     if args.json is not None:
         atomic_write_text(args.json, json.dumps(matrix.to_dict(), indent=1) + "\n")
-        print(f"JSON written to {args.json}")
+        print(f"JSON written to {args.json}", file=notes_stream(args.json))
     if args.figure is not None:
         fig = matrix.figure()
         if args.figure.suffix.lower() == ".png":
-            args.figure.write_bytes(fig_to_png(fig))
+            atomic_write_bytes(args.figure, fig_to_png(fig))
         else:
-            fig.savefig(args.figure, bbox_inches="tight")
-        print(f"Figure written to {args.figure}")
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format=args.figure.suffix.lower()[1:], bbox_inches="tight")
+            atomic_write_bytes(args.figure, buffer.getvalue())
+        print(f"Figure written to {args.figure}", file=notes_stream(args.figure))
     return 0
 
 
