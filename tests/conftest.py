@@ -461,12 +461,49 @@ def tutorial_module() -> Any:
     return module
 
 
+# --------------------------------------------------------------------------------------------
+# heavy results shared by the executed pages and the tests (computed once per session)
+# --------------------------------------------------------------------------------------------
+_shared_calls: dict[tuple, Any] = {}
+
+
+def shared_call(fn: Callable[..., Any], model: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(model, *args, **kwargs)``, computed once per session for a shared model and the same arguments
+    (compared by ``repr``), and checked to leave the model as it was. Results are frozen: safe to share."""
+    key = (fn.__module__, fn.__qualname__, id(model), repr(args), repr(sorted(kwargs.items())))
+    if key not in _shared_calls:
+        with assert_model_unchanged(model):
+            _shared_calls[key] = fn(model, *args, **kwargs)
+    return _shared_calls[key]
+
+
+#: calls that executed pages make and tests also check: ``(module, name)`` served through :func:`shared_call`
+SHARED_IN_PAGES = (("sd_lens.quantize", "quantization_experiment"),)
+
+
+def _serve_shared(monkeypatch: pytest.MonkeyPatch, models: dict[str, Any]) -> None:
+    import importlib
+
+    shared = {id(m) for m in models.values()}
+    for module_name, name in SHARED_IN_PAGES:
+        module = importlib.import_module(module_name)
+        real = getattr(module, name)
+
+        def serve(model: Any, *args: Any, _real: Callable[..., Any] = real, **kwargs: Any) -> Any:
+            return shared_call(_real, model, *args, **kwargs) if id(model) in shared else _real(model, *args, **kwargs)
+
+        monkeypatch.setattr(module, name, serve)
+
+
 def run_page(page: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, models: dict[str, Any]) -> dict[str, Any]:
     """Run an executed docs page's Python blocks in order, in ``tmp_path``, with ``models`` (the shared real
-    models, by name) standing in for ``load_model``; each of them must come out unchanged. Returns the namespace."""
+    models, by name) standing in for ``load_model``; each of them must come out unchanged. The calls in
+    :data:`SHARED_IN_PAGES` on those models are served by :func:`shared_call` (the tests check the same
+    results). Returns the namespace."""
     import sd_lens
 
     real_load = sd_lens.load_model
+    _serve_shared(monkeypatch, models)
 
     def load_model(name: Any = sd_lens.DEFAULT_MODEL, **kwargs: Any) -> Any:
         return models[name] if name in models and not kwargs else real_load(name, **kwargs)

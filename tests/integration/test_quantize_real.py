@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import assert_model_unchanged
+from conftest import shared_call
 from sd_lens.quantize import quantization_experiment
 
 
 @pytest.fixture(scope="module")
-def smollm2_quant(smollm2, smollm2_analysis):
-    # the whole experiment (13 quantize/restore cycles) leaves the model bit-for-bit unchanged
-    with assert_model_unchanged(smollm2):
-        return quantization_experiment(
-            smollm2, analysis=smollm2_analysis, schemes=("rtn", "smoothquant"), seeds=(0, 1, 2)
-        )
+def smollm2_quant(smollm2):
+    # the call docs/quantization.md makes (shared with the executed page); the whole experiment (quantize/restore
+    # cycles for three schemes) leaves the model bit-for-bit unchanged (shared_call checks it)
+    return shared_call(quantization_experiment, smollm2, seeds=(0, 1, 2))
 
 
 def test_smollm2_defect_blocks_come_from_the_analysis(smollm2_quant):
@@ -57,8 +55,7 @@ def test_gemma3_rtn_breaks_elsewhere_than_f2(gemma3):
     """Gemma-3: per-tensor RTN destroys the model and keeping the defect blocks' F2 does not help, because
     the damage is not at F2: the folded pre-norm gains make weight outliers (max/median |W| up to 672 in
     block 16's q projection) and the masked channel sits in the FFN input (see docs: quantize)."""
-    with assert_model_unchanged(gemma3):
-        r = quantization_experiment(gemma3, schemes=("rtn", "smoothquant"), controls=False)
+    r = shared_call(quantization_experiment, gemma3, schemes=("rtn", "smoothquant"), controls=False)  # as the page
     # measured: defect blocks 5 (explosion) and 16 (decay)
     assert r.protected == (5, 16)
     base = r.row("float").perplexity
