@@ -200,6 +200,9 @@ class AnalysisResult:
     life: LifeCycle | None = None
     local: LocalCausalReport | None = None
     interventions: OutlierIntervention | None = None
+    #: stages that raised, by name (as in ``timings_s``), with the error: ``"TypeName: message"``. Their
+    #: results are None; every other stage's are kept (``failed_stages`` in the JSON when not empty)
+    errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def seed(self) -> int:
@@ -253,6 +256,7 @@ class AnalysisResult:
             "layers": self.spectra.to_dict(),
             **({"channels": self._channels_dict()} if self.channels_measured else {}),
             **({"quantization": self.quantization.to_dict()} if self.quantization is not None else {}),
+            **({"failed_stages": dict(self.errors)} if self.errors else {}),
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
         }
 
@@ -428,44 +432,78 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
             )
         )
     sinks = attribution = lever = outliers = weights = life = local = interventions = None
+    quantization = None
+    errors: dict[str, str] = {}
+
+    def stage(name: str, compute: Callable[[], Any], needs: dict[str, Any] | None = None) -> Any:
+        """Run a late stage; if it (or a stage it needs) failed, record why and go on with the others."""
+        nonlocal t
+        missing = [k for k, v in (needs or {}).items() if v is None and k in errors]
+        if missing:
+            errors[name] = f"skipped: needs {', '.join(missing)}, which failed"
+            return None
+        try:
+            value = compute()
+        except Exception as exc:  # noqa: BLE001 - recorded, reported, and the finished stages are kept
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"the {name} stage failed ({errors[name]}); the other stages' results are kept", stacklevel=4)
+            value = None
+        t = tick(name, t)
+        return value
+
     if cfg.channels:
         # massive activations and attention sinks read different hooks of the same forwards: one stream
-        tok = tokenize(model, texts, max_tokens_per_text=cfg.max_tokens_per_text)
-        high_rows = torch.nonzero((probe.ratio("resid_post") > threshold).any(dim=1)).flatten()
-        with warnings.catch_warnings():  # the norm probe has already said how many texts were cut
-            warnings.filterwarnings("ignore", message=".*texts were cut to their first.*")
-            out_pass = activation_outliers_pass(model, tok)
-            sink_pass = attention_sinks_pass(model, tok, epsilon=cfg.sink_epsilon, high_norm_rows=high_rows)
-        run_passes(model, [out_pass, sink_pass], batch_size=cfg.batch_size,
-                   progress=cfg.progress and "massive activations and attention sinks")
-        outliers, sinks = out_pass.result(), sink_pass.result()
-        t = tick("outliers_and_sinks", t)
-        weights = weight_outliers(view)
-        t = tick("weight_outliers", t)
-        attribution = component_attribution(model, report, probe, batch_size=cfg.batch_size)
-        t = tick("attribution", t)
-        lever = find_lever(model, report, attribution, seed=seed)
-        t = tick("lever", t)
-        life = life_cycle(model, report, probe, outliers, weights, sinks, attribution, batch_size=cfg.batch_size)
-        t = tick("life_cycle", t)
+        def outliers_and_sinks() -> tuple[ActivationOutliers, AttentionSinks]:
+            tok = tokenize(model, texts, max_tokens_per_text=cfg.max_tokens_per_text)
+            high_rows = torch.nonzero((probe.ratio("resid_post") > threshold).any(dim=1)).flatten()
+            with warnings.catch_warnings():  # the norm probe has already said how many texts were cut
+                warnings.filterwarnings("ignore", message=".*texts were cut to their first.*")
+                out_pass = activation_outliers_pass(model, tok)
+                sink_pass = attention_sinks_pass(model, tok, epsilon=cfg.sink_epsilon, high_norm_rows=high_rows)
+            run_passes(model, [out_pass, sink_pass], batch_size=cfg.batch_size,
+                       progress=cfg.progress and "massive activations and attention sinks")
+            return out_pass.result(), sink_pass.result()
+
+        both = stage("outliers_and_sinks", outliers_and_sinks)
+        if both is not None:
+            outliers, sinks = both
+        weights = stage("weight_outliers", lambda: weight_outliers(view))
+        attribution = stage(
+            "attribution", lambda: component_attribution(model, report, probe, batch_size=cfg.batch_size)
+        )
+        lever = stage("lever", lambda: find_lever(model, report, attribution, seed=seed),
+                      {"attribution": attribution})
+        life = stage(
+            "life_cycle",
+            lambda: life_cycle(
+                model, report, probe, outliers, weights, sinks, attribution,  # type: ignore[arg-type]
+                batch_size=cfg.batch_size,
+            ),
+            {"outliers_and_sinks": outliers, "weight_outliers": weights, "attribution": attribution},
+        )
     if cfg.local_checks:
-        local = local_causal_checks(model, report, probe, attribution, seed=seed)
-        t = tick("local_checks", t)
+        local = stage("local_checks", lambda: local_causal_checks(model, report, probe, attribution, seed=seed),
+                      {"attribution": attribution})
     if cfg.interventions:
         held = held_out_texts(texts)  # 48 lines of the default corpus's source that are not in texts
-        interventions = outlier_intervention(
-            model, outliers, held, texts=texts, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
+        interventions = stage(
+            "interventions",
+            lambda: outlier_intervention(
+                model, outliers, held, texts=texts, batch_size=cfg.batch_size,
+                max_tokens_per_text=cfg.max_tokens_per_text,
+            ),
+            {"outliers_and_sinks": outliers},
         )
-        t = tick("interventions", t)
-    quantization = None
     if cfg.quantize:
         from sd_lens.quantize import quantization_experiment
 
-        quantization = quantization_experiment(
-            model, texts, held_out_texts(texts), analysis=report, batch_size=cfg.batch_size,
-            max_tokens_per_text=cfg.max_tokens_per_text, progress=cfg.progress,
+        quantization = stage(
+            "quantization",
+            lambda: quantization_experiment(
+                model, texts, held_out_texts(texts), analysis=report, batch_size=cfg.batch_size,
+                max_tokens_per_text=cfg.max_tokens_per_text, progress=cfg.progress,
+            ),
         )
-        t = tick("quantization", t)
     return AnalysisResult(
         model=model_name(model),
         architecture=view.architecture,
@@ -489,4 +527,5 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
         interventions=interventions,
         outliers=outliers,
         weights=weights,
+        errors=errors,
     )
