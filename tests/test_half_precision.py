@@ -53,7 +53,9 @@ def test_every_option_runs_in_every_dtype(family, dtype, unchanged):
     quantize = dtype == torch.bfloat16  # float16 matmuls are slow on a CPU: the experiment once per family
     with unchanged(model), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = run_analysis(model, TEXTS, channels=True, local_checks=True, interventions=True, quantize=quantize)
+        result = run_analysis(
+            model, TEXTS, channels=True, local_checks=True, interventions=True, quantize=quantize, vocab=True
+        )
     assert result.errors == {}
     assert result.dtype == str(dtype).removeprefix("torch.")
     assert len(result.defects) == 1 and result.defects[0].initial_token
@@ -66,8 +68,20 @@ def test_every_option_runs_in_every_dtype(family, dtype, unchanged):
     assert check.interventions
     assert result.interventions is not None
     assert (result.quantization is not None) == quantize
+    assert result.findings[0].vocab is not None and result.findings[0].pathway is not None
     data = json.loads(result.to_json())
     assert "failed_stages" not in data and _finite_numbers(data)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_signature_in_half_precision(family, dtype):
+    from sd_lens.signature.signature import compute_signature
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sig = compute_signature(planted(family, dtype), TEXTS)
+    assert sig.empirical is not None and 0.0 <= sig.self_angle_deg <= 90.0
 
 
 def test_closure_rtol_follows_the_dtype():
