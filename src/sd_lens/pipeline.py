@@ -12,6 +12,7 @@ observations (i)–(iv).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import warnings
@@ -49,7 +50,7 @@ from sd_lens.analyses.spectra import (
 )
 from sd_lens.analyses.weight_outliers import WeightOutliers, weight_outliers
 from sd_lens.corpus import held_out_texts, read_texts
-from sd_lens.errors import InputError
+from sd_lens.errors import InputError, SdLensError
 from sd_lens.models.loading import FLOAT16_WARNING, model_dtype, model_name
 from sd_lens.models.view import model_view
 from sd_lens.outputs import atomic_write_text
@@ -62,6 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from sd_lens.quantize.evaluate import QuantizationResult
 
 SCHEMA_VERSION = 2
+_log = logging.getLogger(__name__)
 DEFAULT_TRIGGER_TEXT = "The cat sat on the mat because it was warm."
 
 
@@ -324,6 +326,11 @@ def run_analysis(
 
     Raises:
         InputError: an unknown or invalid option (before the model runs).
+
+    A stage that fails after the first ones finished (the channel lens's stages, ``local_checks``,
+    ``interventions``, ``quantize``) does not raise: its result is None, ``AnalysisResult.errors`` names
+    it with its error (``failed_stages`` in the JSON), a warning says so, and the stages that need it
+    are skipped with that reason; everything else is returned.
     """
     unknown = sorted(set(options) - set(AnalysisConfig.options()))
     if unknown:
@@ -446,6 +453,8 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
             value = compute()
         except Exception as exc:  # noqa: BLE001 - recorded, reported, and the finished stages are kept
             errors[name] = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, SdLensError):  # not an error sd_lens explains: keep the traceback for a report
+                _log.warning("the %s stage raised:", name, exc_info=True)
             warnings.warn(f"the {name} stage failed ({errors[name]}); the other stages' results are kept", stacklevel=4)
             value = None
         t = tick(name, t)
