@@ -135,3 +135,18 @@ def test_cli_writes_the_json_and_names_the_failed_stage(monkeypatch, tmp_path, c
     assert data["failed_stages"] == {"lever": "RuntimeError: planted failure"}
     assert "attribution" in data["channels"]
     assert "the lever stage failed: RuntimeError: planted failure" in capsys.readouterr().err
+
+
+def test_report_names_the_failed_stage(monkeypatch, tmp_path):
+    from sd_lens.report import write_report
+
+    model = planted("llama", torch.float32)
+    monkeypatch.setattr(pipeline, "find_lever", _boom)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = run_analysis(model, TEXTS, channels=True, dtype_check=False)
+        path = write_report(model, result, tmp_path / "report")
+    html = path.read_text(encoding="utf-8")
+    assert "failed stage" in html and "planted failure" in html
+    data = json.loads((path.parent / "analysis.json").read_text(encoding="utf-8"))
+    assert data["failed_stages"] == {"lever": "RuntimeError: planted failure"}
