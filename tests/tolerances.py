@@ -33,8 +33,10 @@ class Tolerance:
 
 #: by the kind of a float key (see :func:`kind_of`)
 TOLERANCES: dict[str, Tolerance] = {
-    # angles in degrees: absolute (an angle near 90 deg is as precise as one near 0)
-    "angle": Tolerance(rtol=0.0, atol=0.01),
+    # angles in degrees: absolute (an angle near 90 deg is as precise as one near 0). The spectra's iterative
+    # solver accepts a singular vector within 2e-4 rad (0.011 deg) of the exact one (docs/analyses.md), so an
+    # angle between two of them may move by twice that with the machine: 0.05 deg, the agreement issue #21 asks
+    "angle": Tolerance(rtol=0.0, atol=0.05),
     # norms and norm ratios: float32 sums of squares over d_model, averaged over tokens
     "norm": Tolerance(rtol=1e-4, atol=2e-3),
     # singular values, eigenvalues, R^2, coefficients, anything else

@@ -227,12 +227,20 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     result = _analyze(_load(args.model, device, args.dtype, args.device_map), texts, config)
     if args.json is None or is_stdout(args.json):
         print(result.to_json())
-        return 0
+        return _failed_stages(result)
     result.to_json(args.json)
     notes = notes_stream(args.json)  # stderr when the JSON itself goes to a pipe or /dev/stdout
     print(result.defects.summary(), file=notes)
     print(f"JSON written to {args.json}", file=notes)
-    return 0
+    return _failed_stages(result)
+
+
+def _failed_stages(result: AnalysisResult) -> int:
+    """3 (and one line per failed stage on stderr) when a stage failed after the others finished, else 0."""
+    for name, error in result.errors.items():
+        print(f"sd-lens: error: the {name} stage failed: {error} (the other stages' results were written)",
+              file=sys.stderr)
+    return 3 if result.errors else 0
 
 
 def _report(loaded: Loaded, texts: list[str] | None, config: AnalysisConfig, out: Path) -> int:
@@ -243,7 +251,7 @@ def _report(loaded: Loaded, texts: list[str] | None, config: AnalysisConfig, out
     print(result.defects.summary())
     print(f"Report written to {path.resolve()}")
     print(f"JSON written to {(path.parent / 'analysis.json').resolve()}")
-    return 0
+    return _failed_stages(result)
 
 
 def _report_dir(out: Path) -> None:
@@ -317,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``sd-lens``; returns the exit code: 0 done, 2 an error sd_lens explains (one line on
-    stderr, nothing written), 1 anything else (a bug: please report the traceback)."""
+    stderr, nothing written), 3 written, but a stage failed after others had finished (one line per
+    failed stage on stderr; ``failed_stages`` in the JSON), 1 anything else (a bug: please report the
+    traceback)."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     # the libraries' own "Loading weights" bars (read by huggingface_hub and transformers at import)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

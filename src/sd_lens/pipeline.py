@@ -12,6 +12,7 @@ observations (i)–(iv).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import warnings
@@ -50,7 +51,7 @@ from sd_lens.analyses.spectra import (
 )
 from sd_lens.analyses.weight_outliers import WeightOutliers, weight_outliers
 from sd_lens.corpus import held_out_texts, read_texts
-from sd_lens.errors import InputError
+from sd_lens.errors import InputError, SdLensError
 from sd_lens.models.loading import FLOAT16_WARNING, model_dtype, model_name
 from sd_lens.models.view import model_view
 from sd_lens.outputs import atomic_write_text
@@ -64,6 +65,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from sd_lens.quantize.evaluate import QuantizationResult
 
 SCHEMA_VERSION = 2
+_log = logging.getLogger(__name__)
 DEFAULT_TRIGGER_TEXT = "The cat sat on the mat because it was warm."
 
 
@@ -116,6 +118,12 @@ class AnalysisConfig:
         "run the model's forwards in this dtype for the analysis (e.g. float32 on a float16 or bfloat16 model: "
         "the weights are cast and restored exactly afterwards; needs their bytes once more); default: the "
         "model's own dtype",
+    )
+    exact_spectra: bool = _option(
+        False,
+        "compute the spectra's leading singular triplets and the decay checks' eigenvalues by exact float64 "
+        "decompositions (slow; the default is a residual-checked float32 iteration that falls back to them "
+        "where it cannot certify its answer, agreeing within 0.05 deg and 1e-4 relative)",
     )
     dtype_check: bool = _option(
         True,
@@ -197,6 +205,9 @@ class AnalysisResult:
     local: LocalCausalReport | None = None
     interventions: OutlierIntervention | None = None
     corpus: CorpusSummary | None = None
+    #: stages that raised, by name (as in ``timings_s``), with the error: ``"TypeName: message"``. Their
+    #: results are None; every other stage's are kept (``failed_stages`` in the JSON when not empty)
+    errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def seed(self) -> int:
@@ -252,6 +263,7 @@ class AnalysisResult:
             "layers": self.spectra.to_dict(),
             **({"channels": self._channels_dict()} if self.channels_measured else {}),
             **({"quantization": self.quantization.to_dict()} if self.quantization is not None else {}),
+            **({"failed_stages": dict(self.errors)} if self.errors else {}),
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
         }
 
@@ -329,6 +341,11 @@ def run_analysis(
     Raises:
         InputError: an unknown or invalid option (before the model runs), or a trigger text that
             does not fit the model's context (before any analysis runs).
+
+    A stage that fails after the first ones finished (the channel lens's stages, ``local_checks``,
+    ``interventions``, ``quantize``) does not raise: its result is None, ``AnalysisResult.errors`` names
+    it with its error (``failed_stages`` in the JSON), a warning says so, and the stages that need it
+    are skipped with that reason; everything else is returned.
     """
     unknown = sorted(set(options) - set(AnalysisConfig.options()))
     if unknown:
@@ -390,7 +407,7 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
         t = tick("collect_ffn_inputs", t)
     spectra = layer_spectra(
         view, [d.direction for d in report], method=cfg.fit_method, keep=keep, inputs_by_layer=inputs, seed=seed,
-        progress=cfg.progress and "block spectra",
+        progress=cfg.progress and "block spectra", exact=cfg.exact_spectra,
     )
     t = tick("spectra", t)
     findings = []
@@ -406,7 +423,10 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
     for k, d in enumerate(report):
         layer = d.explosion_layer
         lin = spectra.linearizations[layer]
-        checks = [decay_check(view, b, d.direction, lin=spectra.linearizations[b]) for b in d.decay_layers]
+        checks = [
+            decay_check(view, b, d.direction, lin=spectra.linearizations[b], exact=cfg.exact_spectra)
+            for b in d.decay_layers
+        ]
         t = tick("decay_checks", t)
         sub = once("subspace", layer, lambda: explosion_subspace(view, layer, fit=lin.ffn_fit, seed=seed))
         t = tick("explosion_subspace", t)
@@ -439,44 +459,80 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
             )
         )
     sinks = attribution = lever = outliers = weights = life = local = interventions = None
+    quantization = None
+    errors: dict[str, str] = {}
+
+    def stage(name: str, compute: Callable[[], Any], needs: dict[str, Any] | None = None) -> Any:
+        """Run a late stage; if it (or a stage it needs) failed, record why and go on with the others."""
+        nonlocal t
+        missing = [k for k, v in (needs or {}).items() if v is None and k in errors]
+        if missing:
+            errors[name] = f"skipped: needs {', '.join(missing)}, which failed"
+            return None
+        try:
+            value = compute()
+        except Exception as exc:  # noqa: BLE001 - recorded, reported, and the finished stages are kept
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, SdLensError):  # not an error sd_lens explains: keep the traceback for a report
+                _log.warning("the %s stage raised:", name, exc_info=True)
+            warnings.warn(f"the {name} stage failed ({errors[name]}); the other stages' results are kept", stacklevel=4)
+            value = None
+        t = tick(name, t)
+        return value
+
     if cfg.channels:
         # massive activations and attention sinks read different hooks of the same forwards: one stream
-        tok = tokenize(model, texts, max_tokens_per_text=cfg.max_tokens_per_text)
-        high_rows = torch.nonzero((probe.ratio("resid_post") > threshold).any(dim=1)).flatten()
-        with warnings.catch_warnings():  # the norm probe has already said how many texts were cut
-            warnings.filterwarnings("ignore", message=".*texts were cut to their first.*")
-            out_pass = activation_outliers_pass(model, tok)
-            sink_pass = attention_sinks_pass(model, tok, epsilon=cfg.sink_epsilon, high_norm_rows=high_rows)
-        run_passes(model, [out_pass, sink_pass], batch_size=cfg.batch_size,
-                   progress=cfg.progress and "massive activations and attention sinks")
-        outliers, sinks = out_pass.result(), sink_pass.result()
-        t = tick("outliers_and_sinks", t)
-        weights = weight_outliers(view)
-        t = tick("weight_outliers", t)
-        attribution = component_attribution(model, report, probe, batch_size=cfg.batch_size)
-        t = tick("attribution", t)
-        lever = find_lever(model, report, attribution, seed=seed)
-        t = tick("lever", t)
-        life = life_cycle(model, report, probe, outliers, weights, sinks, attribution, batch_size=cfg.batch_size)
-        t = tick("life_cycle", t)
+        def outliers_and_sinks() -> tuple[ActivationOutliers, AttentionSinks]:
+            tok = tokenize(model, texts, max_tokens_per_text=cfg.max_tokens_per_text)
+            high_rows = torch.nonzero((probe.ratio("resid_post") > threshold).any(dim=1)).flatten()
+            with warnings.catch_warnings():  # the norm probe has already said how many texts were cut
+                warnings.filterwarnings("ignore", message=".*texts were cut to their first.*")
+                out_pass = activation_outliers_pass(model, tok)
+                sink_pass = attention_sinks_pass(model, tok, epsilon=cfg.sink_epsilon, high_norm_rows=high_rows)
+            run_passes(model, [out_pass, sink_pass], batch_size=cfg.batch_size,
+                       progress=cfg.progress and "massive activations and attention sinks")
+            return out_pass.result(), sink_pass.result()
+
+        both = stage("outliers_and_sinks", outliers_and_sinks)
+        if both is not None:
+            outliers, sinks = both
+        weights = stage("weight_outliers", lambda: weight_outliers(view))
+        attribution = stage(
+            "attribution", lambda: component_attribution(model, report, probe, batch_size=cfg.batch_size)
+        )
+        lever = stage("lever", lambda: find_lever(model, report, attribution, seed=seed),
+                      {"attribution": attribution})
+        life = stage(
+            "life_cycle",
+            lambda: life_cycle(
+                model, report, probe, outliers, weights, sinks, attribution,  # type: ignore[arg-type]
+                batch_size=cfg.batch_size,
+            ),
+            {"outliers_and_sinks": outliers, "weight_outliers": weights, "attribution": attribution},
+        )
     if cfg.local_checks:
-        local = local_causal_checks(model, report, probe, attribution, seed=seed)
-        t = tick("local_checks", t)
+        local = stage("local_checks", lambda: local_causal_checks(model, report, probe, attribution, seed=seed),
+                      {"attribution": attribution})
     if cfg.interventions:
         held = held_out_texts(texts)  # 48 lines of the default corpus's source that are not in texts
-        interventions = outlier_intervention(
-            model, outliers, held, texts=texts, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
+        interventions = stage(
+            "interventions",
+            lambda: outlier_intervention(
+                model, outliers, held, texts=texts, batch_size=cfg.batch_size,
+                max_tokens_per_text=cfg.max_tokens_per_text,
+            ),
+            {"outliers_and_sinks": outliers},
         )
-        t = tick("interventions", t)
-    quantization = None
     if cfg.quantize:
         from sd_lens.quantize import quantization_experiment
 
-        quantization = quantization_experiment(
-            model, texts, held_out_texts(texts), analysis=report, batch_size=cfg.batch_size,
-            max_tokens_per_text=cfg.max_tokens_per_text, progress=cfg.progress,
+        quantization = stage(
+            "quantization",
+            lambda: quantization_experiment(
+                model, texts, held_out_texts(texts), analysis=report, batch_size=cfg.batch_size,
+                max_tokens_per_text=cfg.max_tokens_per_text, progress=cfg.progress,
+            ),
         )
-        t = tick("quantization", t)
     return AnalysisResult(
         model=model_name(model),
         architecture=view.architecture,
@@ -501,4 +557,5 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
         outliers=outliers,
         weights=weights,
         corpus=corpus,
+        errors=errors,
     )

@@ -80,6 +80,7 @@ from sd_lens.analyses.probe import NormProbe
 from sd_lens.errors import InputError, UnsupportedArchitectureError
 from sd_lens.interventions import project_out, remove_matched
 from sd_lens.linalg import unit
+from sd_lens.models.loading import model_dtype
 from sd_lens.models.view import ModelView, model_view
 from sd_lens.runtime.engine import run, stream
 from sd_lens.runtime.hooks import act_name, require_hooks
@@ -316,18 +317,30 @@ def sublayer_components(
     for batch, values in stream(model, prefixes, reducers, batch_size=batch_size):
         for k in kinds:
             acts[k][batch.index] = torch.stack([values[n].double() for n in names[k]], dim=1)
+    eps = torch.finfo(getattr(torch, model_dtype(model))).eps  # the residual stream's additions round so
 
     pre, post = acts["resid_pre"], acts["resid_post"]
     a_hook, f_hook = acts["attn_out"], acts["mlp_out"]
     scale = torch.maximum(pre.norm(dim=-1), post.norm(dim=-1)).clamp(min=1.0)
+    # Rounding: the model adds pre + attn (+ ffn) in its own dtype, each addition rounding every entry by up
+    # to eps/2 of its size, so the sum may miss the exact one by eps/2·(‖pre‖ + ‖attn‖ + ‖ffn‖) (twice that
+    # allowed). Negligible next to rtol in float32 (the tolerance used so far); it is what half precision needs.
+    rounding = eps * (pre.norm(dim=-1) + a_hook.norm(dim=-1) + f_hook.norm(dim=-1)) / scale
 
-    def rel(x: Tensor) -> float:
-        return float((x.norm(dim=-1) / scale).amax()) if len(prefixes) else 0.0
+    def rel(x: Tensor, allowed: Tensor | None = None) -> float:
+        if not len(prefixes):
+            return 0.0
+        r = x.norm(dim=-1) / scale
+        return float(r.amax() if allowed is None else (r - allowed).amax())
 
     err = rel(pre + a_hook + f_hook - post)
     if not parallel:
         err = max(err, rel(pre + a_hook - acts["resid_mid"]))
-    hooks_close = err <= rtol
+    # the hooks close when every block's error is within rtol plus what rounding in the model's dtype allows
+    excess = rel(pre + a_hook + f_hook - post, rounding)
+    if not parallel:
+        excess = max(excess, rel(pre + a_hook - acts["resid_mid"], rounding))
+    hooks_close = excess <= rtol
     if split == "hooks" or (split == "auto" and (hooks_close or parallel)):
         if not hooks_close:
             raise UnsupportedArchitectureError(
@@ -368,7 +381,9 @@ def component_attribution(
         fraction: the explosion set reaches this fraction of the peak component.
         split: ``"auto"``, ``"hooks"`` or ``"differences"`` (see the module docstring).
         rtol: the hooks close when ``|resid_pre + attn + ffn - resid_post|`` is within ``rtol`` of
-            the residual's norm at every block and carrier.
+            the residual's norm at every block and carrier, plus what the rounding of those additions in
+            the model's dtype allows (``eps · (|resid_pre| + |attn| + |ffn|)``; it matters in bfloat16 and
+            float16, not in float32).
         batch_size: prefixes per forward.
 
     Raises:

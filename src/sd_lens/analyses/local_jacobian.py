@@ -97,9 +97,11 @@ from sd_lens.analyses.probe import NormProbe
 from sd_lens.errors import InputError
 from sd_lens.interventions import set_coefficient
 from sd_lens.linalg import acute_angle_deg, svd_signed, unit
+from sd_lens.models.loading import model_dtype
 from sd_lens.models.view import BlockView, ModelView, model_view
 from sd_lens.runtime.engine import Batch, run
 from sd_lens.runtime.hooks import act_name, ffn_input, require_hooks
+from sd_lens.runtime.precision import closure_rtol
 from sd_lens.runtime.reducers import first_row, token_norms
 from sd_lens.types import HookedModel, HookFn
 
@@ -378,7 +380,7 @@ def local_jacobian(
     position: int = -1,
     direction: Float[Tensor, " d_model"] | None = None,
     gaussian: FFNFit | Method | None = "gaussian",
-    rtol: float = 1e-3,
+    rtol: float | None = None,
     dtype: torch.dtype = torch.float64,
     view: ModelView | None = None,
 ) -> LocalJacobian:
@@ -391,7 +393,9 @@ def local_jacobian(
         position: the token (default: the last).
         direction: the defect direction ``u`` (for ``steer``, ``gain``, ``added`` and the angles).
         gaussian: a fit of this block, a ``fit_ffn`` method to compute one, or None.
-        rtol: ``closes`` when ``f(n)`` reproduces ``hook_mlp_out`` within this relative error.
+        rtol: ``closes`` when ``f(n)`` reproduces ``hook_mlp_out`` within this relative error
+            (default: 1e-3, or 4 machine epsilons of the model's dtype where larger — bfloat16, float16;
+            :func:`~sd_lens.runtime.precision.closure_rtol`).
         dtype: float64 (default) or float32 for the Jacobian.
         view: a ``ModelView`` of ``model`` to reuse.
     """
@@ -413,7 +417,8 @@ def local_jacobian(
     view = view or model_view(model)
     fit = fit_ffn(view.block(layer), method=gaussian, n_eval=0) if isinstance(gaussian, str) else gaussian
     out = _quiet_run(model, tokens[None], {nm: _at(position % T) for nm in names})
-    return _local_from(view.block(layer).to("cpu"), out[names[0]], out[names[1]], direction, fit, rtol, dtype)
+    tol = closure_rtol(model_dtype(model), 1e-3) if rtol is None else rtol
+    return _local_from(view.block(layer).to("cpu"), out[names[0]], out[names[1]], direction, fit, tol, dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -687,7 +692,7 @@ def local_causal_checks(
     cancel_fractions: Sequence[float] = (0.5, 1.0),
     max_carriers: int = 4,
     target: float = 0.5,
-    rtol: float = 1e-3,
+    rtol: float | None = None,
     gaussian_method: Method = "gaussian",
     patch: bool = True,
     patch_candidates: int = 4,
@@ -712,7 +717,9 @@ def local_causal_checks(
         cancel_fractions: the fractions ``a`` of the ``local_cancel`` edit (one intervention each).
         max_carriers: carrier prefixes per noninitial defect.
         target: the reduction of the peak an intervention should reach (``achieved``).
-        rtol: a block whose map does not reproduce ``hook_mlp_out`` within this is skipped.
+        rtol: a block whose map does not reproduce ``hook_mlp_out`` within this is skipped (default: 1e-3,
+            or 4 machine epsilons of the model's dtype where larger; see
+            :func:`~sd_lens.runtime.precision.closure_rtol`).
         gaussian_method: the :func:`~sd_lens.analyses.ffn_fit.fit_ffn` method of the Gaussian fit.
         patch: run the patching check.
         patch_candidates: the patched token is the lowest-norm non-carrier among this many positions.
@@ -726,6 +733,8 @@ def local_causal_checks(
         raise InputError(f"max_carriers must be at least 1, got {max_carriers}")
     if not (math.isfinite(target) and 0 < target <= 1):
         raise InputError(f"target must be in (0, 1], got {target}")
+    if rtol is None:
+        rtol = closure_rtol(model_dtype(model), 1e-3)
     if not (math.isfinite(rtol) and rtol > 0):
         raise InputError(f"rtol must be a positive number, got {rtol}")
     bad = [k for k in kinds if k not in KINDS]

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from sd_lens.analyses.attention_matrix import attention_matrix
 from sd_lens.analyses.ffn_fit import FFNFit, fit_ffn
-from sd_lens.linalg import acute_angle_deg, unit
+from sd_lens.linalg import MatrixOp, acute_angle_deg, exact_top_singular, leading_triplet, nearest_eigenpair, unit
 from sd_lens.models.view import BlockView, ModelView, model_view, resolve_block
 from sd_lens.types import HookedModel, ModelOrView
 
@@ -59,13 +59,60 @@ def linearize_block(
 ) -> BlockLinearization:
     """The block's linear approximation ``L`` (see the module docstring)."""
     view: BlockView = resolve_block(model_or_view, layer)
-    layer = view.layer  # a negative index counts from the end
-    fit = fit or fit_ffn(view, layer, method=method, **fit_kwargs)  # type: ignore[arg-type]
-    A = _post_scaled(attention_matrix(view).A, view.attn_post_scale)
+    A, F, fit = _block_parts(view, fit, method, **fit_kwargs)
+    return BlockLinearization(view.layer, A, F, _dense_L(A, F, view.parallel), view.parallel, fit)
+
+
+def _block_parts(
+    view: BlockView, fit: FFNFit | None, method: str, *, per_head: bool = True, **fit_kwargs: Any
+) -> tuple[Tensor, Tensor, FFNFit]:
+    """``A`` and ``F`` of a block (post-norm scaled, float32, CPU) and its FFN fit.
+
+    ``per_head=False`` computes ``A`` in one contraction without the ``n_heads × d × d`` per-head
+    matrices of :func:`~sd_lens.analyses.attention_matrix.attention_matrix` (the same sum, in another
+    order: equal within float32 rounding).
+    """
+    fit = fit or fit_ffn(view, view.layer, method=method, **fit_kwargs)  # type: ignore[arg-type]
+    A = _post_scaled(attention_matrix(view).A if per_head else _attention_sum(view), view.attn_post_scale)
     F = _post_scaled(fit.F, view.mlp_post_scale)
+    return A, F, fit
+
+
+def _attention_sum(view: BlockView) -> Tensor:
+    """``A = Σ_h (W_V^h W_O^h)ᵀ diag(γ₁)`` [· P] directly (see :mod:`~sd_lens.analyses.attention_matrix`)."""
+    with torch.no_grad():
+        A = torch.einsum("hdk,hke->ed", view.W_V, view.W_O) * view.ln1_scale
+        if view.norm == "layer":
+            A = A - A.mean(-1, keepdim=True)
+    return A.cpu()
+
+
+def _dense_L(A: Tensor, F: Tensor, parallel: bool) -> Tensor:
     eye = torch.eye(A.shape[0])
-    L = eye + A + F if view.parallel else (eye + F) @ (eye + A)
-    return BlockLinearization(layer, A, F, L, view.parallel, fit)
+    return eye + A + F if parallel else (eye + F) @ (eye + A)
+
+
+def _L_operator(A: Tensor, F: Tensor, parallel: bool, device: torch.device) -> MatrixOp:
+    """``L`` through its products, never formed: ``L x = x + A x + F x`` (parallel) or
+    ``(I + F)(I + A) x`` (sequential), and ``Lᵀ`` likewise; ``dense()`` forms it as :func:`linearize_block`."""
+    Ad, Fd = A.to(device, torch.float32), F.to(device, torch.float32)
+    if parallel:
+        def mm(x: Tensor) -> Tensor:
+            return x + Ad @ x + Fd @ x
+
+        def rmm(y: Tensor) -> Tensor:
+            return y + Ad.T @ y + Fd.T @ y
+    else:
+        def mm(x: Tensor) -> Tensor:
+            z = x + Ad @ x
+            return z + Fd @ z
+
+        def rmm(y: Tensor) -> Tensor:
+            z = y + Fd.T @ y
+            return z + Ad.T @ z
+
+    d = int(A.shape[0])
+    return MatrixOp((d, d), mm, rmm, lambda: _dense_L(A, F, parallel), device)
 
 
 def top_singular(
@@ -78,16 +125,11 @@ def top_singular(
     ``v0 = mᵀ u0 / s0``): several times cheaper than a full SVD and exact for the top triplet.
     Signs follow :func:`~sd_lens.linalg.svd_signed`: the largest-magnitude entry of
     ``u0`` is positive, so ``u0``/``v0`` agree with those of ``FFNFit``/``AttentionMatrix``
-    (angles are sign-free anyway).
+    (angles are sign-free anyway). The iterative float32 route is
+    :func:`~sd_lens.linalg.leading_triplet` (what :func:`layer_spectra` uses by default).
     """
-    m64 = m.detach().to(device or m.device, torch.float64)
-    vals, vecs = torch.linalg.eigh(m64 @ m64.T)
-    u0 = vecs[:, -1]
-    if float(u0[u0.abs().argmax()]) < 0:
-        u0 = -u0
-    s0 = float(vals[-1].clamp(min=0).sqrt())
-    v0 = m64.T @ u0 / max(s0, 1e-300)
-    return s0, u0.float().cpu(), v0.float().cpu()
+    t = exact_top_singular(m, device)
+    return t.s0, t.u0, t.v0
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,6 +146,8 @@ class BlockSpectrum:
     angles_deg: list[float]  # u0 of L vs each direction
     ffn_angles_deg: list[float]  # u0 of F vs each direction
     ffn_r2: float
+    solver: str = "exact"  # how the triplet of L was found: "iterative", "exact", "exact (fallback: why)"
+    ffn_solver: str = "exact"  # the same for F
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,6 +159,16 @@ class LayerSpectra:
     seconds: float
     n_directions: int
     linearizations: dict[int, BlockLinearization] = field(default_factory=dict, repr=False)
+    exact: bool = False
+
+    def fallbacks(self) -> list[tuple[int, str, str]]:
+        """``(block, "L" or "F", solver)`` for every triplet the iterative route handed to the exact one."""
+        return [
+            (b.layer, name, solver)
+            for b in self.blocks
+            for name, solver in (("L", b.solver), ("F", b.ffn_solver))
+            if solver.startswith("exact (fallback")
+        ]
 
     def angles(self, k: int = 0, ffn: bool = False) -> Float[Tensor, " n_blocks"]:
         """Angle (deg) of u0 (of L, or of F) to direction ``k`` at every block: [n_layers]."""
@@ -146,6 +200,7 @@ def layer_spectra(
     keep: Sequence[int] = (),
     inputs_by_layer: dict[int, Float[Tensor, "n d_model"]] | None = None,
     progress: bool | str = False,
+    exact: bool = False,
     **fit_kwargs: Any,
 ) -> LayerSpectra:
     """Leading singular direction of every block's ``L`` (and ``F``) and its angle to ``directions``.
@@ -159,6 +214,12 @@ def layer_spectra(
         inputs_by_layer: real normalised FFN inputs per block for ``method="real"`` (see
             :func:`~sd_lens.analyses.ffn_inputs.collect_ffn_inputs`, which returns this dict for a list of blocks).
         progress: a tqdm bar over the blocks (a string is its label).
+        exact: the leading triplets by exact float64 eigen-decompositions of ``L Lᵀ`` and ``F Fᵀ`` (the
+            numbers of sd_lens before issue 21). Default: :func:`~sd_lens.linalg.leading_triplet`, a
+            residual-checked block Krylov iteration in float32 on the block's device that never forms ``L``
+            (only kept blocks' ``L`` is formed) and falls back to the exact route where it cannot certify
+            its answer (``BlockSpectrum.solver`` / ``ffn_solver`` say so; :meth:`LayerSpectra.fallbacks`
+            lists them). Both agree within 0.05 deg and 1e-4 relative on s0 where the iteration answers.
     """
     t0 = time.perf_counter()
     fit_kwargs.setdefault("n_eval", 1024)  # held-out samples for the reported R² (of 576+ output dims): enough
@@ -173,27 +234,36 @@ def layer_spectra(
     for layer in todo:
         extra: dict[str, Any] = {"inputs": inputs_by_layer[layer]} if inputs_by_layer is not None else {}
         block = view.block(layer)
-        lin = linearize_block(block, layer, method=method, **fit_kwargs, **extra)
         dev = block.W_out.device  # the eigenproblems run where the block's weights are (a GPU when there is one)
-        s0, u0, v0 = top_singular(lin.L, dev)
-        fs0, fu0, fv0 = top_singular(lin.F, dev)
+        # a kept block's L feeds the decay check, whose eigenvalue can be as sensitive as float32 rounding
+        # of L itself (Gemma-3 block 16: 1.6e-4 relative for A summed in another order): the same A as before
+        A, F, fit = _block_parts(block, None, method, per_head=exact or layer in keep, **fit_kwargs, **extra)
+        lin = None
+        if layer in keep or exact:
+            lin = BlockLinearization(block.layer, A, F, _dense_L(A, F, block.parallel), block.parallel, fit)
+            top = leading_triplet(lin.L, dev, exact=exact)
+        else:
+            top = leading_triplet(_L_operator(A, F, block.parallel, dev), exact=exact)
+        ftop = leading_triplet(F, dev, exact=exact)
         blocks.append(
             BlockSpectrum(
                 layer=layer,
-                s0=s0,
-                u0=u0,
-                v0=v0,
-                ffn_s0=fs0,
-                ffn_u0=fu0,
-                ffn_v0=fv0,
-                angles_deg=[float(acute_angle_deg(u0, d)) for d in dirs],
-                ffn_angles_deg=[float(acute_angle_deg(fu0, d)) for d in dirs],
-                ffn_r2=float(lin.ffn_fit.r2),
+                s0=top.s0,
+                u0=top.u0,
+                v0=top.v0,
+                ffn_s0=ftop.s0,
+                ffn_u0=ftop.u0,
+                ffn_v0=ftop.v0,
+                angles_deg=[float(acute_angle_deg(top.u0, d)) for d in dirs],
+                ffn_angles_deg=[float(acute_angle_deg(ftop.u0, d)) for d in dirs],
+                ffn_r2=float(fit.r2),
+                solver=top.solver,
+                ffn_solver=ftop.solver,
             )
         )
-        if layer in keep:
+        if layer in keep and lin is not None:
             kept[layer] = lin
-    return LayerSpectra(blocks, method, time.perf_counter() - t0, len(dirs), kept)
+    return LayerSpectra(blocks, method, time.perf_counter() - t0, len(dirs), kept, exact)
 
 
 @dataclass(frozen=True)
@@ -205,6 +275,7 @@ class DecayCheck:
     eigenvalue_imag: float
     eigvec_angle_deg: float
     rayleigh: float  # uᵀ R u along the direction itself
+    solver: str = "exact"  # "iterative", "exact", or "exact (fallback: why)"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -218,21 +289,28 @@ class DecayCheck:
 
 def decay_check(
     model_or_view: ModelOrView, layer: int, direction: Float[Tensor, " d_model"], *, lin: BlockLinearization | None = None,
-    method: str = "gaussian",
+    method: str = "gaussian", exact: bool = False,
 ) -> DecayCheck:
-    """Eigen-decomposition of ``R = L − I`` at ``layer`` against a defect direction (observation ii)."""
+    """Eigen-decomposition of ``R = L − I`` at ``layer`` against a defect direction (observation ii).
+
+    ``exact=True``: a full float64 ``eig`` (:func:`nearest_eigenvector`). Default:
+    :func:`~sd_lens.linalg.nearest_eigenpair`, a Rayleigh-quotient iteration started at the
+    direction whose answer is certified to be the nearest eigenvector, else the full ``eig``
+    (``DecayCheck.solver`` says which).
+    """
     if lin is None:
         block = resolve_block(model_or_view, layer)
         lin = linearize_block(block, block.layer, method=method)
     R = lin.residual().double()
     u = unit(direction.detach().double().cpu())
-    value, angle = nearest_eigenvector(R, u)
+    pair = nearest_eigenpair(R, u, exact=exact)
     return DecayCheck(
         layer=lin.layer,
-        eigenvalue=float(value.real),
-        eigenvalue_imag=float(value.imag),
-        eigvec_angle_deg=angle,
+        eigenvalue=float(pair.value.real),
+        eigenvalue_imag=float(pair.value.imag),
+        eigvec_angle_deg=pair.angle_deg,
         rayleigh=float(u @ R @ u),
+        solver=pair.solver,
     )
 
 

@@ -318,6 +318,12 @@ def timings_section(page: Page, ctx: ReportContext) -> None:
     rows: list[list[Any]] = [[name, float(sec)] for name, sec in dict(ctx.result.timings_s).items()]
     rows.append(["report: views and figures", ctx.draw_s])
     page.table(rows, header=["stage", "seconds"])
+    errors = dict(getattr(ctx.result, "errors", {}) or {})
+    if errors:
+        page.paragraph(
+            "These stages failed: their results are missing from this page; every other stage's are here."
+        )
+        page.table([[name, error] for name, error in errors.items()], header=["failed stage", "error"])
 
 
 def json_section(page: Page, ctx: ReportContext) -> None:

@@ -26,10 +26,19 @@ from sd_lens.errors import InputError
 from sd_lens.runtime.lock import model_lock
 from sd_lens.types import HookedModel
 
-__all__ = ["DTYPES", "check_memory", "extra_bytes", "forward_dtype", "free_bytes", "parse_dtype"]
+__all__ = ["DTYPES", "check_memory", "closure_rtol", "extra_bytes", "forward_dtype", "free_bytes", "parse_dtype"]
 
 #: the dtypes a forward may run in, by name
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def closure_rtol(dtype: str | torch.dtype, rtol: float, *, ulps: float = 4.0) -> float:
+    """The relative tolerance of a closure check (a value recomputed from a model's activations against
+    the model's own) for a forward in ``dtype``: ``rtol`` (what float32 needs), or ``ulps`` machine epsilons
+    of ``dtype`` where that is larger. A few roundings of order eps/2 each separate the two in half
+    precision (bfloat16: eps 2⁻⁷, so 3 %; float16: eps 2⁻¹⁰, 0.4 %); in float32 ``rtol`` is far above them.
+    """
+    return max(float(rtol), ulps * torch.finfo(parse_dtype(dtype)).eps)
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
