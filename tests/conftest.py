@@ -357,9 +357,10 @@ def _tier_rules(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
 
     from sd_lens.models import loading
 
-    def forbid(name: str, locate: Callable[[], Path]) -> Callable[[], Path]:
+    def forbid(name: str, spec: Any) -> Callable[[], Path]:
         def forbidden() -> Path:
-            locate()  # a missing model package still raises its own error (tests of that message are unit tests)
+            # a missing model package still raises its own error (tests of that message are unit tests)
+            loading._package_dir(spec.package, spec.pip_install)
             pytest.fail(
                 f"a unit test loaded the real model {name!r}: move it to tests/integration "
                 "(docs/contributing.md, 'Tests'), or build a tiny model with sd_lens.models.tiny.tiny_model()",
@@ -369,7 +370,7 @@ def _tier_rules(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
         return forbidden
 
     for name, spec in list(loading.BUNDLED.items()):
-        monkeypatch.setitem(loading.BUNDLED, name, replace(spec, gguf_path=forbid(name, spec.gguf_path)))
+        monkeypatch.setitem(loading.BUNDLED, name, replace(spec, gguf_path=forbid(name, spec)))
 
 
 @pytest.fixture(autouse=True)
