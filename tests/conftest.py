@@ -479,7 +479,7 @@ def shared_call(fn: Callable[..., Any], model: Any, *args: Any, **kwargs: Any) -
 
 
 #: calls that executed pages make and tests also check: ``(module, name)`` served through :func:`shared_call`
-SHARED_IN_PAGES = (("sd_lens.quantize", "quantization_experiment"),)
+SHARED_IN_PAGES = (("sd_lens.quantize", "quantization_experiment"), ("sd_lens.pipeline", "run_analysis"))
 
 
 def _serve_shared(monkeypatch: pytest.MonkeyPatch, models: dict[str, Any]) -> None:

@@ -10,8 +10,9 @@ import json
 
 import pytest
 
+from conftest import shared_call
 from sd_lens.corpus import default_corpus
-from sd_lens.pipeline import run_analysis
+from sd_lens.pipeline import AnalysisConfig, run_analysis
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +93,10 @@ def test_json_contract(result, tmp_path):
     assert json.loads((tmp_path / "a.json").read_text()) == data
 
 
-def test_same_seed_same_json(smollm2):
-    texts = default_corpus(12)
-    a = run_analysis(smollm2, texts, seed=3).to_dict()
-    b = run_analysis(smollm2, texts, seed=3).to_dict()
+def test_same_seed_same_json(smollm2, smollm2_analysis):
+    """The same model, texts and seed in one process: the same JSON, bit for bit (but the timings)."""
+    a = smollm2_analysis.to_dict()
+    b = run_analysis(smollm2, seed=0).to_dict()
     a.pop("timings_s"), b.pop("timings_s")
     assert a == b
 
@@ -105,8 +106,8 @@ def test_analysis_leaves_the_model_unchanged(smollm2, unchanged):
         run_analysis(smollm2, default_corpus(4), seed=0)
 
 
-def test_gemma3_completes(gemma3):
-    res = run_analysis(gemma3, default_corpus(24), seed=0)
+def test_gemma3_completes(gemma3_analysis):
+    res = gemma3_analysis
     data = res.to_dict()
     assert data["n_layers"] == 18 and data["architecture"] == "Gemma3ForCausalLM"
     # measured: the initial token is 10-30x the median from block 0 and grows steadily
@@ -118,8 +119,9 @@ def test_gemma3_completes(gemma3):
 def test_gemma3_channel_lens_finds_the_masked_defect_channel(gemma3):
     """With no Gemma-specific code: the initial token's defect lives in channel 400 as it enters blocks 0-6, a
     channel the pre-FFN norm masks there (effective scale 1 + w = 0), then in channel 163, which the post-FFN
-    norm amplifies (gains 585-741 at blocks 3-5). Measured on the default corpus: shares 0.13 and 0.87."""
-    res = run_analysis(gemma3, seed=0, channels=True)
+    norm amplifies (gains 585-741 at blocks 3-5). Measured on the default corpus: shares 0.13 and 0.87.
+    The analysis is the channel tutorial's (docs/channel_tutorial.md), shared with its executed page."""
+    res = shared_call(run_analysis, gemma3, config=AnalysisConfig(channels=True, local_checks=True))
     owners = res.outliers.channel_defects(res.defects)
     assert set(owners) == {400, 163} and all(lab == "D0" for lab, _ in owners.values())
     assert owners[163][1] > 0.8 and owners[400][1] > 0.1
