@@ -478,6 +478,23 @@ def shared_call(fn: Callable[..., Any], model: Any, *args: Any, **kwargs: Any) -
     return _shared_calls[key]
 
 
+def _probe_defects_attribution(model: Any, n_texts: int) -> tuple[Any, Any, Any]:
+    from sd_lens.analyses.attribution import component_attribution
+    from sd_lens.analyses.defects import find_defects
+    from sd_lens.analyses.probe import probe_norms
+    from sd_lens.corpus import default_corpus
+
+    probe = probe_norms(model, default_corpus(n_texts))
+    report = find_defects(model, probe)
+    return probe, report, component_attribution(model, report, probe)
+
+
+def attributed(model: Any, n_texts: int) -> tuple[Any, Any, Any]:
+    """``(probe, defects, component attribution)`` of a shared real model on the first ``n_texts`` texts of the
+    default corpus, once per session (the attribution, lever and local-Jacobian tests read the same)."""
+    return shared_call(_probe_defects_attribution, model, n_texts)
+
+
 #: calls that executed pages make and tests also check: ``(module, name)`` served through :func:`shared_call`
 SHARED_IN_PAGES = (("sd_lens.quantize", "quantization_experiment"), ("sd_lens.pipeline", "run_analysis"))
 

@@ -3,30 +3,17 @@ from __future__ import annotations
 
 import pytest
 
+from conftest import attributed
 from sd_lens.analyses.attribution import (
-    component_attribution,
     find_lever,
 )
-from sd_lens.analyses.defects import find_defects
-from sd_lens.analyses.probe import probe_norms
-from sd_lens.corpus import default_corpus
+
 
 # ------------------------------------------------------------------------------------------------
 # real models (the first texts of the default corpus: 8 for SmolLM2, 12 for Gemma-3, to stay under 40 s)
 # ------------------------------------------------------------------------------------------------
-_cache: dict[str, tuple] = {}
-
-
-def _analysed(model, key, n_texts):
-    if key not in _cache:
-        probe = probe_norms(model, default_corpus(n_texts))
-        report = find_defects(model, probe)
-        _cache[key] = (probe, report, component_attribution(model, report, probe))
-    return _cache[key]
-
-
 def test_smollm2_one_block_explosions_and_a_specific_ffn_lever(smollm2):
-    probe, report, att = _analysed(smollm2, "smollm2", 8)
+    probe, report, att = attributed(smollm2, 8)
     assert att.split == "hooks" and att.closure_error < 1e-5  # measured: 4.2e-7
     assert [(a.initial_token, a.explosion_set, a.peak_layer) for a in att] == [(True, [1, 2], 2), (True, [11], 11)]
     d1 = att[1]
@@ -49,7 +36,7 @@ def test_smollm2_one_block_explosions_and_a_specific_ffn_lever(smollm2):
 
 
 def test_gemma3_multi_block_build_up_and_its_lever(gemma3):
-    probe, report, att = _analysed(gemma3, "gemma3", 12)
+    probe, report, att = attributed(gemma3, 12)
     assert att.split == "hooks" and att.closure_error < 1e-5  # measured: 1.5e-7
     assert len(att) == 1
     a = att[0]

@@ -5,12 +5,10 @@ import json
 
 import pytest
 
-from sd_lens.analyses.attribution import component_attribution
-from sd_lens.analyses.defects import find_defects
+from conftest import attributed
 from sd_lens.analyses.local_jacobian import (
     local_causal_checks,
 )
-from sd_lens.analyses.probe import probe_norms
 
 # ------------------------------------------------------------------------------------------------
 # real models (the first texts of the default corpus, as in test_attribution: 8 for SmolLM2, 12 for Gemma-3)
@@ -19,12 +17,8 @@ _cache: dict[str, object] = {}
 
 
 def _checked(model, key, n_texts):
-    from sd_lens.corpus import default_corpus
-
     if key not in _cache:
-        probe = probe_norms(model, default_corpus(n_texts))
-        report = find_defects(model, probe)
-        att = component_attribution(model, report, probe)
+        probe, report, att = attributed(model, n_texts)
         _cache[key] = (att, local_causal_checks(model, report, probe, att))
     return _cache[key]
 
