@@ -495,6 +495,29 @@ def attributed(model: Any, n_texts: int) -> tuple[Any, Any, Any]:
     return shared_call(_probe_defects_attribution, model, n_texts)
 
 
+def _bfloat16_analysis(name: str) -> Any:
+    import warnings
+
+    import sd_lens
+    from sd_lens.pipeline import run_analysis
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = sd_lens.load_model(name, dtype=torch.bfloat16)
+        return run_analysis(
+            model, sd_lens.default_corpus()[:16], channels=True, local_checks=True, interventions=True, seed=0
+        )
+
+
+def bfloat16_analysis(name: str) -> Any:
+    """A bundled model loaded in bfloat16 and analysed on the first 16 default-corpus texts with every channel
+    option, once per session: the half-precision tests read the stages, the dtype tests its float32 check."""
+    key = ("bfloat16_analysis", name)
+    if key not in _shared_calls:
+        _shared_calls[key] = _bfloat16_analysis(name)
+    return _shared_calls[key]
+
+
 #: calls that executed pages make and tests also check: ``(module, name)`` served through :func:`shared_call`
 SHARED_IN_PAGES = (("sd_lens.quantize", "quantization_experiment"), ("sd_lens.pipeline", "run_analysis"))
 

@@ -22,8 +22,8 @@ def other_prose(n: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def reference(smollm2) -> DefectReport:
-    return find_defects(smollm2, probe_norms(smollm2, default_corpus()))
+def reference(smollm2_analysis) -> DefectReport:
+    return smollm2_analysis.defects  # find_defects on the default corpus, as run_analysis runs it
 
 
 @pytest.mark.parametrize("n_lines", [400, 1200])
@@ -44,11 +44,11 @@ def test_the_same_major_defects_on_400_and_1200_lines(smollm2, reference, n_line
         assert m.peak_ratio < report.major_ratio or m.n_blocks < 2 or (m.n_episodes < 2 and not m.initial_token)
 
 
-def test_gemma3_one_turning_defect_on_both_corpora(gemma3):
+def test_gemma3_one_turning_defect_on_both_corpora(gemma3, gemma3_analysis):
     """Gemma-3: one defect of the initial token (explosion 5, decay 16) whose direction turns ~89 deg over
     blocks 0-16; the block-0 spike of ',' and ' and' lies within 1 deg of it and belongs to it.
     Measured: 0.2 deg between the directions from the default corpus and from 400 other lines."""
-    ref = find_defects(gemma3, probe_norms(gemma3, default_corpus()))
+    ref = gemma3_analysis.defects
     other = find_defects(gemma3, probe_norms(gemma3, other_prose(400)))
     for report in (ref, other):
         assert len(report) == 1

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import sd_lens
+from conftest import bfloat16_analysis
 from sd_lens.analyses.defects import find_defects
 from sd_lens.analyses.dtype_check import dtype_check
 from sd_lens.analyses.probe import probe_norms
@@ -59,8 +60,8 @@ def test_smollm2_float16_makes_a_group_float32_does_not_have(smollm2):
 
 
 def test_smollm2_bfloat16_has_the_float32_defects(smollm2):
-    model = _load("smollm2-135m-instruct", torch.bfloat16)
-    report, check = _check(model, sd_lens.default_corpus()[:16])
+    # the bfloat16 analysis on the first 16 texts (shared with test_half_precision_real) ran this check
+    check = bfloat16_analysis("smollm2-135m-instruct").dtype_check
     assert check.agrees, check.summary()
     assert sorted(p.label for p in check.pairs) == ["D0", "D1"]
     assert check.max_peak_change < 0.01  # measured 0.67 % (D0), 0.24 % (D1)
@@ -80,8 +81,7 @@ def test_gemma3_float16_overflows_clearly_and_runs_in_float32(gemma3):
 
 
 def test_gemma3_bfloat16_has_the_float32_defect(gemma3):
-    model = _load("gemma-3-270m", torch.bfloat16)
-    report, check = _check(model, sd_lens.default_corpus()[:16])
+    check = bfloat16_analysis("gemma-3-270m").dtype_check
     assert check.agrees, check.summary()
     assert [p.label for p in check.pairs] == ["D0"]
     assert check.max_peak_change < 0.002  # measured 0.11 %

@@ -5,27 +5,15 @@ UnsupportedArchitectureError and nothing was written; the local checks would hav
 map reproduces hook_mlp_out within bfloat16's rounding (Gemma-3: 0.1-0.16 % at blocks 3, 4, 6, 11).
 Measured on the whole default corpus (`sd-lens analyze --dtype bfloat16 --channels --local-checks
 --interventions`, 2 busy cores, one thread): SmolLM2 60 s, attribution closure 0.022, split "hooks";
-Gemma-3 64 s, closure 0.0069. Here a 16-text slice.
+Gemma-3 64 s, closure 0.0069. Here a 16-text slice (``conftest.bfloat16_analysis``, whose float32 check
+tests/integration/test_dtypes_real.py reads).
 """
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
-import torch
 
-import sd_lens
-from sd_lens.pipeline import run_analysis
-
-
-def _run(name: str):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = sd_lens.load_model(name, dtype=torch.bfloat16)
-        return run_analysis(
-            model, sd_lens.default_corpus()[:16], channels=True, local_checks=True, interventions=True, seed=0
-        )
+from conftest import bfloat16_analysis
 
 
 def _check(result, explosion_blocks: list[int]) -> None:
@@ -40,9 +28,9 @@ def _check(result, explosion_blocks: list[int]) -> None:
 
 @pytest.mark.real_model
 def test_smollm2_bfloat16_every_channel_option(smollm2):
-    _check(_run("smollm2-135m-instruct"), [2, 11])
+    _check(bfloat16_analysis("smollm2-135m-instruct"), [2, 11])
 
 
 @pytest.mark.real_model
 def test_gemma3_bfloat16_every_channel_option(gemma3):
-    _check(_run("gemma-3-270m"), [5])
+    _check(bfloat16_analysis("gemma-3-270m"), [5])
