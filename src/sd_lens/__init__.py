@@ -43,6 +43,7 @@ from sd_lens.models.registry import Family, get_family, register_family, registe
 from sd_lens.models.view import BlockView, ModelView, model_view
 from sd_lens.pipeline import AnalysisConfig, AnalysisResult, run_analysis
 from sd_lens.types import HookedModel, ModelOrView
+from sd_lens.models.synthetic import ModelShape, PlantedDefect, synthetic_model
 
 __version__ = "0.1.0"
 
@@ -96,4 +97,7 @@ __all__ = [
     "model_view",
     "register_family",
     "registered_families",
+    "ModelShape",
+    "PlantedDefect",
+    "synthetic_model",
 ]
