@@ -51,13 +51,21 @@ def test_the_analyses_recover_the_planted_defect(family):
     assert defect.explosion_layer == planted.block
     assert defect.decay_layers == [planted.decay_block]
     assert int(defect.direction.abs().argmax()) == planted.channel
-    # the spectra: the leading left singular direction nearest the defect is the explosion block's
+    # the spectra: the first block whose leading left singular direction is the defect's is the explosion
+    # block (Wang et al.'s observation (i)); the decay block's is too (its neuron writes the same channel,
+    # negatively: a large negative eigenvalue of L - I along the direction, their observation (ii))
     finding = result.findings[0]
-    angles = result.spectra.angles(0)
-    print(family, [round(float(a), 3) for a in angles], finding.closest_block)
-    assert finding.predicted_angle_deg == pytest.approx(float(angles[planted.block]))
-    assert float(angles[planted.block]) < 1.0
-    assert all(float(a) > 10.0 for a in angles[: planted.block])  # no earlier block predicts it
+    angles = [float(a) for a in result.spectra.angles(0)]
+    aligned = [b for b, a in enumerate(angles) if a < 1.0]
+    assert aligned == [planted.block, planted.decay_block], angles
+    assert finding.predicted_angle_deg == pytest.approx(angles[planted.block])
+    assert finding.closest_block in aligned
+    (check,) = finding.decay_checks
+    assert check.layer == planted.decay_block and check.eigvec_angle_deg < 1.0
+    if family != "gemma3":
+        assert check.eigenvalue < -1.0
+    else:  # a known limit: the linearised post-norms' cross term F·A outweighs F there (docs/models.md)
+        assert check.eigenvalue > 0
     # the channel lens: one massive channel in the residual stream, the planted one, on the initial token
     resid = result.outliers.channels("resid_post")
     assert resid == [planted.channel]
