@@ -38,12 +38,13 @@ from sd_lens.interventions import (
     project_out,
     set_coefficient,
 )
+from sd_lens.models.dry_run import DryRun, dry_run
 from sd_lens.models.loading import DEFAULT_MODEL, cache_root, known_models, load_model
 from sd_lens.models.registry import Family, get_family, register_family, registered_families
+from sd_lens.models.synthetic import ModelShape, PlantedDefect, synthetic_model
 from sd_lens.models.view import BlockView, ModelView, model_view
 from sd_lens.pipeline import AnalysisConfig, AnalysisResult, run_analysis
 from sd_lens.types import HookedModel, ModelOrView
-from sd_lens.models.synthetic import ModelShape, PlantedDefect, synthetic_model
 
 __version__ = "0.1.0"
 
@@ -100,4 +101,6 @@ __all__ = [
     "ModelShape",
     "PlantedDefect",
     "synthetic_model",
+    "DryRun",
+    "dry_run",
 ]
