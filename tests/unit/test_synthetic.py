@@ -89,12 +89,14 @@ def test_the_analyses_recover_the_planted_defect(family):
     assert float(peak) == pytest.approx(planted.massive_value, rel=1e-4)
 
 
-def test_ordinary_tokens_stay_ordinary():
-    model, planted, result = _analysed("llama")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ordinary_tokens_stay_ordinary(family):
+    model, planted, result = _analysed(family)
     ratio = result.probe.ratio("resid_post")  # [tokens, blocks]: norm over the block's median
     initial = result.probe.positions == 0
     assert float(ratio[~initial].max()) < 2.0
-    assert float(ratio[initial, planted.block].min()) > 100.0
+    assert float(ratio[initial, planted.block : planted.decay_block].min()) > 100.0
+    assert float(ratio[initial, planted.decay_block :].max()) < 2.0
 
 
 def test_coordinates_seed_and_shape_are_honoured():
