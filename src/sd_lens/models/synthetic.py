@@ -295,7 +295,8 @@ def _separator(z0: Tensor, ordinary: Tensor, *, min_margin: float = 0.25) -> tup
     return best[1], best[0]
 
 
-def _act(family_gated: bool, act_fn: str, pre: float) -> float:
+def _act(gated: bool, act_fn: str, pre: float) -> float:
+    """The neuron's output for pre-activation ``pre`` (gate and up both ``pre`` when gated)."""
     x = torch.tensor(pre, dtype=torch.float64)
     if act_fn in ("silu", "swish"):
         a = F.silu(x)
@@ -305,7 +306,7 @@ def _act(family_gated: bool, act_fn: str, pre: float) -> float:
         a = F.gelu(x)
     else:
         a = F.gelu(x, approximate="tanh")
-    return float(a * x) if family_gated else float(a)
+    return float(a * x) if gated else float(a)
 
 
 def _set_post_scale(model: Any, layer: int, channel: int, value: float, one_plus: bool) -> None:
@@ -322,10 +323,10 @@ def _plant_neuron(
     model: Any, layer: int, channel: int, neuron: int, target: float, calib: Tensor, *,
     gated: bool, post_norm: bool, one_plus: bool, act_fn: str, activation_scale: float,
 ) -> tuple[float, float]:
-    """Make ``neuron`` of block ``layer`` fire on position 0 only and add ``target`` to its ``channel``.
+    """Make ``neuron`` of block ``layer`` fire on position 0 only and add ``target`` to ``channel`` there.
 
-    ``target=None`` semantics are not needed: the caller measures ``target``. Returns (activation h₀,
-    value the FFN now adds to ``channel`` at position 0).
+    The neuron's output row and (with post-norms) the channel's column are zeroed first, then the
+    position-0 and calibration states are measured; returns (activation h₀, ``target``).
     """
     from sd_lens.runtime.hooks import act_name
 
