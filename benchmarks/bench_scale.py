@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -156,16 +158,28 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=48)
     ap.add_argument("--full", action="store_true", help="also the channel lens, local checks and interventions")
     ap.add_argument("--label", default="", help="a note printed with every line (e.g. 'contended')")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # "device,shape,dtype": one case, in this process
     args = ap.parse_args()
-    from sd_lens.corpus import default_corpus
+    if args.one:
+        from sd_lens.corpus import default_corpus
 
-    texts = default_corpus(args.texts)
+        device, shape, dtype = args.one.split(",")
+        row = bench_case(args.family, shape, dtype, device, default_corpus(args.texts), args.full)
+        row.update(load_average=round(os.getloadavg()[0], 2), label=args.label, full=args.full)
+        print(json.dumps(row), flush=True)
+        return
+    # each case in a fresh process: its peak memory is its own, and nothing of one case stays for the next
     for device in args.devices.split(","):
         for shape in args.shapes.split(","):
             for dtype in args.dtypes.split(","):
-                row = bench_case(args.family, shape, dtype, device, texts, args.full)
-                row.update(load_average=round(os.getloadavg()[0], 2), label=args.label, full=args.full)
-                print(json.dumps(row), flush=True)
+                cmd = [sys.executable, __file__, "--one", f"{device},{shape},{dtype}", "--family", args.family,
+                       "--texts", str(args.texts), "--label", args.label] + (["--full"] if args.full else [])
+                done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+                if done.returncode:
+                    print(json.dumps({"family": args.family, "shape": shape, "dtype": dtype, "device": device,
+                                      "failed": f"exit status {done.returncode}"}), flush=True)
+                else:
+                    print(done.stdout.strip(), flush=True)
 
 
 if __name__ == "__main__":
