@@ -49,6 +49,7 @@ from sd_lens.analyses.spectra import (
     decay_check,
     layer_spectra,
 )
+from sd_lens.analyses.super_weights import SuperWeights, super_weights
 from sd_lens.analyses.weight_outliers import WeightOutliers, weight_outliers
 from sd_lens.corpus import held_out_texts, read_texts
 from sd_lens.errors import InputError, SdLensError
@@ -130,6 +131,14 @@ class AnalysisConfig:
         "on a float16 or bfloat16 forward, also run the norm probe in float32 (weights cast and restored) and say "
         "which defects float32 does not have, or has and this dtype misses",
     )
+    super_weights: bool = _option(
+        False,
+        "also find each defect's super weights (Yu et al. 2024): the down-projection entries that write and cancel "
+        "its channel on its carriers (ranked after any post-FFN norm's gain), searched iteratively, checked against "
+        "the defect's channel and blocks, and verified by perplexity and KL on held-out text against zeroing random "
+        "same-size entries and against restoring the activation (slow)",
+    )
+    super_weight_seeds: int = _option(5, "random same-magnitude entries zeroed as the super weights' control")
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> InputError:
@@ -147,6 +156,9 @@ class AnalysisConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(name, "give a positive integer" + ("" if name == "batch_size" else " (or None for no limit)"))
+        seeds = self.super_weight_seeds
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+            raise bad("super_weight_seeds", "give a positive integer (the default is 5)")
         if not isinstance(self.trigger_text, str) or not self.trigger_text.strip():
             raise bad("trigger_text", "give a non-empty text")
         if self.forward_dtype is not None and self.forward_dtype not in DTYPES:
@@ -205,6 +217,7 @@ class AnalysisResult:
     local: LocalCausalReport | None = None
     interventions: OutlierIntervention | None = None
     corpus: CorpusSummary | None = None
+    super_weights: SuperWeights | None = None
     #: stages that raised, by name (as in ``timings_s``), with the error: ``"TypeName: message"``. Their
     #: results are None; every other stage's are kept (``failed_stages`` in the JSON when not empty)
     errors: dict[str, str] = field(default_factory=dict)
@@ -263,6 +276,7 @@ class AnalysisResult:
             "layers": self.spectra.to_dict(),
             **({"channels": self._channels_dict()} if self.channels_measured else {}),
             **({"quantization": self.quantization.to_dict()} if self.quantization is not None else {}),
+            **({"super_weights": self.super_weights.to_dict()} if self.super_weights is not None else {}),
             **({"failed_stages": dict(self.errors)} if self.errors else {}),
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
         }
@@ -533,6 +547,15 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
                 max_tokens_per_text=cfg.max_tokens_per_text, progress=cfg.progress,
             ),
         )
+    sw = None
+    if cfg.super_weights:
+        sw = stage(
+            "super_weights",
+            lambda: super_weights(
+                model, report, probe, held_out_texts(texts), n_seeds=cfg.super_weight_seeds, seed=seed,
+                batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
+            ),
+        )
     return AnalysisResult(
         model=model_name(model),
         architecture=view.architecture,
@@ -558,4 +581,5 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
         weights=weights,
         corpus=corpus,
         errors=errors,
+        super_weights=sw,
     )

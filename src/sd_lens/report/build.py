@@ -333,6 +333,24 @@ def json_section(page: Page, ctx: ReportContext) -> None:
     page.json(ctx.result.to_dict(), max_chars=JSON_CHARS_SHOWN)
 
 
+def super_weights_section(page: Page, ctx: ReportContext) -> None:
+    """The super weights of each defect (``super_weights=True`` only): the table and one paragraph per defect."""
+    sw = ctx.result.super_weights
+    if sw is None:
+        return
+    page.heading("Super weights")
+    page.paragraph(
+        "Yu et al. (2024): single down-projection entries W_down[row, col] whose input spike writes (or cancels) a "
+        "defect's channel at its carriers, ranked by what reaches the residual (after any post-FFN norm's gain), "
+        f"verified on {sw.held_out_texts} held-out texts: zeroed, against zeroing {sw.n_seeds} random entries of the "
+        "same magnitude in the same matrix, and against zeroing it but restoring the activation it writes."
+    )
+    header, rows = prose.super_weights_table(ctx.result)
+    page.table(rows, header=header)
+    for d in sw:
+        page.paragraph(d.summary())
+
+
 #: The sections of the report, in page order.
 SECTIONS: list[Section] = [
     summary_section,
@@ -346,6 +364,7 @@ SECTIONS: list[Section] = [
     attention_section,
     timings_section,
     json_section,
+    super_weights_section,
 ]
 
 

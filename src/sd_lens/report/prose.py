@@ -45,6 +45,8 @@ __all__ = [
     "outlier_channels_table",
     "overview_table",
     "report_summary",
+    "super_weights_sentence",
+    "super_weights_table",
 ]
 
 #: A table for :meth:`~sd_lens.report.page.Page.table`: its header and its rows.
@@ -166,7 +168,7 @@ def report_summary(result: AnalysisResult) -> str:
         + f", and the explosion block's leading singular direction is {f.predicted_angle_deg:.1f}\u00b0 from it"
         for d, f in zip(result.defects, result.findings)
     ]
-    return head + f"sd_lens found {n} singular defect(s): " + "; ".join(parts) + "." + tail
+    return head + f"sd_lens found {n} singular defect(s): " + "; ".join(parts) + "." + tail + super_weights_sentence(result)
 
 
 def minor_table(result: AnalysisResult) -> Table:
@@ -371,4 +373,47 @@ def outlier_channels_table(result: AnalysisResult) -> Table:
         owner = owners.get(c)
         rows.append([c, f"{owner[0]} ({owner[1]:.2f})" if owner else "—", _blocks_text(out.blocks_of(c)),
                      abs(top.value), f"{', '.join(classes)} (e.g. {top.token!r})", masked, amplified])
+    return header, rows
+
+
+def super_weights_sentence(result: AnalysisResult) -> str:
+    """One sentence on the super weights (``super_weights=True``; empty otherwise): each defect's super weight,
+    what zeroing it does, and whether it sits in the defect's channel and explosion block."""
+    sw = getattr(result, "super_weights", None)
+    if sw is None or not len(sw):
+        return ""
+    parts = []
+    for d in sw:
+        w = d.super_weight
+        if w is None:
+            parts.append(f"{d.label} has no single writing weight")
+            continue
+        text = f"{d.label}'s is {w.name}"
+        if w.score is not None:
+            text += f" (zeroed: perplexity x{w.score.ppl_ratio:.3g}, {w.score.label})"
+        text += "; " + d.consistency.summary()
+        parts.append(text)
+    return " Super weights (Yu et al. 2024): " + "; ".join(parts) + "."
+
+
+def super_weights_table(result: AnalysisResult) -> Table:
+    """One row per super weight (emitters and cancellers of every defect): where, how large, what it writes, and
+    what zeroing it does against its controls."""
+    sw = result.super_weights
+    assert sw is not None
+    header = ["defect", "role", "W_down[row, col] @ block", "value", "input spike", "post-FFN gain", "writes",
+              "share of block's change", "zeroed: x perplexity (KL)", "random same-size: x perplexity",
+              "activation restored: x perplexity"]
+    rows: list[list[Any]] = []
+    for d in sw:
+        for w in d.weights:
+            v = w.verification
+            rows.append([
+                d.label, w.role if w.iteration == 0 else f"emerges (round {w.iteration})", w.name, f"{w.value:.4g}",
+                f"{w.spike:.4g}", "—" if w.norm_scale is None else f"{w.gain:.4g}", f"{w.effective:.4g}",
+                f"{100 * w.share:.0f}%",
+                "" if v is None else f"{v.score.ppl_ratio:.4g} ({v.score.kl:.3g})",
+                "" if v is None else f"{v.score.control_ppl_ratio or 1.0:.4g}",
+                "" if v is None else f"{v.restore_ppl_ratio:.4g}",
+            ])
     return header, rows
