@@ -519,7 +519,11 @@ def bfloat16_analysis(name: str) -> Any:
 
 
 #: calls that executed pages make and tests also check: ``(module, name)`` served through :func:`shared_call`
-SHARED_IN_PAGES = (("sd_lens.quantize", "quantization_experiment"), ("sd_lens.pipeline", "run_analysis"))
+SHARED_IN_PAGES = (
+    ("sd_lens.quantize", "quantization_experiment"),
+    ("sd_lens.pipeline", "run_analysis"),
+    ("sd_lens.analyses.super_weights", "super_weights"),
+)
 
 
 def _serve_shared(monkeypatch: pytest.MonkeyPatch, models: dict[str, Any]) -> None:

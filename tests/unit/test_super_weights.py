@@ -171,3 +171,16 @@ def test_bad_arguments_fail_before_any_forward(bad):
     model, probe, report = analysed("llama")
     with pytest.raises(InputError):
         super_weights(model, report, probe, HELD, **bad)
+
+
+def test_the_page_names_no_block_channel_or_neuron_of_a_model():
+    """docs/super_weights.md reads every block, channel and neuron from the results."""
+    from pathlib import Path
+
+    from conftest import tutorial_module
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "super_weights.md"
+    code = "\n".join(b.body for b in tutorial_module().blocks(page.read_text(encoding="utf-8")) if b.lang == "python")
+    assert "super_weights(" in code
+    for forbidden in ("507", "163", "1229", "584", "678", "287", "block=", "row="):
+        assert forbidden not in code, forbidden

@@ -664,6 +664,7 @@ def super_weights(
     min_share: float = 0.05,
     iterations: int = 2,
     verify: bool = True,
+    verify_cancellers: bool = True,
     n_seeds: int = 5,
     restore_fraction: float = 0.1,
     seed: int = 0,
@@ -683,6 +684,7 @@ def super_weights(
             defect's peak component at the carriers.
         iterations: rounds of the iterative search after the clean one (0: none).
         verify: measure perplexity and KL of the super weight and the leading canceller (with controls).
+        verify_cancellers: verify the leading canceller too (False: the super weight only, half the forwards).
         n_seeds: random same-magnitude entries zeroed as the control, one per seed (at least 5 is the
             issue's protocol; any positive number is accepted).
         restore_fraction: the restore control keeps the entry's output where its input is at least this
@@ -747,7 +749,7 @@ def super_weights(
                 if emitters:
                     emitters[0] = _with(emitters[0], _verify(model, emitters[0], held, exclude, n_seeds, seed,
                                                              restore_fraction, batch_size))
-                if cancellers:
+                if cancellers and verify_cancellers:
                     cancellers[0] = _with(cancellers[0], _verify(model, cancellers[0], held, exclude, n_seeds, seed,
                                                                  restore_fraction, batch_size))
             out.append(DefectSuperWeights(
