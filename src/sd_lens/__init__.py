@@ -22,6 +22,7 @@ from sd_lens.analyses.spectra import (
     layer_spectra,
     linearize_block,
 )
+from sd_lens.analyses.super_weights import SuperWeights, super_weights
 from sd_lens.corpus import default_corpus, read_texts
 from sd_lens.errors import (
     InputError,
@@ -96,4 +97,6 @@ __all__ = [
     "model_view",
     "register_family",
     "registered_families",
+    "SuperWeights",
+    "super_weights",
 ]
