@@ -184,3 +184,30 @@ def test_the_page_names_no_block_channel_or_neuron_of_a_model():
     assert "super_weights(" in code
     for forbidden in ("507", "163", "1229", "584", "678", "287", "block=", "row="):
         assert forbidden not in code, forbidden
+
+
+def test_pipeline_json_report_and_cli_flag(unchanged):
+    """``super_weights=True``: the result, the JSON key, the report section and summary sentence, the CLI flag."""
+    from sd_lens.cli import build_parser
+    from sd_lens.pipeline import run_analysis
+    from sd_lens.report.build import super_weights_section
+    from sd_lens.report.page import Page
+
+    model, _, _ = analysed("llama")
+    with unchanged(model):
+        result = run_analysis(model, TEXTS, super_weights=True, super_weight_seeds=5)
+    assert result.errors == {}
+    assert result.super_weights is not None and result.super_weights.n_seeds == 5
+    data = result.to_dict()
+    assert data["super_weights"]["defects"][0]["super_weight"] == f"W[{ROW},{COL}]@{BLOCK}"
+    assert "super_weights" not in run_analysis(model, TEXTS[:4]).to_dict()
+    from sd_lens.report.prose import report_summary
+
+    assert f"Super weights (Yu et al. 2024): D0's is W[{ROW},{COL}]@{BLOCK}" in report_summary(result)
+    page = Page("test")
+    super_weights_section(page, type("Ctx", (), {"result": result})())  # type: ignore[arg-type]
+    assert "Super weights" in page.render()
+    args = build_parser().parse_args(["analyze", "--super-weights", "--super-weight-seeds", "6"])
+    assert args.super_weights is True and args.super_weight_seeds == 6
+    with pytest.raises(InputError, match="super_weight_seeds"):
+        run_analysis(model, TEXTS, super_weight_seeds=0)
