@@ -35,10 +35,12 @@ input and output on one prompt. Here it is data-driven, per singular defect of
   entry zeroed, against zeroing ``n_seeds`` random entries of about the same magnitude in the same matrix
   (one per seed, the mean reported), plus the control that zeroes the weight but **restores its
   activation** (the entry still writes at the positions where its input spikes, at least
-  ``restore_fraction`` of the carriers' spike): weight → activation → model, or something else. For the
-  doubled clean/edited forward of :func:`~sd_lens.analyses.outlier_interventions.perplexity` the zeroing is
-  applied as hooks (``y[..., row] -= h[..., col] · W_down[row, col]`` at the down-projection's output,
-  before any post-norm), the same function as the zeroed parameter up to float rounding.
+  ``restore_fraction`` of the carriers' spike): weight → activation → model, or something else. The
+  perplexity and KL are those of :func:`~sd_lens.analyses.outlier_interventions.perplexity`, with every edit
+  of one weight in the same forward as a single clean copy of the texts (rows ``[clean | zeroed | restored |
+  control 1 | ...]``); the zeroing is applied as hooks on its rows (``y[..., row] -= h[..., col] ·
+  W_down[row, col]`` at the down-projection's output, before any post-norm), the same function as the zeroed
+  parameter up to float rounding.
 * **Consistency** (:class:`Consistency`): super-weight row = the massive-activation channel (the largest
   ``|x|`` channel of the carriers at the peak) = the defect's dominant channel (largest ``|u|``);
   super-weight block = the explosion block, canceller blocks within the decay blocks; every mismatch
@@ -61,18 +63,18 @@ from sd_lens.analyses.attribution import carrier_prefixes
 from sd_lens.analyses.causal_score import INERT_KL, CausalScore
 from sd_lens.analyses.defects import Defect, DefectReport
 from sd_lens.analyses.life_cycle import ffn_output
-from sd_lens.analyses.outlier_interventions import Perplexity, perplexity
+from sd_lens.analyses.outlier_interventions import LOGITS_HOOK, _kl_sum, _nll_sum
 from sd_lens.analyses.probe import NormProbe
 from sd_lens.corpus import held_out_texts
 from sd_lens.errors import InputError, UnsupportedArchitectureError
 from sd_lens.models.loading import model_name
 from sd_lens.models.registry import get_family
 from sd_lens.models.view import model_view
-from sd_lens.runtime.engine import stream
+from sd_lens.runtime.engine import Batch, make_batch, run_batch, stream
 from sd_lens.runtime.hooks import act_name, require_hooks
 from sd_lens.runtime.lock import model_lock
 from sd_lens.runtime.reducers import last_token
-from sd_lens.runtime.tokens import tokenize
+from sd_lens.runtime.tokens import Tokenized, length_sorted_batches, tokenize
 from sd_lens.types import HookedModel, HookFn
 
 __all__ = [
@@ -619,29 +621,75 @@ def _controls(model: HookedModel, w: SuperWeight, exclude: set[tuple[int, int, i
     return [(int(i) // mat.shape[1], int(i) % mat.shape[1], float(mat.flatten()[i])) for i in pick]
 
 
-def _verify(model: HookedModel, w: SuperWeight, held: Any, exclude: set[tuple[int, int, int]], n_seeds: int,
+def _rows(fn: HookFn, lo: int, hi: int) -> HookFn:
+    """``fn`` applied to rows ``lo:hi`` of the batch only."""
+
+    def hook(act: Tensor, hook: Any) -> Tensor:
+        return torch.cat([act[:lo], fn(act[lo:hi], hook), act[hi:]], dim=0)
+
+    return hook
+
+
+def _edited_perplexities(
+    model: HookedModel, held: Tokenized, edits: Sequence[Sequence[tuple[str, HookFn]]], batch_size: int
+) -> tuple[float, list[tuple[float, float]]]:
+    """Clean perplexity and, per edit, ``(perplexity, KL(clean || edited))`` of ``held``, every edit in the same
+    forward as one clean copy of its texts (rows ``[clean | edit 1 | edit 2 | ...]``): the perplexity and KL of
+    :func:`~sd_lens.analyses.outlier_interventions.perplexity`, with the clean half computed once for all edits."""
+    k = len(edits)
+    per = max(1, batch_size // (k + 1))  # texts per forward: (k + 1) copies of each
+    clean = n_tok = 0.0
+    nll = [0.0] * k
+    kl = [0.0] * k
+    for idx in length_sorted_batches(held.sequences, per):
+        seqs = [held.sequences[i] for i in idx]
+        n = len(seqs)
+        batch = make_batch(model, seqs * (k + 1), idx * (k + 1))
+        hooks = [(name, _rows(fn, (e + 1) * n, (e + 2) * n)) for e, edit in enumerate(edits) for name, fn in edit]
+
+        def reduce(act: Tensor, b: Batch) -> list[float]:
+            s_clean, c = _nll_sum(act[:n], b.tokens[:n], b.mask[:n])
+            out = [s_clean, float(c)]
+            for e in range(k):
+                lo, hi = (e + 1) * n, (e + 2) * n
+                out.append(_nll_sum(act[lo:hi], b.tokens[lo:hi], b.mask[lo:hi])[0])
+                out.append(_kl_sum(act[:n], act[lo:hi], b.mask[:n]))
+            return out
+
+        vals = run_batch(model, batch, {LOGITS_HOOK: reduce}, fwd_hooks=hooks)[LOGITS_HOOK]
+        clean += vals[0]
+        n_tok += vals[1]
+        for e in range(k):
+            nll[e] += vals[2 + 2 * e]
+            kl[e] += vals[3 + 2 * e]
+    if not n_tok:
+        raise InputError("the held-out texts have fewer than 2 tokens each: there is nothing to predict")
+    return math.exp(clean / n_tok), [(math.exp(min(x / n_tok, 709.0)), y / n_tok) for x, y in zip(nll, kl)]
+
+
+def _verify(model: HookedModel, w: SuperWeight, held: Tokenized, exclude: set[tuple[int, int, int]], n_seeds: int,
             seed: int, restore_fraction: float, batch_size: int) -> Verification:
     value = down_entry(model, w.block, w.row, w.col)
-    zero = perplexity(model, held, zero_entry_hooks(model, w.block, w.row, w.col, value), batch_size=batch_size)
-    clean = zero.clean_perplexity or math.nan
-    controls: list[tuple[int, int, float, float, float]] = []
-    for r, c, v in _controls(model, w, exclude, n_seeds, seed):
-        p: Perplexity = perplexity(model, held, zero_entry_hooks(model, w.block, r, c, v), batch_size=batch_size)
-        controls.append((r, c, v, p.perplexity / clean, float(p.kl or 0.0)))
+    picks = _controls(model, w, exclude, n_seeds, seed)
     tally = [0]
-    restore = perplexity(
-        model, held, zero_entry_hooks(model, w.block, w.row, w.col, value,
-                                      restore_above=restore_fraction * abs(w.spike), tally=tally),
-        batch_size=batch_size,
-    )
+    edits = [
+        zero_entry_hooks(model, w.block, w.row, w.col, value),
+        zero_entry_hooks(model, w.block, w.row, w.col, value, restore_above=restore_fraction * abs(w.spike),
+                         tally=tally),
+        *[zero_entry_hooks(model, w.block, r, c, v) for r, c, v in picks],
+    ]
+    clean, runs = _edited_perplexities(model, held, edits, batch_size)
+    (ppl, kl), (r_ppl, r_kl) = runs[0], runs[1]
+    controls = [(r, c, v, p / clean, k) for (r, c, v), (p, k) in zip(picks, runs[2:])]
     score = CausalScore(
-        w.name, ppl_ratio=zero.perplexity / clean, kl=float(zero.kl or 0.0),
+        w.name, ppl_ratio=ppl / clean, kl=kl,
         control_ppl_ratio=sum(c[3] for c in controls) / len(controls) if controls else None,
         control_kl=sum(c[4] for c in controls) / len(controls) if controls else None, inert_kl=INERT_KL,
     )
+    n_tokens = sum(max(len(q) - 1, 0) for q in held.sequences)
     return Verification(
-        score=score, controls=controls, restore_ppl_ratio=restore.perplexity / clean, restore_kl=float(restore.kl or 0.0),
-        restored_positions=tally[0], clean_perplexity=clean, perplexity=zero.perplexity, n_tokens=zero.n_tokens,
+        score=score, controls=controls, restore_ppl_ratio=r_ppl / clean, restore_kl=r_kl,
+        restored_positions=tally[0], clean_perplexity=clean, perplexity=ppl, n_tokens=n_tokens,
     )
 
 
