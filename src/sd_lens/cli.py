@@ -231,6 +231,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     result.to_json(args.json)
     notes = notes_stream(args.json)  # stderr when the JSON itself goes to a pipe or /dev/stdout
     print(result.defects.summary(), file=notes)
+    if result.outlier_tokens is not None:
+        print(result.outlier_tokens.summary().splitlines()[0], file=notes)
     print(f"JSON written to {args.json}", file=notes)
     return _failed_stages(result)
 

@@ -293,18 +293,19 @@ def _token_max(act: Tensor, batch: Batch) -> Tensor:
 
 
 def token_maxima(
-    model: HookedModel, sequences: Sequence[Tensor], *, batch_size: int = 16
+    model: HookedModel, sequences: Sequence[Tensor], *, batch_size: int = 16, site: str = SITE
 ) -> list[Float[Tensor, "n_layers pos"]]:
-    """``max_c |h[t, c]|`` of every token at every block's down-projection input, per sequence."""
+    """``max_c |h[t, c]|`` of every token at every block's down-projection input (or at another hook kind
+    ``site``, e.g. ``"mlp_out"``: the FFN's output after any post-norm), per sequence."""
     n_layers = int(model.cfg.n_layers)
-    names = [act_name(SITE, layer) for layer in range(n_layers)]
+    names = [act_name(site, layer) for layer in range(n_layers)]
     require_hooks(model, names)
     out: list[Tensor | None] = [None] * len(sequences)
     for batch, values in stream(model, sequences, {n: _token_max for n in names}, batch_size=batch_size):
         stacked = torch.stack([values[n] for n in names], dim=1)  # [B, n_layers, T]
         if not torch.isfinite(stacked[batch.mask.cpu()[:, None, :].expand_as(stacked)]).all():
             raise NonFiniteActivationError(
-                "non-finite activation at the down-projection input: the model overflowed or is NaN"
+                f"non-finite activation at {site}: the model overflowed or is NaN"
             )
         for row, i in enumerate(batch.index):
             out[i] = stacked[row, :, : int(batch.lengths[row])].clone()
