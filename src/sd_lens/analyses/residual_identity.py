@@ -180,15 +180,16 @@ def _block_reducers(n_layers: int, parallel: bool, eps: float) -> dict[str, Any]
     """One reducer per hook; the last of a block's hooks to fire (in any order) returns the block's
     ``[B, 4]`` maxima over real tokens: post error, mid error, and both beyond the rounding allowance."""
     kinds = _kinds(parallel)
-    held: dict[int, dict[str, Tensor]] = {}
+    held: dict[tuple[int, str], dict[str, Tensor]] = {}  # by block and device (a shape-only check runs twice)
 
     def make(layer: int, kind: str) -> Any:
         def reduce(act: Tensor, batch: Batch) -> Tensor | None:
-            mine = held.setdefault(layer, {})
+            key = (layer, str(act.device))
+            mine = held.setdefault(key, {})
             mine[kind] = act.double()
             if len(mine) < len(kinds):
                 return None
-            del held[layer]
+            del held[key]
             c = closure(mine["resid_pre"], mine["attn_out"], mine["mlp_out"], mine["resid_post"],
                         mine.get("resid_mid"), eps=eps)
             real = batch.mask
