@@ -141,9 +141,11 @@ class PrefixTrial:
     """One context before the texts (``name="none"``: the baseline) and what it does.
 
     ``prefix``: the candidate's tokens; ``context``: what is put before each text's tokens (BOS
-    arranged: see the module docstring); ``later_outliers``: outlier occurrences at the texts' later
-    positions, ``later_max_ratio`` the largest ratio there over every block; ``context_outliers``:
-    occurrences inside the context; ``perplexity``: of the same text tokens as the baseline.
+    arranged: see the module docstring); ``later_outliers``: outlier tokens (occurrences, whatever
+    their number of blocks) at the texts' later positions, ``later_by_block`` the same per block (an
+    occurrence counts at each of its blocks), ``later_max_ratio`` the largest ratio there over every
+    block; ``context_outliers``: outlier occurrences inside the context; ``perplexity``: of the same
+    text tokens as the baseline.
     """
 
     name: str
@@ -512,17 +514,14 @@ def outlier_tokens(
             else:
                 hits = reuse
             later = _later_counts(hits, start)
-            later_max = 0.0
-            for h in hits:
-                for p, _, r, _ in h:
-                    if p >= start:
-                        later_max = max(later_max, r)
+            later_max = max((r for h in hits for p, _, r, _ in h if p >= start), default=0.0)
             ppl = perplexity(model, Tokenized(prefixed, list(tok.texts)), kl=False, batch_size=batch_size,
                              score_from=start)
             return PrefixTrial(
                 name=name, prefix=prefix, prefix_strings=tuple(string(t) for t in prefix), context=ctx,
-                later_outliers=sum(later.values()), later_max_ratio=later_max,
-                context_outliers=sum(1 for h in hits for p, _, _, _ in h if p < len(ctx)),
+                later_outliers=sum(len({p for p, _, _, _ in h if p >= start}) for h in hits),
+                later_max_ratio=later_max,
+                context_outliers=sum(len({p for p, _, _, _ in h if p < len(ctx)}) for h in hits),
                 later_by_block=dict(later), perplexity=ppl,
             )
 
