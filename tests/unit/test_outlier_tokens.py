@@ -227,7 +227,9 @@ def test_config_flags_and_validation():
             AnalysisConfig(outlier_eta=bad)
 
 
-def test_run_analysis_writes_the_outlier_tokens_key(unchanged):
+def test_run_analysis_writes_the_outlier_tokens_key_and_report_section(tmp_path, unchanged):
+    from sd_lens.report import write_report
+
     model = tiny_model("llama", seed=1, n_layers=2)
     token_id, hooks = planted_hooks(model)
     with model.hooks(fwd_hooks=hooks), unchanged(model, check_output=False):
@@ -235,4 +237,7 @@ def test_run_analysis_writes_the_outlier_tokens_key(unchanged):
     d = json.loads(result.to_json())
     assert d["outlier_tokens"]["eta"] == 64.0 and d["outlier_tokens"]["n_outliers"] == len(result.outlier_tokens)
     assert {o["token_id"] for o in d["outlier_tokens"]["outliers"]} == {token_id}
+    assert d["outlier_tokens"]["defects_checked"] is True and d["outlier_tokens"]["trials"]
+    html = write_report(model, result, tmp_path / "out").read_text(encoding="utf-8")
+    assert ">Outlier tokens and prefixes<" in html and "PrefixQuant" in html
     assert "outlier_tokens" not in json.loads(run_analysis(model, TEXTS * 2, seed=0).to_json())
