@@ -24,6 +24,11 @@ def test_outlier_tokens_page(smollm2, gemma3, tmp_path, monkeypatch):
     assert max(o.ratio for o in r.initial) == pytest.approx(2511.3, rel=1e-3)  # float32 maxima over 64 tokens
     assert [o.ratio for o in r.later] == pytest.approx([246.3, 66.9], rel=1e-3)
     assert r.n_by_block[11] == 17 and r.n_by_block[28] == 16 and r.n_by_block[2] == 1
+    # every block where an outlier token passes is a defect's explosion or decay block (D0: 2 / 8, 9; D1: 11 / 28, 29)
+    report = ns["report"]
+    special = {b for d in report for b in [d.explosion_layer, *d.decay_layers]}
+    assert {b for o in r.outliers for b in o.blocks} <= special
+    assert [d.explosion_layer for d in report] == [2, 11] and report[1].decay_layers == [28, 29]
     # the prefixes: BOS is the baseline; the space (most frequent, smaller id) and PrefixQuant's take both out
     base, trials = r.baseline, {t.name: t for t in r.trials}
     assert base.later_outliers == 2 and base.perplexity.perplexity == pytest.approx(151.88, rel=1e-4)
