@@ -85,3 +85,18 @@ def test_bad_arguments():
     for kwargs in ({"rtol": -1.0}, {"rtol": float("nan")}, {"batch_size": 0}):
         with pytest.raises(InputError):
             residual_identity(model, TEXTS, **kwargs)
+
+
+def test_half_precision_tolerance_comes_from_the_dtype():
+    """bfloat16: the errors are ~1e-3 (measured 9.5e-4 on this model), within the rounding of the additions plus
+    4 eps of bfloat16, and far above what float32 allows (4.8e-7)."""
+    import warnings
+
+    from sd_lens.models.tiny import tiny_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = tiny_model("llama").to(torch.bfloat16)
+    r = residual_identity(model, TEXTS)
+    assert r.dtype == "bfloat16" and r.rtol == pytest.approx(4 * torch.finfo(torch.bfloat16).eps)
+    assert r.holds and 100 * 4 * torch.finfo(torch.float32).eps < r.max_error < 1e-2
