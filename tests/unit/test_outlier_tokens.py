@@ -241,3 +241,20 @@ def test_run_analysis_writes_the_outlier_tokens_key_and_report_section(tmp_path,
     html = write_report(model, result, tmp_path / "out").read_text(encoding="utf-8")
     assert ">Outlier tokens and prefixes<" in html and "PrefixQuant" in html
     assert "outlier_tokens" not in json.loads(run_analysis(model, TEXTS * 2, seed=0).to_json())
+
+
+def test_cli_analyze_flags_key_and_summary_line(tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from sd_lens.cli import main
+    from sd_lens.models.tiny import char_tokenizer, tiny_hf_config
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny"
+    AutoModelForCausalLM.from_config(tiny_hf_config("llama"), attn_implementation="eager").save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    out = tmp_path / "a.json"
+    assert main(["analyze", "--model", str(path), "--outlier-tokens", "--outlier-eta", "1.5", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["outlier_tokens"]["eta"] == 1.5 and data["outlier_tokens"]["n_outliers"] > 0
+    assert "outlier tokens (max|h| over the median > 1.5" in capsys.readouterr().out
