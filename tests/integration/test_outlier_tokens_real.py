@@ -39,6 +39,7 @@ def test_outlier_tokens_page(smollm2, gemma3, tmp_path, monkeypatch):
     ratio = {n: t.perplexity.perplexity / base.perplexity.perplexity for n, t in trials.items()}
     assert ratio["PrefixQuant"] == pytest.approx(0.979, abs=2e-3) and ratio["most frequent"] == pytest.approx(0.876, abs=2e-3)
     assert {t.perplexity.n_tokens for t in r.trials} == {base.perplexity.n_tokens}
+    assert all(t.context_outliers == 16 for t in [base, *r.trials])  # one per text stays in the context
     assert r.best.name == "most frequent"
     # Gemma-3: nothing at eta = 64 (largest ratio 10.5, block 0); at eta = 8 the initial token in 12 of 16 texts
     g64, g8 = ns["g64"], ns["g8"]
