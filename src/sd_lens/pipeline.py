@@ -155,6 +155,14 @@ class AnalysisConfig:
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and 0 < eps < 1):
             raise bad("sink_epsilon", "give a mean attention between 0 and 1 (the default is 0.3)")
 
+    @property
+    def needs_unfolded_weights(self) -> bool:
+        """Whether a model should be loaded without folding its norm scales into the weights: the
+        ``"reference"`` FFN fit works in the reference code's convention (isotropic after the pre-FFN
+        norm's scale γ₂), which a model with γ₂ folded into ``W_in`` cannot express. The command line
+        loads the model unfolded when this is true; the other analyses read both conventions."""
+        return self.fit_method == "reference"
+
     @classmethod
     def options(cls) -> list[str]:
         return [f.name for f in fields(cls)]
