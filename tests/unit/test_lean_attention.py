@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from sd_lens.runtime import run
+from sd_lens.runtime import attention
 from sd_lens.runtime.attention import LEAN_FROM, attention_path, lean_blocks, lean_support
 from sd_lens.runtime.engine import keep, make_batch, run_batch
 from sd_lens.runtime.hooks import LOGITS, act_name
@@ -39,14 +40,22 @@ def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5 * max(1.0, scale), msg=name)
 
 
-def test_every_tiny_family_is_lean_and_equal_to_eager(tiny: Any) -> None:
+@pytest.mark.parametrize("n", [LEAN_FROM, 32])
+def test_every_tiny_family_is_lean_and_equal_to_eager(tiny: Any, n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 256 positions Gemma-3's sliding window (64) is shorter than the text: the model's mask goes to the
+    kernel; at 32 every family is plain causal."""
     assert all(lean_support(b.attn) is None for b in tiny.blocks), [lean_support(b.attn) for b in tiny.blocks]
-    tokens = _tokens(LEAN_FROM, rows=2)
-    with attention_path("lean"):
-        assert lean_blocks(tiny, LEAN_FROM) == list(range(tiny.cfg.n_layers))
+    kernel = attention._sdpa
+    calls: list[int] = []
+    monkeypatch.setattr(attention, "_sdpa", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    tokens = _tokens(n, rows=2)
     with attention_path("eager"):
         eager = run(tiny, tokens, _reads(tiny), stop_at_layer=None)
-    lean = run(tiny, tokens, _reads(tiny), stop_at_layer=None)  # "auto" at 256 positions: lean
+    assert calls == []
+    with attention_path("lean" if n < LEAN_FROM else "auto"):
+        assert lean_blocks(tiny, n) == list(range(tiny.cfg.n_layers))
+        lean = run(tiny, tokens, _reads(tiny), stop_at_layer=None)
+    assert len(calls) == tiny.cfg.n_layers  # the kernel ran in every block (no silent fallback)
     _close(eager, lean)
     assert _overridden(tiny) == []
 

@@ -29,7 +29,8 @@ attention is TransformerLens's own, with no seam to replace), and bridge attenti
 fused kernel cannot express or that sd_lens has not checked — logit soft-capping, learned attention
 sinks, gated queries, split-QKV inputs, per-head results, clipped QKV, a key multiplier, q/k norms
 applied before the head split or after RoPE, Cohere/GLM-style rotary layouts, Llama-4 query scaling,
-upcast attention, a KV cache, dropout while training.
+upcast attention, dropout while training. (A KV cache with earlier positions in it, which sd_lens
+never uses, gets the eager computation inside the lean forward.)
 """
 
 from __future__ import annotations
@@ -195,7 +196,9 @@ def _sdpa(
     """Attention of ``q`` ``[B, H, Tq, d]`` over ``k``/``v`` (heads already expanded), as the eager path
     masks it: the model's 4-D mask is authoritative; plain causal when it adds nothing."""
     q_len, kv_len = q.shape[-2], k.shape[-2]
-    plain = mask is None or (not masked and (not window or kv_len <= int(window)) and q_len == kv_len)
+    if q_len != kv_len and mask is None:  # cached positions: the eager path's rectangular causal mask
+        return _eager_like(attn, q, k, v, None, scale)
+    plain = q_len == kv_len and (mask is None or (not masked and (not window or kv_len <= int(window))))
     if plain:
         if not (attn.is_causal and not attn.is_cross_attention):
             return F.scaled_dot_product_attention(q, k, v, scale=scale)
@@ -213,15 +216,11 @@ def _sdpa(
     return torch.nan_to_num(out, nan=0.0)
 
 
-def _eager_like(attn: Any, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float) -> Tensor:
+def _eager_like(attn: Any, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale
     scores = attn._apply_reconstruct_attention_mask(scores, mask, k.shape[-2], q.shape[-2])
     weights = attn._scrub_compatibility_pattern_nans(attn._masked_softmax(scores, dtype=torch.float32).to(q.dtype))
     return torch.matmul(weights, v)
-
-
-def _has_cache(kwargs: dict[str, Any]) -> bool:
-    return kwargs.get("past_key_values") is not None or kwargs.get("layer_past") is not None
 
 
 def _rotary_forward(attn: Any, masked: bool) -> Callable[..., Any]:
@@ -233,7 +232,7 @@ def _rotary_forward(attn: Any, masked: bool) -> Callable[..., Any]:
         rope_missing = kwargs.get("position_embeddings") is None and not attn.rope_optional and (
             getattr(attn.config, "positional_embedding_type", None) == "rotary"
         )
-        if _has_cache(kwargs) or rope_missing:  # the original warns about a missing RoPE: let it
+        if rope_missing:  # the original warns about a missing RoPE: let it
             return eager(attn, *args, **kwargs)
         hf: Any = attn.original_component
         if "hidden_states" in kwargs:
@@ -281,6 +280,7 @@ def _rotary_forward(attn: Any, masked: bool) -> Callable[..., Any]:
             q = attn.hook_rot_q(q)
         if hasattr(attn, "hook_rot_k"):
             k = attn.hook_rot_k(k)
+        k, v = attn._update_kv_cache(k, v, **kwargs)  # as the original: a cache (if any) gets this step's K/V
         groups = getattr(hf, "num_key_value_groups", 1)
         if groups > 1:  # GQA: each key/value head serves `groups` query heads (linear in T)
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
@@ -302,11 +302,7 @@ def _joint_reconstruct(attn: Any, masked: bool) -> Callable[..., Any]:
     assert classes is not None
     joint_rotary = classes[2]
     rotary = isinstance(attn, joint_rotary)
-    eager = type(attn)._reconstruct_attention
-
     def reconstruct(q: Tensor, k: Tensor, v: Tensor, **kwargs: Any) -> tuple[Tensor, None]:
-        if _has_cache(kwargs):
-            return eager(attn, q, k, v, **kwargs)  # type: ignore[no-any-return]
         n_heads = attn.config.n_heads
         n_kv = getattr(attn.config, "n_key_value_heads", None) or n_heads
         q, k, v, batch_size, seq_len, head_dim = attn._reshape_qkv_to_heads(q, k, v, n_heads, n_kv)
@@ -318,6 +314,7 @@ def _joint_reconstruct(attn: Any, masked: bool) -> Callable[..., Any]:
                 q, k = attn._apply_rotary_pos_emb(q, k, cos, sin)
         elif getattr(attn.config, "scale_attn_by_inverse_layer_idx", False) and attn._layer_idx is not None:
             scale /= float(attn._layer_idx + 1)
+        k, v = attn._update_kv_cache(k, v, **kwargs)
         if n_kv != n_heads:
             k, v = k.repeat_interleave(n_heads // n_kv, dim=1), v.repeat_interleave(n_heads // n_kv, dim=1)
         out = _sdpa(attn, q, k, v, kwargs.get("attention_mask"), masked, scale, None)
