@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from sd_lens.runtime import run
-from sd_lens.runtime import attention
+from sd_lens.runtime import attention, run
 from sd_lens.runtime.attention import LEAN_FROM, attention_path, lean_blocks, lean_support
 from sd_lens.runtime.engine import keep, make_batch, run_batch
 from sd_lens.runtime.hooks import LOGITS, act_name
@@ -133,3 +132,52 @@ def test_replacements_are_removed_also_on_error(tiny: Any) -> None:
         run(tiny, _tokens(LEAN_FROM), {act_name("resid_post", 1): keep}, fwd_hooks=[(act_name("resid_post", 0), boom)])
     assert _overridden(tiny) == []
     assert all(not b.attn.hook_pattern._forward_hooks for b in tiny.blocks)
+
+
+@pytest.mark.parametrize("budget", [0, 1, None])
+def test_carrier_traces_from_the_direction_pass(budget: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The defect finder reads its carriers' trajectories in the direction pass, within TRACE_BUDGET_BYTES
+    (None: the default; 1 byte: no row fits, every carrier is re-run as before; 0: off): the explosion and
+    decay blocks and the component profile are those of re-run prefixes."""
+    import random
+
+    from conftest import token_embedding
+    from sd_lens.analyses import defects as defects_module
+    from sd_lens.analyses import state_directions
+    from sd_lens.analyses.probe import probe_norms
+    from sd_lens.models.tiny import tiny_model
+
+    model = tiny_model("llama", seed=1, n_layers=4)
+    x_id = model.tokenizer(" x", add_special_tokens=False)["input_ids"][-1]
+    with torch.no_grad():
+        token_embedding(model)[model.tokenizer.bos_token_id] *= 40
+        token_embedding(model)[x_id] *= 12
+    rng = random.Random(0)
+    words = ["the", "cat", "sat", "on", "mat", "x", "dog", "ran"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(24)]
+    probe = probe_norms(model, texts)
+
+    monkeypatch.setattr(defects_module, "TRACE_BUDGET_BYTES", 0)
+    reference = defects_module.find_defects(model, probe)
+    assert reference.clusters is not None and reference.clusters.traces is None
+    reruns: list[int] = []
+    rerun = defects_module.residual_trajectories
+    monkeypatch.setattr(defects_module, "residual_trajectories", lambda m, p, *a: reruns.append(len(p)) or rerun(m, p, *a))
+    if budget is not None:
+        monkeypatch.setattr(defects_module, "TRACE_BUDGET_BYTES", budget)
+    else:
+        monkeypatch.undo()
+        monkeypatch.setattr(defects_module, "residual_trajectories", lambda m, p, *a: reruns.append(len(p)) or rerun(m, p, *a))
+    report = defects_module.find_defects(model, probe)
+    clusters = report.clusters
+    assert clusters is not None
+    if budget is None:
+        assert clusters.traces is not None and clusters.traces.numel() * 4 <= state_directions.TRACE_BUDGET_BYTES
+        assert reruns == []  # every carrier came from the direction pass: no forward of its own
+    else:
+        assert clusters.traces is None and reruns and reruns[0] > 0
+    assert len(report.all) == len(reference.all) >= 2
+    for got, want in zip(report.all, reference.all):
+        assert (got.explosion_layer, got.decay_layers) == (want.explosion_layer, want.decay_layers)
+        torch.testing.assert_close(got.component, want.component, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got.update, want.update, rtol=1e-4, atol=1e-4)

@@ -48,7 +48,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sd_lens.analyses.probe import NormProbe
-from sd_lens.analyses.state_directions import StateClusters, cluster_state_directions
+from sd_lens.analyses.state_directions import TRACE_BUDGET_BYTES, StateClusters, cluster_state_directions
 from sd_lens.errors import InputError
 from sd_lens.linalg import acute_angle_deg, unit
 from sd_lens.runtime.engine import stream
@@ -320,7 +320,7 @@ def find_defects(
         marked[ep.row, ep.start : ep.end + 1] = True
     clusters = cluster_state_directions(
         model, probe, marked, max_angle_deg=split_angle_deg, batch_size=batch_size,
-        progress=progress and "high-norm directions",
+        progress=progress and "high-norm directions", trace_budget_bytes=TRACE_BUDGET_BYTES,
     )
     # component id of every state
     comps = _components(clusters, link_fraction)
@@ -346,7 +346,7 @@ def find_defects(
     for g, d in drafts:
         reasons = _minor_reasons(d, major_ratio, split_angle_deg)
         (minors if reasons else majors).append((g, replace(d, major=not reasons, minor_reasons=reasons)))
-    traced = _trace(model, probe, [*majors, *minors], group_of, decay_fraction, max_traces, batch_size)
+    traced = _trace(model, probe, [*majors, *minors], group_of, decay_fraction, max_traces, batch_size, clusters)
     major = sorted(traced[: len(majors)], key=lambda d: (d.explosion_layer, -d.peak_norm))
     minor = sorted(traced[len(majors) :], key=lambda d: (-d.peak_ratio, d.first_layer))
     return DefectReport(
@@ -468,12 +468,19 @@ def _trace(
     decay_fraction: float,
     max_traces: int,
     batch_size: int,
+    clusters: StateClusters | None = None,
 ) -> list[Defect]:
-    """Explosion and decay blocks of every draft from re-run carrier prefixes (all drafts in one stream)."""
+    """Explosion and decay blocks of every draft from carrier trajectories (all drafts at once).
+
+    A carrier's trajectory is read from ``clusters.traces`` when the direction pass kept it (its budget
+    allows), else from a re-run of its prefix (one stream for all of those)."""
     n_layers = probe.n_layers
-    plans = []  # per draft: [(trajectory index, first block, last block)]
+    kept = clusters.traces if clusters is not None and clusters.traces is not None else None
+    kept_rows = clusters.trace_rows if kept is not None and clusters is not None else {}
+    plans = []  # per draft: [(trajectory key, first block, last block)]
     prefixes: list[Tensor] = []
     index: dict[tuple[int, ...], int] = {}
+    from_pass: dict[tuple[int, ...], int] = {}  # prefix -> row of ``kept``
     for g, d in drafts:
         plan, seen = [], set()
         for e in carrier_order(probe, d):
@@ -483,17 +490,30 @@ def _trace(
                 continue
             seen.add(key)
             blocks = torch.nonzero(group_of[e.row] == g).flatten()
-            if key not in index:
-                index[key] = len(prefixes)
-                prefixes.append(prefix)
-            plan.append((index[key], int(blocks.min()), int(blocks.max())))
+            if key not in index and key not in from_pass:
+                if e.row in kept_rows:
+                    from_pass[key] = kept_rows[e.row]
+                else:
+                    index[key] = len(prefixes)
+                    prefixes.append(prefix)
+            plan.append((key, int(blocks.min()), int(blocks.max())))
             if len(plan) >= max_traces:
                 break
         plans.append(plan)
-    traj = residual_trajectories(model, prefixes, n_layers, batch_size) if prefixes else torch.zeros(0, n_layers + 1, 1)
+    rerun = residual_trajectories(model, prefixes, n_layers, batch_size) if prefixes else None
+
+    def trajectory(key: tuple[int, ...]) -> Tensor:
+        if key in from_pass:
+            assert kept is not None
+            t = torch.zeros(n_layers + 1, kept.shape[-1])
+            t[: kept.shape[1]] = kept[from_pass[key]]  # the blocks past the kept ones lie outside every window
+            return t
+        assert rerun is not None
+        return rerun[index[key]]
     out = []
     for (_, d), plan in zip(drafts, plans):
-        comp = traj[[i for i, _, _ in plan]] @ d.direction  # [K, L+1]
+        traj = torch.stack([trajectory(key) for key, _, _ in plan]) if plan else torch.zeros(0, n_layers + 1, 1)
+        comp = traj @ d.direction if plan else torch.zeros(0, n_layers + 1)  # [K, L+1]
         delta = comp[:, 1:] - comp[:, :-1]  # update of block l
         # each carrier counts only inside its own blocks (and the block right after, where it decays)
         window = torch.zeros_like(delta)

@@ -75,7 +75,7 @@ def _hooked(hook_point: Any) -> bool:
     )
 
 
-def _bridge_classes() -> tuple[type, type, type] | None:
+def _bridge_classes() -> tuple[Any, Any, Any] | None:
     try:
         from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import JointQKVAttentionBridge
         from transformer_lens.model_bridge.generalized_components.joint_qkv_position_embeddings_attention import (
@@ -109,7 +109,7 @@ def lean_support(attn: Any) -> str | None:
         return "split-QKV inputs (use_split_qkv_input / use_attn_in)"
     if attn.training and float(getattr(hf, "attention_dropout", 0.0) or 0.0) > 0:
         return "attention dropout while training"
-    kind = type(attn)
+    kind: Any = type(attn)
     if kind.forward is rotary.forward and isinstance(attn, rotary):
         if flag("gated_q_proj") or attn._modules.get("gate") is not None:
             return "gated attention"
