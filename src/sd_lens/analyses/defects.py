@@ -16,7 +16,8 @@ Definitions (all relative to the probed corpus, nothing tuned to a model):
   Its **direction** is the normalised mean of all its states' sign-aligned unit vectors; its
   **spread** is the arccos of their mean cosine to their own block's direction.
 * The **explosion block** is the block whose update adds the most to the carriers' component along
-  the direction (measured on re-run carrier prefixes, within each carrier's blocks); the **decay
+  the direction (measured on the traced carriers' residual streams, within each carrier's blocks: kept
+  by the direction pass within ``TRACE_BUDGET_BYTES``, else from re-run prefixes); the **decay
   blocks** are the blocks after it, up to one past its last high-norm state, whose update removes at
   least ``decay_fraction`` of the peak component.
 * **Severity.** A defect is *major* when it peaks at least ``major_ratio`` (default twice the
@@ -290,8 +291,8 @@ def find_defects(
     """Group the probe's high-norm states into defects and minor groups (see the module docstring).
 
     Args:
-        model: the model the probe ran on (texts with high-norm tokens are re-run for directions,
-            and a few carrier prefixes per defect to trace its component).
+        model: the model the probe ran on (texts with high-norm tokens are re-run for directions; that
+            pass also keeps the traced carriers' residual streams, within ``TRACE_BUDGET_BYTES``).
         probe: a :class:`~sd_lens.analyses.probe.NormProbe`.
         threshold: high-norm means above ``threshold`` x the block's median norm.
         split_angle_deg: at one block, states further apart than this are different directions;
@@ -301,7 +302,7 @@ def find_defects(
             ``2 * threshold``).
         link_fraction: clusters of consecutive blocks are one defect when they share at least this
             fraction of the smaller one's states.
-        max_traces: carrier prefixes re-run per defect to measure the component profile.
+        max_traces: carriers traced per defect to measure the component profile.
         batch_size: texts per forward of the second pass.
         progress: tqdm bars for the passes.
     """

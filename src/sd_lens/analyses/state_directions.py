@@ -12,6 +12,10 @@ only its cluster's id: memory is tokens x blocks small integers plus blocks x cl
 floats — never tokens x d_model, and there is no cap that stops keeping states part-way through a
 corpus (the cap on stored vectors that split one defect in two on long corpora).
 
+The same forwards can keep the whole residual stream of some episode rows (``trace_budget_bytes``, at
+most :data:`TRACE_BUDGET_BYTES`): the defect finder's carrier traces, which otherwise re-ran each carrier's
+prefix in a forward of its own (a row's state equals its prefix's last token's: attention is causal).
+
 Because the sums are kept, the mean cosine of any set of clusters' states to any direction is
 exact: ``sum_c sign_c (S_c . d) / sum_c n_c``.
 
