@@ -168,6 +168,14 @@ class AnalysisConfig:
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (math.isfinite(eta) and eta > 0):
             raise bad("outlier_eta", "give a positive ratio (PrefixQuant's is 64)")
 
+    @property
+    def needs_unfolded_weights(self) -> bool:
+        """Whether a model should be loaded without folding its norm scales into the weights: the
+        ``"reference"`` FFN fit works in the reference code's convention (isotropic after the pre-FFN
+        norm's scale γ₂), which a model with γ₂ folded into ``W_in`` cannot express. The command line
+        loads the model unfolded when this is true; the other analyses read both conventions."""
+        return self.fit_method == "reference"
+
     @classmethod
     def options(cls) -> list[str]:
         return [f.name for f in fields(cls)]
