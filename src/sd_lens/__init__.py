@@ -14,7 +14,9 @@ from sd_lens.analyses.explosion import (
 )
 from sd_lens.analyses.ffn_fit import FFNFit, fit_ffn
 from sd_lens.analyses.ffn_inputs import collect_ffn_inputs
+from sd_lens.analyses.outlier_tokens import OutlierTokens, outlier_tokens
 from sd_lens.analyses.probe import NormProbe, probe_norms
+from sd_lens.analyses.residual_identity import ResidualIdentity, residual_identity
 from sd_lens.analyses.spectra import (
     DecayCheck,
     LayerSpectra,
@@ -97,6 +99,10 @@ __all__ = [
     "model_view",
     "register_family",
     "registered_families",
+    "OutlierTokens",
+    "outlier_tokens",
+    "ResidualIdentity",
+    "residual_identity",
     "SuperWeights",
     "super_weights",
 ]

@@ -42,7 +42,9 @@ from sd_lens.analyses.ffn_inputs import collect_ffn_inputs
 from sd_lens.analyses.life_cycle import LifeCycle, life_cycle
 from sd_lens.analyses.local_jacobian import LocalCausalReport, local_causal_checks
 from sd_lens.analyses.outlier_interventions import OutlierIntervention, outlier_intervention
+from sd_lens.analyses.outlier_tokens import DEFAULT_ETA, OutlierTokens, outlier_tokens
 from sd_lens.analyses.probe import NormProbe, probe_norms
+from sd_lens.analyses.residual_identity import ResidualIdentity, residual_identity
 from sd_lens.analyses.spectra import (
     DecayCheck,
     LayerSpectra,
@@ -131,6 +133,14 @@ class AnalysisConfig:
         "on a float16 or bfloat16 forward, also run the norm probe in float32 (weights cast and restored) and say "
         "which defects float32 does not have, or has and this dtype misses",
     )
+    outlier_tokens: bool = _option(
+        False,
+        "also PrefixQuant's outlier tokens (a token whose largest |value| at the FFN down-projection input is more "
+        "than --outlier-eta times the median over its text's tokens), which defects they carry, and the prefixes "
+        "(BOS, the most frequent outlier token, '.', newline, PrefixQuant's) that take them out of the text, with "
+        "the perplexity each costs",
+    )
+    outlier_eta: float = _option(DEFAULT_ETA, "the outlier-token threshold on max|h| over its median (PrefixQuant: 64)")
     super_weights: bool = _option(
         False,
         "also find each defect's super weights (Yu et al. 2024): the down-projection entries that write and cancel "
@@ -166,6 +176,17 @@ class AnalysisConfig:
         eps = self.sink_epsilon
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and 0 < eps < 1):
             raise bad("sink_epsilon", "give a mean attention between 0 and 1 (the default is 0.3)")
+        eta = self.outlier_eta
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (math.isfinite(eta) and eta > 0):
+            raise bad("outlier_eta", "give a positive ratio (PrefixQuant's is 64)")
+
+    @property
+    def needs_unfolded_weights(self) -> bool:
+        """Whether a model should be loaded without folding its norm scales into the weights: the
+        ``"reference"`` FFN fit works in the reference code's convention (isotropic after the pre-FFN
+        norm's scale γ₂), which a model with γ₂ folded into ``W_in`` cannot express. The command line
+        loads the model unfolded when this is true; the other analyses read both conventions."""
+        return self.fit_method == "reference"
 
     @classmethod
     def options(cls) -> list[str]:
@@ -217,10 +238,12 @@ class AnalysisResult:
     local: LocalCausalReport | None = None
     interventions: OutlierIntervention | None = None
     corpus: CorpusSummary | None = None
-    super_weights: SuperWeights | None = None
     #: stages that raised, by name (as in ``timings_s``), with the error: ``"TypeName: message"``. Their
     #: results are None; every other stage's are kept (``failed_stages`` in the JSON when not empty)
     errors: dict[str, str] = field(default_factory=dict)
+    outlier_tokens: OutlierTokens | None = None
+    residual_identity: ResidualIdentity | None = None
+    super_weights: SuperWeights | None = None
 
     @property
     def seed(self) -> int:
@@ -276,6 +299,7 @@ class AnalysisResult:
             "layers": self.spectra.to_dict(),
             **({"channels": self._channels_dict()} if self.channels_measured else {}),
             **({"quantization": self.quantization.to_dict()} if self.quantization is not None else {}),
+            **({"outlier_tokens": self.outlier_tokens.to_dict()} if self.outlier_tokens is not None else {}),
             **({"super_weights": self.super_weights.to_dict()} if self.super_weights is not None else {}),
             **({"failed_stages": dict(self.errors)} if self.errors else {}),
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
@@ -314,6 +338,8 @@ class AnalysisResult:
             out["local_checks"] = self.local.to_dict()
         if self.interventions is not None:
             out["interventions"] = self.interventions.to_dict()
+        if self.residual_identity is not None:
+            out["residual_identity"] = self.residual_identity.to_dict()
         return out
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -474,6 +500,7 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
         )
     sinks = attribution = lever = outliers = weights = life = local = interventions = None
     quantization = None
+    found_tokens = identity = None
     errors: dict[str, str] = {}
 
     def stage(name: str, compute: Callable[[], Any], needs: dict[str, Any] | None = None) -> Any:
@@ -511,6 +538,10 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
         if both is not None:
             outliers, sinks = both
         weights = stage("weight_outliers", lambda: weight_outliers(view))
+        # before attributing to sublayers: do the hooks add up to what each block adds (on a few texts)?
+        identity = stage("residual_identity", lambda: residual_identity(
+            model, texts[: cfg.batch_size], batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
+        ))
         attribution = stage(
             "attribution", lambda: component_attribution(model, report, probe, batch_size=cfg.batch_size)
         )
@@ -547,6 +578,14 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
                 max_tokens_per_text=cfg.max_tokens_per_text, progress=cfg.progress,
             ),
         )
+    if cfg.outlier_tokens:
+        found_tokens = stage(
+            "outlier_tokens",
+            lambda: outlier_tokens(
+                model, texts, eta=cfg.outlier_eta, defects=report, batch_size=cfg.batch_size,
+                max_tokens_per_text=cfg.max_tokens_per_text,
+            ),
+        )
     sw = None
     if cfg.super_weights:
         sw = stage(
@@ -581,5 +620,7 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
         weights=weights,
         corpus=corpus,
         errors=errors,
+        outlier_tokens=found_tokens,
+        residual_identity=identity,
         super_weights=sw,
     )

@@ -184,6 +184,9 @@ def channels_section(page: Page, ctx: ReportContext) -> None:
         )
         for d in result.life.defects:
             page.paragraph(d.summary())
+    if result.residual_identity is not None:
+        page.heading("Residual identity")
+        page.paragraph(result.residual_identity.message() + ".")
 
 
 def quantization_section(page: Page, ctx: ReportContext) -> None:
@@ -206,6 +209,22 @@ def quantization_section(page: Page, ctx: ReportContext) -> None:
     if q.protected:
         page.paragraph(q.summary().splitlines()[-1] + ".")
     page.figure(quantization_figure(q), caption="Perplexity per scheme and kept set (log scale; random: mean and range).")
+
+
+def outlier_tokens_section(page: Page, ctx: ReportContext) -> None:
+    """PrefixQuant's outlier tokens and the prefix intervention (``outlier_tokens=True`` only)."""
+    ot = ctx.result.outlier_tokens
+    if ot is None:
+        return
+    page.heading("Outlier tokens and prefixes")
+    page.paragraph(prose.outlier_tokens_paragraph(ctx.result))
+    if ot.baseline is not None:
+        page.paragraph(
+            "Each prefix is put before every text (with the model's BOS once, never twice); later outlier tokens are "
+            "those at the text's own positions after its first, and the perplexity is that of the same text tokens."
+        )
+        header, rows = prose.prefix_table(ctx.result)
+        page.table(rows, header=header)
 
 
 def corpus_section(page: Page, ctx: ReportContext) -> None:
@@ -360,11 +379,12 @@ SECTIONS: list[Section] = [
     minor_section,
     channels_section,
     quantization_section,
+    outlier_tokens_section,
+    super_weights_section,
     angles_section,
     attention_section,
     timings_section,
     json_section,
-    super_weights_section,
 ]
 
 

@@ -376,6 +376,42 @@ def outlier_channels_table(result: AnalysisResult) -> Table:
     return header, rows
 
 
+def outlier_tokens_paragraph(result: AnalysisResult) -> str:
+    """PrefixQuant's outlier tokens in words: how many, which tokens, where, and which defects they carry."""
+    ot = result.outlier_tokens
+    assert ot is not None
+    toks = ", ".join(f"{s!r} (id {i}) ×{n}" for s, i, n in ot.tokens()[:8])
+    where = _blocks_text([b for b, n in enumerate(ot.n_by_block) if n])
+    top = int(ot.max_ratio.argmax())
+    text = (
+        f"A token is an outlier token at a block (PrefixQuant) when its largest |value| at the FFN down-projection "
+        f"input is more than {ot.eta:g} times the median of that maximum over its text's tokens. On {ot.n_texts} texts: "
+        f"{len(ot)} outlier tokens ({len(ot.initial)} initial, {len(ot.later)} later)"
+        + (f" — {toks} — in blocks {where}" if len(ot) else "")
+        + f". The largest ratio is {float(ot.max_ratio.max()):.1f} (block {top})."
+    )
+    if ot.defects_checked and len(ot):
+        text += f" {ot.carriers} of them carry a defect."
+    return text
+
+
+def prefix_table(result: AnalysisResult) -> Table:
+    """The prefix intervention: per context, the later-position outlier tokens and the perplexity of the text."""
+    ot = result.outlier_tokens
+    assert ot is not None and ot.baseline is not None
+    base = ot.baseline
+    header = ["prefix", "context before the text", "later outlier tokens", "largest later ratio", "outliers in the context",
+              "perplexity", "x no prefix"]
+    rows: list[list[Any]] = []
+    for t in [base, *ot.trials]:
+        rows.append([
+            "none" if t is base else t.name, " ".join(repr(s) for s in t.prefix_strings) or "(the tokenizer's own)",
+            t.later_outliers, f"{t.later_max_ratio:.1f}", t.context_outliers, f"{t.perplexity.perplexity:.2f}",
+            f"{t.perplexity.perplexity / base.perplexity.perplexity:.3f}",
+        ])
+    return header, rows
+
+
 def super_weights_sentence(result: AnalysisResult) -> str:
     """One sentence on the super weights (``super_weights=True``; empty otherwise): each defect's super weight,
     what zeroing it does, and whether it sits in the defect's channel and explosion block."""
