@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sd_lens.analyses.defects import find_defects
 from sd_lens.analyses.probe import probe_norms
@@ -211,3 +213,25 @@ def test_pipeline_json_report_and_cli_flag(unchanged):
     assert args.super_weights is True and args.super_weight_seeds == 6
     with pytest.raises(InputError, match="super_weight_seeds"):
         run_analysis(model, TEXTS, super_weight_seeds=0)
+
+
+def _private_llama() -> Any:
+    """A private tiny Llama (the property test zeroes its weights), built once."""
+    if "private" not in _cache:
+        _cache["private"] = tiny_model("llama", seed=5, n_layers=2)
+    return _cache["private"]
+
+
+@settings(max_examples=15, deadline=None)
+@given(block=st.integers(0, 1), row=st.integers(0, 63), col=st.integers(0, 127))
+def test_zeroing_any_entry_by_hooks_or_parameter_agrees_and_restores(block, row, col):
+    _llama = _private_llama()
+    tokens = _llama.to_tokens("Hello, world.")
+    before = [p.detach().clone() for p in _llama.parameters()]
+    value = down_entry(_llama, block, row, col)
+    hooked = _llama.run_with_hooks(tokens, fwd_hooks=zero_entry_hooks(_llama, block, row, col, value)).detach()
+    with zeroed(_llama, [(block, row, col)]):
+        assert down_entry(_llama, block, row, col) == 0.0
+        direct = _llama(tokens).detach()
+    torch.testing.assert_close(hooked, direct, rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(before, _llama.parameters()))

@@ -766,13 +766,20 @@ def super_weights(
     with model_lock(model):
         for d in report:
             prefixes = carrier_prefixes(probe, d, max_carriers)
+            if not prefixes:  # nothing to probe: report the defect with no weight
+                out.append(DefectSuperWeights(
+                    defect=d.index, label=d.label, n_carriers=0, peak_layer=d.peak_layer, peak_component=0.0,
+                    emitters=[], cancellers=[], emergence=[], consistency=consistency(d, [], [], int(d.direction.abs().argmax())),
+                ))
+                continue
             u = d.direction.float().cpu()
             states = _carrier_states(model, prefixes, blocks, batch_size)
             comp = _component(states, u)
             lo, hi = d.first_layer, d.last_layer
             peak_layer = lo + int(comp[lo : hi + 1].argmax())
             peak = float(comp[peak_layer])
-            emitters, cancellers = _search(model, d, states, u, peak, peak_layer, min_share, 0)
+            # a peak component that is not positive has nothing to write or cancel
+            emitters, cancellers = _search(model, d, states, u, peak, peak_layer, min_share, 0) if peak > 0 else ([], [])
             massive = int(states.post[:, peak_layer].mean(0).abs().argmax())
             check = consistency(d, emitters, cancellers, massive)
             # the iterative search: zero what was found, probe again, report what emerges
