@@ -97,7 +97,7 @@ def random_orthogonal(d: int, seed: int = 0) -> Float[Tensor, "d d"]:
         raise InputError(f"d must be a positive integer, got {d!r}")
     gen = torch.Generator().manual_seed(int(seed))
     q, r = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
-    return q * torch.where(torch.diagonal(r) < 0, -1.0, 1.0).to(torch.float64)
+    return (q * torch.where(torch.diagonal(r) < 0, -1.0, 1.0).to(torch.float64)).contiguous()
 
 
 def _is_prime(n: int) -> bool:
@@ -283,23 +283,25 @@ class DefectRotation:
 @dataclass(frozen=True)
 class ChannelRotation:
     """One massive channel under one rotation, at its peak block: largest ``|value|`` over the block median
-    before, of the same channel index after, and of the largest rotated channel (``after_any``)."""
+    before, of the same channel index after, and of the largest rotated channel (``after_any``);
+    ``massive_after``: how many massive entries (any channel) the rotated stream has at that block."""
 
     channel: int
     block: int
     before: float
     after: float
     after_any: float
-    relative: float
+    massive_after: int
 
     @property
     def vanishes(self) -> bool:
-        return self.after_any < self.relative
+        return self.massive_after == 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "channel": self.channel, "block": self.block, "max_over_median_before": _r(self.before, 2),
             "max_over_median_after": _r(self.after, 2), "max_over_median_after_any": _r(self.after_any, 2),
+            "massive_after": self.massive_after,
             "vanishes": self.vanishes,
         }
 
@@ -480,16 +482,16 @@ def rotation_check(
 
     def measure(q: Tensor | None) -> tuple[ActivationOutliers, dict[int, list[Tensor]]]:
         dirs = {b: torch.stack([units[k] if q is None else units[k] @ q for k in ks]) for b, ks in by_block.items()}
-        out_pass = activation_outliers_pass(model, tok, relative=relative, absolute=absolute, sites=("resid_post",))
-        passes = [out_pass]
-        keep: dict[int, list[Tensor]] = {}
-        if dirs:
-            st, keep = _states_pass(tok.sequences, dirs)
-            passes.append(st)
         hooks = [] if q is None else rotation_hooks(model, q)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*edited hook_scale/hook_normalized.*")
-            warnings.filterwarnings("ignore", message=".*texts were cut to their first.*")
+            warnings.filterwarnings("ignore", message=".*texts were cut to their first.*")  # said by tokenize
+            out_pass = activation_outliers_pass(model, tok, relative=relative, absolute=absolute, sites=("resid_post",))
+            passes = [out_pass]
+            keep: dict[int, list[Tensor]] = {}
+            if dirs:
+                st, keep = _states_pass(tok.sequences, dirs)
+                passes.append(st)
             run_passes(model, passes, batch_size=batch_size, fwd_hooks=hooks)
         return out_pass.result(), keep
 
@@ -527,7 +529,8 @@ def rotation_check(
             med = max(float(rot_out.block_median["resid_post"][b]), 1e-30)
             chans.append(ChannelRotation(
                 channel=c, block=b, before=before, after=float(rot_out.max_abs["resid_post"][b, c]) / med,
-                after_any=float(rot_out.max_abs["resid_post"][b].max()) / med, relative=relative,
+                after_any=float(rot_out.max_abs["resid_post"][b].max()) / med,
+                massive_after=sum(1 for e in rot_out.entries if e.block == b),
             ))
         runs.append(RotationRun(
             kind=kind, construction=how, logits_max_error=err, logits_max_abs=top,
