@@ -215,3 +215,16 @@ def test_cli_flags():
     args = build_parser().parse_args(["analyze", "--rotation", "--causal-ranking", "--inert-kl", "0.5"])
     cfg = config_from_args(args)
     assert cfg.rotation and cfg.causal_ranking and cfg.inert_kl == 0.5
+
+
+def test_rotation_page_names_no_block_channel_or_token_of_a_model():
+    """docs/rotation.md reads every block and channel from the results: no such number in its Python blocks."""
+    from pathlib import Path
+
+    from conftest import tutorial_module
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "rotation.md"
+    code = "\n".join(b.body for b in tutorial_module().blocks(page.read_text(encoding="utf-8")) if b.lang == "python")
+    assert "rotation_check(" in code and "causal_ranking(" in code
+    for forbidden in ("507", "400", "163", "@11", "@0", "@3", "block=", "layer="):
+        assert forbidden not in code, forbidden

@@ -197,13 +197,14 @@ def _layer_norm(model: HookedModel) -> bool:
 
 
 def _times(matrix: Tensor, rows_from: int = 0) -> HookFn:
-    m = resident(matrix.float())
+    """``act @ matrix``, in float64 (a massive state of norm 10^4 rotated in float32 moves the logits by 10^-3)."""
+    m = resident(matrix.to(torch.float64))
 
     def hook(act: Tensor, hook: Any) -> Tensor:
-        q = m(act.device).to(act.dtype)
+        q = m(act.device)
         if rows_from == 0:
-            return act @ q
-        return torch.cat([act[:rows_from], act[rows_from:] @ q], dim=0)
+            return (act.double() @ q).to(act.dtype)
+        return torch.cat([act[:rows_from], (act[rows_from:].double() @ q).to(act.dtype)], dim=0)
 
     return hook
 
