@@ -532,9 +532,8 @@ def rotation_and_ranking(model: Any) -> tuple[Any, Any, Any]:
     from sd_lens.analyses.causal_ranking import causal_ranking
     from sd_lens.analyses.rotation_check import rotation_check
     from sd_lens.corpus import default_corpus, held_out_texts
-    from sd_lens.pipeline import AnalysisConfig, run_analysis
-
     from sd_lens.models.loading import model_name
+    from sd_lens.pipeline import AnalysisConfig, run_analysis
 
     smol = "smollm2" in model_name(model).lower()
     config = AnalysisConfig(channels=True, interventions=True) if smol else AnalysisConfig(channels=True, local_checks=True)
