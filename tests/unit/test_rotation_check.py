@@ -204,6 +204,16 @@ def test_pipeline_json_report_and_cli_summary(tmp_path):
     assert "every defect survives and every massive channel vanishes" in text and "massive but inert" in text
     assert rotation_table(result)[1] and ranking_table(result)[1]
     assert {"rotation_section", "ranking_section"} <= {s.__name__ for s in SECTIONS}
+    from sd_lens.report.build import ReportContext, ranking_section, rotation_section, summary_section
+    from sd_lens.report.page import Page
+
+    page = Page("t")
+    ctx = ReportContext(model, result, "x", 0, {}, {}, 0.0)
+    for section in (summary_section, rotation_section, ranking_section):
+        section(page, ctx)
+    html = page.render()
+    assert "Rotation: directions survive, channels vanish" in html and "Causal ranking: which findings matter" in html
+    assert html.count("massive but inert") >= 3  # summary, section text, table rows
     assert "rotation_check" not in run_analysis(model, TEXTS[:4]).to_dict()
     with pytest.raises(InputError, match="inert_kl"):
         AnalysisConfig(inert_kl=-1.0)
