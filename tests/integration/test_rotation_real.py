@@ -57,7 +57,7 @@ def test_smollm2_every_finding_is_causal(smollm2):
     for f in ranking:
         assert f.n_edited > 0 and len(f.control_seeds) == 2
         assert f.score.kl > 1.0 and f.score.ppl_ratio > 5  # measured: KL 3.5-12.7, perplexity x8.9 - x6e4
-        assert f.score.control_kl < 0.2  # measured: <= 0.09
+        assert f.score.control_kl < 0.2  # measured: <= 0.13 (2 seeds)
     top = ranking[0]
     assert top.kind == "massive activation" and top.score.kl > 10  # the channel of D1 at its emergence block
 
@@ -66,6 +66,7 @@ def test_smollm2_every_finding_is_causal(smollm2):
 def test_gemma3_channels_are_massive_but_inert(gemma3):
     _, _, ranking = rotation_and_ranking(gemma3)
     assert ranking[0].name == "D0" and ranking[0].score.kl > 1.0  # measured: KL 4.4, perplexity x37
+    assert ranking[0].score.kl > ranking[0].score.control_kl + 1.0  # measured: control KL 2.6 (2 seeds)
     massive = [f for f in ranking if f.kind == "massive activation"]
     assert len(massive) == 2
     for f in massive:

@@ -236,5 +236,10 @@ def test_rotation_page_names_no_block_channel_or_token_of_a_model():
     page = Path(__file__).resolve().parents[2] / "docs" / "rotation.md"
     code = "\n".join(b.body for b in tutorial_module().blocks(page.read_text(encoding="utf-8")) if b.lang == "python")
     assert "rotation_check(" in code and "causal_ranking(" in code
+    from sd_lens.cli import build_parser
+
+    for line in tutorial_module().cli_lines(page.read_text(encoding="utf-8")):
+        args = build_parser().parse_args(line.split()[1:])
+        assert args.rotation and args.causal_ranking
     for forbidden in ("507", "400", "163", "@11", "@0", "@3", "block=", "layer="):
         assert forbidden not in code, forbidden
