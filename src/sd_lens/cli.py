@@ -239,10 +239,20 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     result.to_json(args.json)
     notes = notes_stream(args.json)  # stderr when the JSON itself goes to a pipe or /dev/stdout
     print(result.defects.summary(), file=notes)
-    if result.outlier_tokens is not None:
-        print(result.outlier_tokens.summary().splitlines()[0], file=notes)
+    _print_findings_summary(result, notes)
     print(f"JSON written to {args.json}", file=notes)
     return _failed_stages(result)
+
+
+def _print_findings_summary(result: AnalysisResult, stream: Any) -> None:
+    """The outlier tokens' first line and the rotation check's and causal ranking's sentences, when they ran."""
+    from sd_lens.report.prose import findings_summary
+
+    if result.outlier_tokens is not None:
+        print(result.outlier_tokens.summary().splitlines()[0], file=stream)
+    text = findings_summary(result)
+    if text:
+        print(text, file=stream)
 
 
 def _failed_stages(result: AnalysisResult) -> int:
@@ -259,6 +269,7 @@ def _report(loaded: Loaded, texts: list[str] | None, config: AnalysisConfig, out
     result = _analyze(loaded, texts, config)
     path = write_report(loaded.model, result, out)
     print(result.defects.summary())
+    _print_findings_summary(result, sys.stdout)
     print(f"Report written to {path.resolve()}")
     print(f"JSON written to {(path.parent / 'analysis.json').resolve()}")
     return _failed_stages(result)

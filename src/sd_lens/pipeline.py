@@ -26,6 +26,8 @@ from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_
 from sd_lens.analyses.attention_sinks import AttentionSinks, attention_sinks_pass
 from sd_lens.analyses.attribution import ComponentAttribution, LeverReport, component_attribution, find_lever
 from sd_lens.analyses.causal import CausalCheck, trigger_tokens, verify_trigger
+from sd_lens.analyses.causal_ranking import CausalRanking, causal_ranking
+from sd_lens.analyses.causal_score import INERT_KL
 from sd_lens.analyses.corpus_check import CorpusSummary, corpus_summary
 from sd_lens.analyses.defects import DefectReport, find_defects
 from sd_lens.analyses.dtype_check import DtypeCheck, dtype_check
@@ -45,6 +47,7 @@ from sd_lens.analyses.outlier_interventions import OutlierIntervention, outlier_
 from sd_lens.analyses.outlier_tokens import DEFAULT_ETA, OutlierTokens, outlier_tokens
 from sd_lens.analyses.probe import NormProbe, probe_norms
 from sd_lens.analyses.residual_identity import ResidualIdentity, residual_identity
+from sd_lens.analyses.rotation_check import RotationCheck, rotation_check
 from sd_lens.analyses.spectra import (
     DecayCheck,
     LayerSpectra,
@@ -141,6 +144,18 @@ class AnalysisConfig:
         "the perplexity each costs",
     )
     outlier_eta: float = _option(DEFAULT_ETA, "the outlier-token threshold on max|h| over its median (PrefixQuant: 64)")
+    rotation: bool = _option(
+        False,
+        "also the rotation check (QuaRot/SpinQuant): run the model in a random orthogonal and a randomized Hadamard "
+        "residual basis (hooks, logits unchanged) and report each defect's norm ratio and each massive channel's "
+        "max/median before and after: defects survive, channels vanish",
+    )
+    causal_ranking: bool = _option(
+        False,
+        "also score every defect and massive activation by removing it (perplexity ratio and KL on held-out text, "
+        "against matched random controls) and rank them; below --inert-kl a finding is 'massive but inert' (slow)",
+    )
+    inert_kl: float = _option(INERT_KL, "KL (nats per token) below which a removed finding is called 'massive but inert'")
     super_weights: bool = _option(
         False,
         "also find each defect's super weights (Yu et al. 2024): the down-projection entries that write and cancel "
@@ -179,6 +194,9 @@ class AnalysisConfig:
         eta = self.outlier_eta
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (math.isfinite(eta) and eta > 0):
             raise bad("outlier_eta", "give a positive ratio (PrefixQuant's is 64)")
+        ikl = self.inert_kl
+        if isinstance(ikl, bool) or not isinstance(ikl, (int, float)) or not (math.isfinite(ikl) and ikl > 0):
+            raise bad("inert_kl", f"give a positive number of nats (the default is {INERT_KL})")
 
     @property
     def needs_unfolded_weights(self) -> bool:
@@ -238,6 +256,8 @@ class AnalysisResult:
     local: LocalCausalReport | None = None
     interventions: OutlierIntervention | None = None
     corpus: CorpusSummary | None = None
+    rotation: RotationCheck | None = None
+    ranking: CausalRanking | None = None
     #: stages that raised, by name (as in ``timings_s``), with the error: ``"TypeName: message"``. Their
     #: results are None; every other stage's are kept (``failed_stages`` in the JSON when not empty)
     errors: dict[str, str] = field(default_factory=dict)
@@ -300,6 +320,8 @@ class AnalysisResult:
             **({"channels": self._channels_dict()} if self.channels_measured else {}),
             **({"quantization": self.quantization.to_dict()} if self.quantization is not None else {}),
             **({"outlier_tokens": self.outlier_tokens.to_dict()} if self.outlier_tokens is not None else {}),
+            **({"rotation_check": self.rotation.to_dict()} if self.rotation is not None else {}),
+            **({"causal_ranking": self.ranking.to_dict()} if self.ranking is not None else {}),
             **({"super_weights": self.super_weights.to_dict()} if self.super_weights is not None else {}),
             **({"failed_stages": dict(self.errors)} if self.errors else {}),
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
@@ -383,7 +405,7 @@ def run_analysis(
             does not fit the model's context (before any analysis runs).
 
     A stage that fails after the first ones finished (the channel lens's stages, ``local_checks``,
-    ``interventions``, ``quantize``) does not raise: its result is None, ``AnalysisResult.errors`` names
+    ``interventions``, ``quantize``, ``rotation``, ``causal_ranking``) does not raise: its result is None, ``AnalysisResult.errors`` names
     it with its error (``failed_stages`` in the JSON), a warning says so, and the stages that need it
     are skipped with that reason; everything else is returned.
     """
@@ -586,6 +608,22 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
                 max_tokens_per_text=cfg.max_tokens_per_text,
             ),
         )
+    rotation = ranking = None
+    if cfg.rotation:
+        rotation = stage(
+            "rotation_check",
+            lambda: rotation_check(
+                model, report, texts, seed=seed, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
+            ),
+        )
+    if cfg.causal_ranking:
+        ranking = stage(
+            "causal_ranking",
+            lambda: causal_ranking(
+                model, report, outliers, held_out_texts(texts), texts=texts, seed=seed, inert_kl=cfg.inert_kl,
+                batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
+            ),
+        )
     sw = None
     if cfg.super_weights:
         sw = stage(
@@ -622,5 +660,7 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
         errors=errors,
         outlier_tokens=found_tokens,
         residual_identity=identity,
+        rotation=rotation,
+        ranking=ranking,
         super_weights=sw,
     )

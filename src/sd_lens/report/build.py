@@ -91,6 +91,9 @@ def summary_section(page: Page, ctx: ReportContext) -> None:
     if len(ctx.result.defects):
         header, rows = prose.overview_table(ctx.result)
         page.table(rows, header=header)
+    extra = prose.findings_summary(ctx.result)
+    if extra:
+        page.paragraph(extra)
 
 
 def minor_section(page: Page, ctx: ReportContext) -> None:
@@ -371,6 +374,38 @@ def super_weights_section(page: Page, ctx: ReportContext) -> None:
 
 
 #: The sections of the report, in page order.
+def rotation_section(page: Page, ctx: ReportContext) -> None:
+    """The rotation check (``rotation=True`` only): defects' norms and massive channels under two rotations."""
+    rc = ctx.result.rotation
+    if rc is None:
+        return
+    page.heading("Rotation: directions survive, channels vanish")
+    page.paragraph(
+        "QuaRot/SpinQuant: the residual stream in another orthonormal basis (a random orthogonal and a randomized "
+        "Hadamard rotation, as hooks; the logits are unchanged up to rounding). A token's norm cannot change, a "
+        f"channel outlier is spread over every channel. On {rc.n_texts} texts ({rc.n_tokens} tokens): "
+        + "; ".join(f"{r.kind}: {r.construction}, logits max error {r.logits_max_error:.2g}" for r in rc.runs) + "."
+    )
+    header, rows = prose.rotation_table(ctx.result)
+    page.table(rows, header=header)
+
+
+def ranking_section(page: Page, ctx: ReportContext) -> None:
+    """The causal ranking (``causal_ranking=True`` only): every finding by what removing it does."""
+    cr = ctx.result.ranking
+    if cr is None:
+        return
+    page.heading("Causal ranking: which findings matter")
+    page.paragraph(
+        "Each defect (its direction projected out at its carriers, over its blocks) and each massive activation "
+        "(zeroed at its emergence block) removed on its own; perplexity ratio and KL to the clean model on "
+        f"{cr.held_out_texts} held-out texts, against matched random controls. Below {cr.inert_kl:g} nats per token a "
+        "finding is \"massive but inert\"."
+    )
+    header, rows = prose.ranking_table(ctx.result)
+    page.table(rows, header=header)
+
+
 SECTIONS: list[Section] = [
     summary_section,
     corpus_section,
@@ -385,6 +420,8 @@ SECTIONS: list[Section] = [
     attention_section,
     timings_section,
     json_section,
+    rotation_section,
+    ranking_section,
 ]
 
 

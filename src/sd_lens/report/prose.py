@@ -412,6 +412,70 @@ def prefix_table(result: AnalysisResult) -> Table:
     return header, rows
 
 
+# --------------------------------------------------------------------------------------------
+# rotation check and causal ranking (issue #23 items 4 and 5)
+# --------------------------------------------------------------------------------------------
+def rotation_sentence(result: AnalysisResult) -> str:
+    """One sentence on the rotation check: do the defects survive and the massive channels vanish?"""
+    rc = result.rotation
+    if rc is None:
+        return ""
+    parts = []
+    for r in rc.runs:
+        dev = max((abs(d.norm_ratio - 1) for d in r.defects), default=0.0)
+        parts.append(
+            f"{r.kind} (logits within {r.logits_max_error:.1g}): defect norms x1 within {dev:.1g}, massive entries "
+            f"{r.massive_before} -> {r.massive_after}"
+        )
+    verdict = ("every defect survives and every massive channel vanishes: the defects are directions, not channels"
+               if rc.separates else "the rotation does not separate defects from channels on this model (see Rotation)")
+    return f"Under an orthogonal change of the residual basis ({'; '.join(parts)}) {verdict}."
+
+
+def ranking_sentence(result: AnalysisResult) -> str:
+    """One sentence on the causal ranking: the order, and which findings are massive but inert."""
+    cr = result.ranking
+    if cr is None or not len(cr):
+        return ""
+    order = ", ".join(f"{f.name} (KL {f.score.kl:.3g})" for f in cr)
+    inert = [f.name for f in cr.inert]
+    tail = (f"; massive but inert (KL below {cr.inert_kl:g} nats): {', '.join(inert)}" if inert
+            else "; none is inert")
+    return f"Removed one at a time, the findings rank {order}{tail}."
+
+
+def findings_summary(result: AnalysisResult) -> str:
+    """The rotation and ranking sentences (empty when neither ran): the report's summary and the CLI print them."""
+    return " ".join(s for s in (rotation_sentence(result), ranking_sentence(result)) if s)
+
+
+def rotation_table(result: AnalysisResult) -> Table:
+    """One row per (rotation, defect or massive channel)."""
+    header = ["rotation", "finding", "block", "before", "after", "verdict"]
+    rows: list[list[Any]] = []
+    rc = result.rotation
+    for r in rc.runs if rc is not None else ():
+        for d in r.defects:
+            rows.append([r.kind, f"{d.label} (norm)", d.block, "1", f"x{d.norm_ratio:.6f}",
+                         "survives" if d.survives else "changed"])
+        for c in r.channels:
+            rows.append([r.kind, f"channel {c.channel} (max / median)", c.block, round(c.before, 1), round(c.after, 1),
+                         "vanishes" if c.vanishes else "stays"])
+    return header, rows
+
+
+def ranking_table(result: AnalysisResult) -> Table:
+    """One row per finding, in causal order."""
+    header = ["rank", "finding", "kind", "blocks", "KL (nats/token)", "perplexity x", "control KL", "label"]
+    cr = result.ranking
+    rows: list[list[Any]] = [
+        [i, f.name, f.kind, ", ".join(map(str, f.blocks)), round(f.score.kl, 4), number(f.score.ppl_ratio),
+         "" if f.score.control_kl is None else round(f.score.control_kl, 4), f.label]
+        for i, f in enumerate(cr if cr is not None else (), 1)
+    ]
+    return header, rows
+
+
 def super_weights_sentence(result: AnalysisResult) -> str:
     """One sentence on the super weights (``super_weights=True``; empty otherwise): each defect's super weight,
     what zeroing it does, and whether it sits in the defect's channel and explosion block."""

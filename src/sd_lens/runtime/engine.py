@@ -356,11 +356,14 @@ def run_passes(
     *,
     batch_size: int = 16,
     progress: bool | str = False,
+    fwd_hooks: Sequence[tuple[str, HookFn]] = (),
 ) -> None:
     """Run several :class:`Pass` es over their (common) sequences with one forward per batch.
 
     Reducers of different passes on the same hook point all read that activation. Each pass's
     ``consume`` gets the values of its own reducers only, in pass order, after each forward.
+    ``fwd_hooks`` (interventions, e.g. a change of the residual basis) apply in every forward, before
+    the reducers at the same hook point.
     """
     if not passes:
         return
@@ -379,7 +382,7 @@ def run_passes(
         return lambda act, batch: [r(act, batch) for _, r in rs]
 
     reducers = {name: combined(rs) for name, rs in owners.items()}
-    for batch, out in stream(model, seqs, reducers, batch_size=batch_size, progress=progress):
+    for batch, out in stream(model, seqs, reducers, batch_size=batch_size, progress=progress, fwd_hooks=fwd_hooks):
         per: list[dict[str, Any]] = [{} for _ in passes]
         for name, values in out.items():
             for (i, _), value in zip(owners[name], values):
