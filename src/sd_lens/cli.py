@@ -245,7 +245,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _print_findings_summary(result: AnalysisResult, stream: Any) -> None:
-    """The outlier tokens' first line and the rotation check's and causal ranking's sentences, when they ran."""
+    """The outlier tokens' first line, the rotation check's and causal ranking's sentences and the super weights'
+    lines, when they ran."""
     from sd_lens.report.prose import findings_summary
 
     if result.outlier_tokens is not None:
@@ -253,6 +254,8 @@ def _print_findings_summary(result: AnalysisResult, stream: Any) -> None:
     text = findings_summary(result)
     if text:
         print(text, file=stream)
+    if result.super_weights is not None:
+        print(result.super_weights.summary(), file=stream)
 
 
 def _failed_stages(result: AnalysisResult) -> int:

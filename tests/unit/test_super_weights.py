@@ -209,6 +209,13 @@ def test_pipeline_json_report_and_cli_flag(unchanged):
     page = Page("test")
     super_weights_section(page, type("Ctx", (), {"result": result})())  # type: ignore[arg-type]
     assert "Super weights" in page.render()
+    import io
+
+    from sd_lens.cli import _print_findings_summary
+
+    printed = io.StringIO()
+    _print_findings_summary(result, printed)  # what `sd-lens analyze --super-weights --json FILE` prints
+    assert f"D0: super weight W[{ROW},{COL}]@{BLOCK}" in printed.getvalue()
     args = build_parser().parse_args(["analyze", "--super-weights", "--super-weight-seeds", "6"])
     assert args.super_weights is True and args.super_weight_seeds == 6
     with pytest.raises(InputError, match="super_weight_seeds"):
