@@ -26,7 +26,7 @@ from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_
 from sd_lens.analyses.attention_sinks import AttentionSinks, attention_sinks_pass
 from sd_lens.analyses.attribution import ComponentAttribution, LeverReport, component_attribution, find_lever
 from sd_lens.analyses.causal import CausalCheck, trigger_tokens, verify_trigger
-from sd_lens.analyses.causal_ranking import CausalRanking, causal_ranking
+from sd_lens.analyses.causal_ranking import CausalRanking, causal_ranking, super_weight_findings
 from sd_lens.analyses.causal_score import INERT_KL
 from sd_lens.analyses.corpus_check import CorpusSummary, corpus_summary
 from sd_lens.analyses.defects import DefectReport, find_defects
@@ -633,6 +633,8 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
                 batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
             ),
         )
+    if ranking is not None and sw is not None:  # every finding in one order: the super weights ranked in
+        ranking = ranking.including(super_weight_findings(sw))
     return AnalysisResult(
         model=model_name(model),
         architecture=view.architecture,

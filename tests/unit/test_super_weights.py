@@ -242,3 +242,22 @@ def test_zeroing_any_entry_by_hooks_or_parameter_agrees_and_restores(block, row,
         direct = _llama(tokens).detach()
     torch.testing.assert_close(hooked, direct, rtol=1e-4, atol=1e-5)
     assert all(torch.equal(a, b) for a, b in zip(before, _llama.parameters()))
+
+
+def test_the_causal_ranking_ranks_the_super_weights_in(unchanged):
+    """``super_weights=True, causal_ranking=True``: the planted weight is a finding of the ranking, with the
+    score its own verification measured, judged against the ranking's ``inert_kl``, in causal order."""
+    from sd_lens.analyses.causal_score import ranked
+    from sd_lens.pipeline import run_analysis
+
+    model, _, _ = analysed("llama")
+    with unchanged(model):
+        result = run_analysis(model, TEXTS, super_weights=True, super_weight_seeds=5, causal_ranking=True, inert_kl=1e9)
+    assert result.errors == {} and result.ranking is not None and result.super_weights is not None
+    name = f"W[{ROW},{COL}]@{BLOCK}"
+    found = result.ranking.find(name)
+    own = next(w for d in result.super_weights.defects for w in d.weights if w.name == name)
+    assert found.kind == "super weight" and found.blocks == (BLOCK,) and found.channel == ROW
+    assert found.score.kl == own.score.kl and found.label == "massive but inert"  # inert_kl=1e9 applies to it too
+    assert [f.score for f in result.ranking] == ranked(f.score for f in result.ranking)
+    assert name in [f["name"] for f in result.to_dict()["causal_ranking"]["findings"]]

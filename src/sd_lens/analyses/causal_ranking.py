@@ -18,6 +18,10 @@ finding whose removal moves the model by less than ``inert_kl`` nats per token i
   (:func:`~sd_lens.analyses.outlier_interventions.set_massive`, as the ``interventions`` stage does, one
   channel at a time). Control: the same entries of a random channel that is not an outlier channel set to
   zero instead (one per seed).
+* **A super weight** (``"W[507,1229]@11"``), when :func:`~sd_lens.analyses.super_weights.super_weights` ran:
+  its own verification (the one weight zeroed against random entries of the same magnitude in the same
+  matrix, on the same held-out texts), ranked in by :meth:`CausalRanking.including` with
+  :func:`super_weight_findings` (the pipeline does it when both stages run).
 
 Perplexity and KL come from :func:`~sd_lens.analyses.outlier_interventions.perplexity` (each batch run
 once doubled: clean rows, then the edited rows). ``n_edited`` says how many entries (defect: positions x
@@ -28,8 +32,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from jaxtyping import Float
@@ -49,7 +53,12 @@ from sd_lens.runtime.reducers import resident
 from sd_lens.runtime.tokens import tokenize
 from sd_lens.types import HookedModel, HookFn
 
-__all__ = ["CausalRanking", "RankedFinding", "causal_ranking", "remove_defect", "zero_like_massive"]
+if TYPE_CHECKING:
+    from sd_lens.analyses.super_weights import SuperWeights
+
+__all__ = [
+    "CausalRanking", "RankedFinding", "causal_ranking", "remove_defect", "super_weight_findings", "zero_like_massive",
+]
 
 
 def remove_defect(
@@ -171,6 +180,15 @@ class CausalRanking:
             lines.append(f"  {i}. {f.name} [{f.kind}]: KL {s.kl:.4f}, perplexity x{s.ppl_ratio:.3g}{ctrl} -> {f.label}")
         return "\n".join(lines)
 
+    def including(self, extra: Sequence[RankedFinding]) -> CausalRanking:
+        """This ranking with ``extra`` findings (e.g. :func:`super_weight_findings`) ranked in, each judged
+        inert against this ranking's ``inert_kl``. The extra scores must come from the same held-out texts
+        (the pipeline measures both on :func:`sd_lens.corpus.held_out_texts` of the corpus)."""
+        rejudged = [replace(f, score=replace(f.score, inert_kl=self.inert_kl)) for f in extra]
+        by_name = {f.name: f for f in (*self.findings, *rejudged)}
+        order = ranked(f.score for f in by_name.values())
+        return replace(self, findings=tuple(by_name[s.name] for s in order))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model, "inert_kl": self.inert_kl, "held_out_texts": self.held_out_texts,
@@ -279,3 +297,15 @@ def causal_ranking(
         model=model_name(model), findings=order, clean=clean, inert_kl=float(inert_kl), held_out_texts=len(held),
         seconds=time.perf_counter() - t0,
     )
+
+
+def super_weight_findings(found: SuperWeights) -> list[RankedFinding]:
+    """Every verified super weight (emitters and cancellers) as a finding of the ranking: removed by zeroing
+    the one weight, against zeroing random entries of the same magnitude in the same matrix."""
+    return [
+        RankedFinding(
+            score=w.score, kind="super weight", blocks=(w.block,), channel=w.row, n_edited=1,
+            control_seeds=tuple(range(len(w.verification.controls))) if w.verification is not None else (),
+        )
+        for d in found.defects for w in d.weights if w.score is not None
+    ]
