@@ -519,7 +519,32 @@ def bfloat16_analysis(name: str) -> Any:
 
 
 #: calls that executed pages make and tests also check: ``(module, name)`` served through :func:`shared_call`
-SHARED_IN_PAGES = (("sd_lens.quantize", "quantization_experiment"), ("sd_lens.pipeline", "run_analysis"))
+SHARED_IN_PAGES = (("sd_lens.quantize", "quantization_experiment"), ("sd_lens.pipeline", "run_analysis"),
+                   ("sd_lens.analyses.rotation_check", "rotation_check"),
+                   ("sd_lens.analyses.causal_ranking", "causal_ranking"),
+                   ("sd_lens.analyses.super_weights", "super_weights"))
+
+
+def rotation_and_ranking(model: Any) -> tuple[Any, Any, Any]:
+    """``(analysis, rotation check, causal ranking)`` of a shared real model, made with exactly the calls of
+    docs/rotation.md (so the page and tests/integration/test_rotation_real.py share one computation): the channel
+    tutorial's analysis (SmolLM2: channels and interventions; Gemma-3: channels and local checks), the rotation
+    check on 8 texts, the causal ranking on 8 held-out texts with 2 control seeds."""
+    from sd_lens.analyses.causal_ranking import causal_ranking
+    from sd_lens.analyses.rotation_check import rotation_check
+    from sd_lens.corpus import default_corpus, held_out_texts
+    from sd_lens.models.loading import model_name
+    from sd_lens.pipeline import AnalysisConfig, run_analysis
+
+    smol = "smollm2" in model_name(model).lower()
+    config = AnalysisConfig(channels=True, interventions=True) if smol else AnalysisConfig(channels=True, local_checks=True)
+    result = shared_call(run_analysis, model, config=config)
+    check = shared_call(rotation_check, model, result.defects, default_corpus(8))
+    ranking = shared_call(
+        causal_ranking, model, result.defects, result.outliers, held_out_texts(result.texts, 8), texts=result.texts,
+        seeds=2,
+    )
+    return result, check, ranking
 
 
 def _serve_shared(monkeypatch: pytest.MonkeyPatch, models: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ typed result; every intervention is a forward hook you can pass to ``run_with_ho
 
 from sd_lens.analyses.attention_matrix import AttentionMatrix, attention_matrix
 from sd_lens.analyses.causal import CausalCheck, verify_trigger
+from sd_lens.analyses.causal_ranking import CausalRanking, causal_ranking
 from sd_lens.analyses.defects import Defect, DefectReport, find_defects
 from sd_lens.analyses.explosion import (
     explosion_subspace,
@@ -14,7 +15,10 @@ from sd_lens.analyses.explosion import (
 )
 from sd_lens.analyses.ffn_fit import FFNFit, fit_ffn
 from sd_lens.analyses.ffn_inputs import collect_ffn_inputs
+from sd_lens.analyses.outlier_tokens import OutlierTokens, outlier_tokens
 from sd_lens.analyses.probe import NormProbe, probe_norms
+from sd_lens.analyses.residual_identity import ResidualIdentity, residual_identity
+from sd_lens.analyses.rotation_check import RotationCheck, rotation_check
 from sd_lens.analyses.spectra import (
     DecayCheck,
     LayerSpectra,
@@ -22,6 +26,7 @@ from sd_lens.analyses.spectra import (
     layer_spectra,
     linearize_block,
 )
+from sd_lens.analyses.super_weights import SuperWeights, super_weights
 from sd_lens.corpus import default_corpus, read_texts
 from sd_lens.errors import (
     InputError,
@@ -98,6 +103,16 @@ __all__ = [
     "model_view",
     "register_family",
     "registered_families",
+    "OutlierTokens",
+    "outlier_tokens",
+    "ResidualIdentity",
+    "residual_identity",
+    "RotationCheck",
+    "rotation_check",
+    "CausalRanking",
+    "causal_ranking",
+    "SuperWeights",
+    "super_weights",
     "ModelShape",
     "PlantedDefect",
     "synthetic_model",

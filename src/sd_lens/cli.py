@@ -198,12 +198,20 @@ def _check_trigger_text(model: str, text: str) -> None:
         )
 
 
-def _load(model: str, device: str = "cpu", dtype: str = "float32", device_map: str | None = None) -> Loaded:
+def _load(
+    model: str, device: str = "cpu", dtype: str = "float32", device_map: str | None = None,
+    config: AnalysisConfig | None = None,
+) -> Loaded:
+    """Load ``model``; unfolded (``compatibility_mode=False``) when ``config`` needs the weights so
+    (``--fit reference``: the reference code's convention needs γ₂ apart from ``W_in``)."""
     import sd_lens
     from sd_lens.runtime.precision import parse_dtype
 
     t0 = time.perf_counter()
-    loaded = sd_lens.load_model(model, device=device, dtype=parse_dtype(dtype), device_map=device_map)
+    kwargs: dict[str, Any] = {"device": device, "dtype": parse_dtype(dtype), "device_map": device_map}
+    if config is not None and config.needs_unfolded_weights:
+        kwargs["compatibility_mode"] = False
+    loaded = sd_lens.load_model(model, **kwargs)
     return Loaded(loaded, time.perf_counter() - t0)
 
 
@@ -224,15 +232,30 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.json is not None:
         output_file(args.json, "--json")
     device = _device(args.device)
-    result = _analyze(_load(args.model, device, args.dtype, args.device_map), texts, config)
+    result = _analyze(_load(args.model, device, args.dtype, args.device_map, config), texts, config)
     if args.json is None or is_stdout(args.json):
         print(result.to_json())
         return _failed_stages(result)
     result.to_json(args.json)
     notes = notes_stream(args.json)  # stderr when the JSON itself goes to a pipe or /dev/stdout
     print(result.defects.summary(), file=notes)
+    _print_findings_summary(result, notes)
     print(f"JSON written to {args.json}", file=notes)
     return _failed_stages(result)
+
+
+def _print_findings_summary(result: AnalysisResult, stream: Any) -> None:
+    """The outlier tokens' first line, the rotation check's and causal ranking's sentences and the super weights'
+    lines, when they ran."""
+    from sd_lens.report.prose import findings_summary
+
+    if result.outlier_tokens is not None:
+        print(result.outlier_tokens.summary().splitlines()[0], file=stream)
+    text = findings_summary(result)
+    if text:
+        print(text, file=stream)
+    if result.super_weights is not None:
+        print(result.super_weights.summary(), file=stream)
 
 
 def _failed_stages(result: AnalysisResult) -> int:
@@ -249,6 +272,7 @@ def _report(loaded: Loaded, texts: list[str] | None, config: AnalysisConfig, out
     result = _analyze(loaded, texts, config)
     path = write_report(loaded.model, result, out)
     print(result.defects.summary())
+    _print_findings_summary(result, sys.stdout)
     print(f"Report written to {path.resolve()}")
     print(f"JSON written to {(path.parent / 'analysis.json').resolve()}")
     return _failed_stages(result)
@@ -267,7 +291,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     _check_trigger_text(args.model, config.trigger_text)
     _report_dir(args.out)
     device = _device(args.device)
-    return _report(_load(args.model, device, args.dtype, args.device_map), texts, config, args.out)
+    return _report(_load(args.model, device, args.dtype, args.device_map, config), texts, config, args.out)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -26,6 +26,8 @@ from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_
 from sd_lens.analyses.attention_sinks import AttentionSinks, attention_sinks_pass
 from sd_lens.analyses.attribution import ComponentAttribution, LeverReport, component_attribution, find_lever
 from sd_lens.analyses.causal import CausalCheck, trigger_tokens, verify_trigger
+from sd_lens.analyses.causal_ranking import CausalRanking, causal_ranking, super_weight_findings
+from sd_lens.analyses.causal_score import INERT_KL
 from sd_lens.analyses.corpus_check import CorpusSummary, corpus_summary
 from sd_lens.analyses.defects import DefectReport, find_defects
 from sd_lens.analyses.dtype_check import DtypeCheck, dtype_check
@@ -42,13 +44,17 @@ from sd_lens.analyses.ffn_inputs import collect_ffn_inputs
 from sd_lens.analyses.life_cycle import LifeCycle, life_cycle
 from sd_lens.analyses.local_jacobian import LocalCausalReport, local_causal_checks
 from sd_lens.analyses.outlier_interventions import OutlierIntervention, outlier_intervention
+from sd_lens.analyses.outlier_tokens import DEFAULT_ETA, OutlierTokens, outlier_tokens
 from sd_lens.analyses.probe import NormProbe, probe_norms
+from sd_lens.analyses.residual_identity import ResidualIdentity, residual_identity
+from sd_lens.analyses.rotation_check import RotationCheck, rotation_check
 from sd_lens.analyses.spectra import (
     DecayCheck,
     LayerSpectra,
     decay_check,
     layer_spectra,
 )
+from sd_lens.analyses.super_weights import SuperWeights, super_weights
 from sd_lens.analyses.weight_outliers import WeightOutliers, weight_outliers
 from sd_lens.corpus import held_out_texts, read_texts
 from sd_lens.errors import InputError, SdLensError
@@ -130,6 +136,34 @@ class AnalysisConfig:
         "on a float16 or bfloat16 forward, also run the norm probe in float32 (weights cast and restored) and say "
         "which defects float32 does not have, or has and this dtype misses",
     )
+    outlier_tokens: bool = _option(
+        False,
+        "also PrefixQuant's outlier tokens (a token whose largest |value| at the FFN down-projection input is more "
+        "than --outlier-eta times the median over its text's tokens), which defects they carry, and the prefixes "
+        "(BOS, the most frequent outlier token, '.', newline, PrefixQuant's) that take them out of the text, with "
+        "the perplexity each costs",
+    )
+    outlier_eta: float = _option(DEFAULT_ETA, "the outlier-token threshold on max|h| over its median (PrefixQuant: 64)")
+    rotation: bool = _option(
+        False,
+        "also the rotation check (QuaRot/SpinQuant): run the model in a random orthogonal and a randomized Hadamard "
+        "residual basis (hooks, logits unchanged) and report each defect's norm ratio and each massive channel's "
+        "max/median before and after: defects survive, channels vanish",
+    )
+    causal_ranking: bool = _option(
+        False,
+        "also score every defect and massive activation by removing it (perplexity ratio and KL on held-out text, "
+        "against matched random controls) and rank them; below --inert-kl a finding is 'massive but inert' (slow)",
+    )
+    inert_kl: float = _option(INERT_KL, "KL (nats per token) below which a removed finding is called 'massive but inert'")
+    super_weights: bool = _option(
+        False,
+        "also find each defect's super weights (Yu et al. 2024): the down-projection entries that write and cancel "
+        "its channel on its carriers (ranked after any post-FFN norm's gain), searched iteratively, checked against "
+        "the defect's channel and blocks, and verified by perplexity and KL on held-out text against zeroing random "
+        "same-size entries and against restoring the activation (slow)",
+    )
+    super_weight_seeds: int = _option(5, "random same-magnitude entries zeroed as the super weights' control")
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> InputError:
@@ -147,6 +181,9 @@ class AnalysisConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(name, "give a positive integer" + ("" if name == "batch_size" else " (or None for no limit)"))
+        seeds = self.super_weight_seeds
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+            raise bad("super_weight_seeds", "give a positive integer (the default is 5)")
         if not isinstance(self.trigger_text, str) or not self.trigger_text.strip():
             raise bad("trigger_text", "give a non-empty text")
         if self.forward_dtype is not None and self.forward_dtype not in DTYPES:
@@ -154,6 +191,20 @@ class AnalysisConfig:
         eps = self.sink_epsilon
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and 0 < eps < 1):
             raise bad("sink_epsilon", "give a mean attention between 0 and 1 (the default is 0.3)")
+        eta = self.outlier_eta
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not (math.isfinite(eta) and eta > 0):
+            raise bad("outlier_eta", "give a positive ratio (PrefixQuant's is 64)")
+        ikl = self.inert_kl
+        if isinstance(ikl, bool) or not isinstance(ikl, (int, float)) or not (math.isfinite(ikl) and ikl > 0):
+            raise bad("inert_kl", f"give a positive number of nats (the default is {INERT_KL})")
+
+    @property
+    def needs_unfolded_weights(self) -> bool:
+        """Whether a model should be loaded without folding its norm scales into the weights: the
+        ``"reference"`` FFN fit works in the reference code's convention (isotropic after the pre-FFN
+        norm's scale γ₂), which a model with γ₂ folded into ``W_in`` cannot express. The command line
+        loads the model unfolded when this is true; the other analyses read both conventions."""
+        return self.fit_method == "reference"
 
     @classmethod
     def options(cls) -> list[str]:
@@ -205,9 +256,14 @@ class AnalysisResult:
     local: LocalCausalReport | None = None
     interventions: OutlierIntervention | None = None
     corpus: CorpusSummary | None = None
+    rotation: RotationCheck | None = None
+    ranking: CausalRanking | None = None
     #: stages that raised, by name (as in ``timings_s``), with the error: ``"TypeName: message"``. Their
     #: results are None; every other stage's are kept (``failed_stages`` in the JSON when not empty)
     errors: dict[str, str] = field(default_factory=dict)
+    outlier_tokens: OutlierTokens | None = None
+    residual_identity: ResidualIdentity | None = None
+    super_weights: SuperWeights | None = None
 
     @property
     def seed(self) -> int:
@@ -263,6 +319,10 @@ class AnalysisResult:
             "layers": self.spectra.to_dict(),
             **({"channels": self._channels_dict()} if self.channels_measured else {}),
             **({"quantization": self.quantization.to_dict()} if self.quantization is not None else {}),
+            **({"outlier_tokens": self.outlier_tokens.to_dict()} if self.outlier_tokens is not None else {}),
+            **({"rotation_check": self.rotation.to_dict()} if self.rotation is not None else {}),
+            **({"causal_ranking": self.ranking.to_dict()} if self.ranking is not None else {}),
+            **({"super_weights": self.super_weights.to_dict()} if self.super_weights is not None else {}),
             **({"failed_stages": dict(self.errors)} if self.errors else {}),
             "timings_s": {k: round(v, 3) for k, v in self.timings_s.items()},
         }
@@ -300,6 +360,8 @@ class AnalysisResult:
             out["local_checks"] = self.local.to_dict()
         if self.interventions is not None:
             out["interventions"] = self.interventions.to_dict()
+        if self.residual_identity is not None:
+            out["residual_identity"] = self.residual_identity.to_dict()
         return out
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -343,7 +405,7 @@ def run_analysis(
             does not fit the model's context (before any analysis runs).
 
     A stage that fails after the first ones finished (the channel lens's stages, ``local_checks``,
-    ``interventions``, ``quantize``) does not raise: its result is None, ``AnalysisResult.errors`` names
+    ``interventions``, ``quantize``, ``rotation``, ``causal_ranking``) does not raise: its result is None, ``AnalysisResult.errors`` names
     it with its error (``failed_stages`` in the JSON), a warning says so, and the stages that need it
     are skipped with that reason; everything else is returned.
     """
@@ -460,6 +522,7 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
         )
     sinks = attribution = lever = outliers = weights = life = local = interventions = None
     quantization = None
+    found_tokens = identity = None
     errors: dict[str, str] = {}
 
     def stage(name: str, compute: Callable[[], Any], needs: dict[str, Any] | None = None) -> Any:
@@ -497,6 +560,10 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
         if both is not None:
             outliers, sinks = both
         weights = stage("weight_outliers", lambda: weight_outliers(view))
+        # before attributing to sublayers: do the hooks add up to what each block adds (on a few texts)?
+        identity = stage("residual_identity", lambda: residual_identity(
+            model, texts[: cfg.batch_size], batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
+        ))
         attribution = stage(
             "attribution", lambda: component_attribution(model, report, probe, batch_size=cfg.batch_size)
         )
@@ -533,6 +600,41 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
                 max_tokens_per_text=cfg.max_tokens_per_text, progress=cfg.progress,
             ),
         )
+    if cfg.outlier_tokens:
+        found_tokens = stage(
+            "outlier_tokens",
+            lambda: outlier_tokens(
+                model, texts, eta=cfg.outlier_eta, defects=report, batch_size=cfg.batch_size,
+                max_tokens_per_text=cfg.max_tokens_per_text,
+            ),
+        )
+    rotation = ranking = None
+    if cfg.rotation:
+        rotation = stage(
+            "rotation_check",
+            lambda: rotation_check(
+                model, report, texts, seed=seed, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
+            ),
+        )
+    if cfg.causal_ranking:
+        ranking = stage(
+            "causal_ranking",
+            lambda: causal_ranking(
+                model, report, outliers, held_out_texts(texts), texts=texts, seed=seed, inert_kl=cfg.inert_kl,
+                batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
+            ),
+        )
+    sw = None
+    if cfg.super_weights:
+        sw = stage(
+            "super_weights",
+            lambda: super_weights(
+                model, report, probe, held_out_texts(texts), n_seeds=cfg.super_weight_seeds, seed=seed,
+                batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text,
+            ),
+        )
+    if ranking is not None and sw is not None:  # every finding in one order: the super weights ranked in
+        ranking = ranking.including(super_weight_findings(sw))
     return AnalysisResult(
         model=model_name(model),
         architecture=view.architecture,
@@ -558,4 +660,9 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
         weights=weights,
         corpus=corpus,
         errors=errors,
+        outlier_tokens=found_tokens,
+        residual_identity=identity,
+        rotation=rotation,
+        ranking=ranking,
+        super_weights=sw,
     )

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import planted_bos_model
@@ -84,6 +84,9 @@ def test_explosion_set_is_the_smallest_set_reaching_the_fraction(total, start, f
     t = torch.tensor(total, dtype=torch.float64)
     comp = start + t.cumsum(0)
     peak = int(comp.argmax())
+    # a peak within rounding of zero (e.g. a subnormal 5e-324) has no meaningful fraction: its
+    # fraction * peak underflows to 0 (real peaks are norms of order 1 and more)
+    assume(float(comp[peak]) <= 0 or float(comp[peak]) > 1e-9)
     blocks, reached = explosion_set(t, peak, float(comp[peak]), fraction)
     if float(comp[peak]) <= 0:
         assert blocks == [] and reached == 0.0

@@ -50,3 +50,41 @@ def test_errors_are_one_line_and_exit_2(capsys):
     assert main(["analyze", "--model", "no-such-model"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sd-lens: error: Unknown model 'no-such-model'") and "smollm2-135m-instruct" in err
+
+
+@pytest.fixture(scope="module")
+def tiny_dir_with_norm_scales(tmp_path_factory):
+    # norm scales other than 1 (random init leaves them at 1, which folding cannot be told from)
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny-scaled"
+    hf = AutoModelForCausalLM.from_config(tiny_hf_config("llama"), attn_implementation="eager")
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "layernorm" in name:
+                p.uniform_(0.5, 2.0)
+    hf.save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize(("fit", "folded"), [("reference", False), ("gaussian", True)])
+def test_fit_reference_loads_the_model_unfolded(tiny_dir_with_norm_scales, tmp_path, monkeypatch, fit, folded):
+    # the reference convention keeps γ₂ apart from W_in: a folded model would silently equal "gaussian"
+    import warnings
+
+    seen: list[bool] = []
+    real = loading.load_model
+    def load(*a, **k):
+        seen.append(k.get("compatibility_mode", True))
+        return real(*a, **k)
+
+    monkeypatch.setattr("sd_lens.load_model", load)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*reference convention")  # no "folded: equals gaussian"
+        argv = ["analyze", "--model", str(tiny_dir_with_norm_scales), "--fit", fit, "--json", str(tmp_path / "a.json")]
+        assert main(argv) == 0
+    assert seen == [folded]
+    data = json.loads((tmp_path / "a.json").read_text())
+    assert data["fit_method"] == fit

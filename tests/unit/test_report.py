@@ -178,7 +178,9 @@ def test_channel_lens_in_json_and_report(tmp_path, unchanged):
     assert set(data["channels"]) == {
         "activation_outliers", "defect_channels", "weight_outliers", "attention_sinks", "attribution", "lever",
         "life_cycle", "local_checks", "interventions",
+        "residual_identity",
     }
+    assert data["channels"]["residual_identity"]["holds"] is True
     assert data["channels"]["interventions"]["clean"]["perplexity"] > 1
     assert [d["label"] for d in data["channels"]["local_checks"]["checks"]] == [d.label for d in result.defects]
     assert [d["label"] for d in data["channels"]["life_cycle"]["defects"]] == [d.label for d in result.defects]
@@ -189,5 +191,6 @@ def test_channel_lens_in_json_and_report(tmp_path, unchanged):
     assert "Heads and sublayers" in html and "Sink rate over texts, blocks and heads" in html
     assert ">Channels<" in html and ">Life cycle<" in html and "Gaussian fit and local Jacobian" in html
     assert "Massive activations set to zero and to their mean" in html
+    assert ">Residual identity<" in html
     assert all(html.count(d.label + " (") >= 1 for d in result.defects)
     assert "channels" not in json.loads(run_analysis(model, TEXTS).to_json())

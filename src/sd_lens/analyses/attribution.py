@@ -77,6 +77,7 @@ from torch import Tensor
 
 from sd_lens.analyses.defects import Defect, DefectReport, carrier_order
 from sd_lens.analyses.probe import NormProbe
+from sd_lens.analyses.residual_identity import closure as identity_closure
 from sd_lens.errors import InputError, UnsupportedArchitectureError
 from sd_lens.interventions import project_out, remove_matched
 from sd_lens.linalg import unit
@@ -321,25 +322,17 @@ def sublayer_components(
 
     pre, post = acts["resid_pre"], acts["resid_post"]
     a_hook, f_hook = acts["attn_out"], acts["mlp_out"]
-    scale = torch.maximum(pre.norm(dim=-1), post.norm(dim=-1)).clamp(min=1.0)
-    # Rounding: the model adds pre + attn (+ ffn) in its own dtype, each addition rounding every entry by up
-    # to eps/2 of its size, so the sum may miss the exact one by eps/2·(‖pre‖ + ‖attn‖ + ‖ffn‖) (twice that
-    # allowed). Negligible next to rtol in float32 (the tolerance used so far); it is what half precision needs.
-    rounding = eps * (pre.norm(dim=-1) + a_hook.norm(dim=-1) + f_hook.norm(dim=-1)) / scale
+    # the residual identity (sd_lens.analyses.residual_identity) on the carriers: the hooks close when every
+    # block's error is within rtol plus what rounding the additions in the model's dtype allows
+    check = identity_closure(pre, a_hook, f_hook, post, None if parallel else acts["resid_mid"], eps=eps)
+    scale = check.scale
 
-    def rel(x: Tensor, allowed: Tensor | None = None) -> float:
+    def rel(x: Tensor) -> float:
         if not len(prefixes):
             return 0.0
-        r = x.norm(dim=-1) / scale
-        return float(r.amax() if allowed is None else (r - allowed).amax())
+        return float((x.norm(dim=-1) / scale).amax())
 
-    err = rel(pre + a_hook + f_hook - post)
-    if not parallel:
-        err = max(err, rel(pre + a_hook - acts["resid_mid"]))
-    # the hooks close when every block's error is within rtol plus what rounding in the model's dtype allows
-    excess = rel(pre + a_hook + f_hook - post, rounding)
-    if not parallel:
-        excess = max(excess, rel(pre + a_hook - acts["resid_mid"], rounding))
+    err, excess = check.error(), check.excess()
     hooks_close = excess <= rtol
     if split == "hooks" or (split == "auto" and (hooks_close or parallel)):
         if not hooks_close:

@@ -16,7 +16,8 @@ Definitions (all relative to the probed corpus, nothing tuned to a model):
   Its **direction** is the normalised mean of all its states' sign-aligned unit vectors; its
   **spread** is the arccos of their mean cosine to their own block's direction.
 * The **explosion block** is the block whose update adds the most to the carriers' component along
-  the direction (measured on re-run carrier prefixes, within each carrier's blocks); the **decay
+  the direction (measured on the traced carriers' residual streams, within each carrier's blocks: kept
+  by the direction pass within ``TRACE_BUDGET_BYTES``, else from re-run prefixes); the **decay
   blocks** are the blocks after it, up to one past its last high-norm state, whose update removes at
   least ``decay_fraction`` of the peak component.
 * **Severity.** A defect is *major* when it peaks at least ``major_ratio`` (default twice the
@@ -48,7 +49,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sd_lens.analyses.probe import NormProbe
-from sd_lens.analyses.state_directions import StateClusters, cluster_state_directions
+from sd_lens.analyses.state_directions import TRACE_BUDGET_BYTES, StateClusters, cluster_state_directions
 from sd_lens.errors import InputError
 from sd_lens.linalg import acute_angle_deg, unit
 from sd_lens.runtime.engine import stream
@@ -290,8 +291,8 @@ def find_defects(
     """Group the probe's high-norm states into defects and minor groups (see the module docstring).
 
     Args:
-        model: the model the probe ran on (texts with high-norm tokens are re-run for directions,
-            and a few carrier prefixes per defect to trace its component).
+        model: the model the probe ran on (texts with high-norm tokens are re-run for directions; that
+            pass also keeps the traced carriers' residual streams, within ``TRACE_BUDGET_BYTES``).
         probe: a :class:`~sd_lens.analyses.probe.NormProbe`.
         threshold: high-norm means above ``threshold`` x the block's median norm.
         split_angle_deg: at one block, states further apart than this are different directions;
@@ -301,7 +302,7 @@ def find_defects(
             ``2 * threshold``).
         link_fraction: clusters of consecutive blocks are one defect when they share at least this
             fraction of the smaller one's states.
-        max_traces: carrier prefixes re-run per defect to measure the component profile.
+        max_traces: carriers traced per defect to measure the component profile.
         batch_size: texts per forward of the second pass.
         progress: tqdm bars for the passes.
     """
@@ -320,7 +321,7 @@ def find_defects(
         marked[ep.row, ep.start : ep.end + 1] = True
     clusters = cluster_state_directions(
         model, probe, marked, max_angle_deg=split_angle_deg, batch_size=batch_size,
-        progress=progress and "high-norm directions",
+        progress=progress and "high-norm directions", trace_budget_bytes=TRACE_BUDGET_BYTES,
     )
     # component id of every state
     comps = _components(clusters, link_fraction)
@@ -346,7 +347,7 @@ def find_defects(
     for g, d in drafts:
         reasons = _minor_reasons(d, major_ratio, split_angle_deg)
         (minors if reasons else majors).append((g, replace(d, major=not reasons, minor_reasons=reasons)))
-    traced = _trace(model, probe, [*majors, *minors], group_of, decay_fraction, max_traces, batch_size)
+    traced = _trace(model, probe, [*majors, *minors], group_of, decay_fraction, max_traces, batch_size, clusters)
     major = sorted(traced[: len(majors)], key=lambda d: (d.explosion_layer, -d.peak_norm))
     minor = sorted(traced[len(majors) :], key=lambda d: (-d.peak_ratio, d.first_layer))
     return DefectReport(
@@ -468,12 +469,19 @@ def _trace(
     decay_fraction: float,
     max_traces: int,
     batch_size: int,
+    clusters: StateClusters | None = None,
 ) -> list[Defect]:
-    """Explosion and decay blocks of every draft from re-run carrier prefixes (all drafts in one stream)."""
+    """Explosion and decay blocks of every draft from carrier trajectories (all drafts at once).
+
+    A carrier's trajectory is read from ``clusters.traces`` when the direction pass kept it (its budget
+    allows), else from a re-run of its prefix (one stream for all of those)."""
     n_layers = probe.n_layers
-    plans = []  # per draft: [(trajectory index, first block, last block)]
+    kept = clusters.traces if clusters is not None and clusters.traces is not None else None
+    kept_rows = clusters.trace_rows if kept is not None and clusters is not None else {}
+    plans = []  # per draft: [(trajectory key, first block, last block)]
     prefixes: list[Tensor] = []
     index: dict[tuple[int, ...], int] = {}
+    from_pass: dict[tuple[int, ...], int] = {}  # prefix -> row of ``kept``
     for g, d in drafts:
         plan, seen = [], set()
         for e in carrier_order(probe, d):
@@ -483,17 +491,30 @@ def _trace(
                 continue
             seen.add(key)
             blocks = torch.nonzero(group_of[e.row] == g).flatten()
-            if key not in index:
-                index[key] = len(prefixes)
-                prefixes.append(prefix)
-            plan.append((index[key], int(blocks.min()), int(blocks.max())))
+            if key not in index and key not in from_pass:
+                if e.row in kept_rows:
+                    from_pass[key] = kept_rows[e.row]
+                else:
+                    index[key] = len(prefixes)
+                    prefixes.append(prefix)
+            plan.append((key, int(blocks.min()), int(blocks.max())))
             if len(plan) >= max_traces:
                 break
         plans.append(plan)
-    traj = residual_trajectories(model, prefixes, n_layers, batch_size) if prefixes else torch.zeros(0, n_layers + 1, 1)
+    rerun = residual_trajectories(model, prefixes, n_layers, batch_size) if prefixes else None
+
+    def trajectory(key: tuple[int, ...]) -> Tensor:
+        if key in from_pass:
+            assert kept is not None
+            t = torch.zeros(n_layers + 1, kept.shape[-1])
+            t[: kept.shape[1]] = kept[from_pass[key]]  # the blocks past the kept ones lie outside every window
+            return t
+        assert rerun is not None
+        return rerun[index[key]]
     out = []
     for (_, d), plan in zip(drafts, plans):
-        comp = traj[[i for i, _, _ in plan]] @ d.direction  # [K, L+1]
+        traj = torch.stack([trajectory(key) for key, _, _ in plan]) if plan else torch.zeros(0, n_layers + 1, 1)
+        comp = traj @ d.direction if plan else torch.zeros(0, n_layers + 1)  # [K, L+1]
         delta = comp[:, 1:] - comp[:, :-1]  # update of block l
         # each carrier counts only inside its own blocks (and the block right after, where it decays)
         window = torch.zeros_like(delta)

@@ -514,6 +514,7 @@ def perplexity(
     kl: bool = True,
     batch_size: int = 16,
     max_tokens_per_text: int | None = 64,
+    score_from: int = 0,
 ) -> Perplexity:
     """Perplexity of ``model`` on ``texts`` (default: :func:`held_out_corpus`) under ``fwd_hooks``.
 
@@ -522,13 +523,18 @@ def perplexity(
     batch runs once doubled (clean rows, then the same rows intervened: the hooks see the second half
     only) and the result also holds the clean NLL and ``KL(clean || intervened)`` per token; with
     ``kl=False`` it is one forward of the intervened model per batch.
+
+    ``score_from``: only the predictions of tokens at positions ``>= score_from`` count (a context put
+    before each text, e.g. a prefix, is read but not scored; 0 and 1 score every prediction).
     """
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(score_from, int) or isinstance(score_from, bool) or score_from < 0:
+        raise InputError(f"score_from must be a non-negative integer, got {score_from!r}")
     hooks = list(fwd_hooks or ())
     require_hooks(model, [LOGITS_HOOK] + [n for n, _ in hooks])
     tok = _tokens(model, held_out_corpus() if texts is None else texts, max_tokens_per_text)
-    if all(len(s) < 2 for s in tok.sequences):
+    if all(len(s) < max(2, score_from + 1) for s in tok.sequences):
         raise InputError("every text has fewer than 2 tokens: there is nothing to predict")
     doubled = bool(hooks) and kl
     nll = clean_nll = kl_total = 0.0
@@ -540,12 +546,15 @@ def perplexity(
         batch = make_batch(model, seqs + seqs if doubled else seqs, idx + idx if doubled else idx)
 
         def reduce(act: Tensor, b: Batch) -> tuple[float, float, float, int]:
+            scored = b.mask
+            if score_from > 1:  # the targets before score_from are context, not scored
+                scored = scored & (torch.arange(scored.shape[1], device=scored.device) >= score_from)[None, :]
             if not doubled:
-                s, c = _nll_sum(act, b.tokens, b.mask)
+                s, c = _nll_sum(act, b.tokens, scored)
                 return s, 0.0, 0.0, c
-            s_clean, c = _nll_sum(act[:n], b.tokens[:n], b.mask[:n])
-            s_int, _ = _nll_sum(act[n:], b.tokens[n:], b.mask[n:])
-            return s_int, s_clean, _kl_sum(act[:n], act[n:], b.mask[:n]), c
+            s_clean, c = _nll_sum(act[:n], b.tokens[:n], scored[:n])
+            s_int, _ = _nll_sum(act[n:], b.tokens[n:], scored[n:])
+            return s_int, s_clean, _kl_sum(act[:n], act[n:], scored[:n]), c
 
         run_hooks = [(name, _second_half(fn, n)) for name, fn in hooks] if doubled else hooks
         out = run_batch(model, batch, {LOGITS_HOOK: reduce}, fwd_hooks=run_hooks)

@@ -12,6 +12,10 @@ only its cluster's id: memory is tokens x blocks small integers plus blocks x cl
 floats — never tokens x d_model, and there is no cap that stops keeping states part-way through a
 corpus (the cap on stored vectors that split one defect in two on long corpora).
 
+The same forwards can keep the whole residual stream of some episode rows (``trace_budget_bytes``, at
+most :data:`TRACE_BUDGET_BYTES`): the defect finder's carrier traces, which otherwise re-ran each carrier's
+prefix in a forward of its own (a row's state equals its prefix's last token's: attention is causal).
+
 Because the sums are kept, the mean cosine of any set of clusters' states to any direction is
 exact: ``sum_c sign_c (S_c . d) / sum_c n_c``.
 
@@ -24,7 +28,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Float, Int
@@ -35,7 +40,11 @@ from sd_lens.runtime.engine import Batch, Reducer, stream
 from sd_lens.runtime.hooks import act_name
 from sd_lens.types import HookedModel
 
-__all__ = ["StateClusters", "cluster_state_directions"]
+__all__ = ["TRACE_BUDGET_BYTES", "StateClusters", "cluster_state_directions"]
+
+#: bytes of carrier trajectories (``[rows, blocks + 1, d_model]`` float32) the direction pass may keep for
+#: the defect finder's explosion/decay tracing; rows beyond it are re-run as prefixes there
+TRACE_BUDGET_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,6 +60,10 @@ class StateClusters:
             outside every episode.
         sign: int8 ``[n_tokens, n_layers]``: +1 or -1, how each state was aligned with its cluster.
         n_forward_tokens: tokens the second pass ran (after removing repeated prefixes).
+        traces: float32 ``[k, n + 1, d_model]``: the residual stream (resid_pre of block 0, then
+            resid_post of blocks ``0..n-1``) of up to :data:`TRACE_BUDGET_BYTES` of episode rows, read in
+            the same forwards (a row's state is the same as its prefix's last token's: causal attention).
+        trace_rows: token row -> index into ``traces``.
     """
 
     max_angle_deg: float
@@ -61,6 +74,8 @@ class StateClusters:
     sign: Tensor
     n_forward_tokens: int
     seconds: float
+    traces: Tensor | None = field(default=None, repr=False)
+    trace_rows: dict[int, int] = field(default_factory=dict, repr=False)
 
     @property
     def n_layers(self) -> int:
@@ -148,6 +163,7 @@ def cluster_state_directions(
     max_angle_deg: float = 30.0,
     batch_size: int = 16,
     progress: bool | str = False,
+    trace_budget_bytes: int = 0,
 ) -> StateClusters:
     """Cluster the directions of the states marked in ``states`` (bool ``[n_tokens, n_layers]``), block by block.
 
@@ -158,6 +174,9 @@ def cluster_state_directions(
         max_angle_deg: a state joins a cluster whose direction is at most this far from it.
         batch_size: the probe's texts per forward; prefixes are batched to about as many tokens.
         progress: a tqdm bar (a string is its label).
+        trace_budget_bytes: also keep the residual trajectories of episode rows, up to this many bytes
+            (0: none), through the block after the deepest marked one — the defect finder's carrier
+            traces, read here instead of in a forward of their own (see :func:`_trace_priority`).
     """
     t0 = time.perf_counter()
     states = states.bool()
@@ -203,18 +222,53 @@ def cluster_state_directions(
     def parts_of(batch: Batch, layer: int) -> list[tuple[int, _Targets]]:
         return [(b, targets[i][layer]) for b, i in enumerate(batch.index) if layer in targets[i]]
 
+    # carrier trajectories within the budget: (position, slot) per prefix
+    d_model = int(model.cfg.d_model)
+    trace_depth = min(deepest + 1, n_layers) if len(active_rows) else 0
+    row_bytes = (trace_depth + 1) * d_model * 4
+    n_slots = min(len(active_rows), trace_budget_bytes // row_bytes) if trace_budget_bytes > 0 else 0
+    trace_rows: dict[int, int] = {}
+    trace_at: list[tuple[Tensor, Tensor]] = [(torch.zeros(0, dtype=torch.long),) * 2 for _ in prefixes]
+    traces = None
+    if n_slots:
+        prefix_of = {seq: i for i, seq_list in enumerate(members) for seq in seq_list}
+        at: dict[int, list[tuple[int, int]]] = {}
+        for row in _trace_priority(probe, active_rows)[:n_slots]:
+            seq, pos = int(probe.seq_index[row]), int(probe.positions[row])
+            trace_rows[row] = len(trace_rows)
+            at.setdefault(prefix_of[seq], []).append((pos, trace_rows[row]))
+        for i, pairs in at.items():
+            trace_at[i] = (torch.tensor([p for p, _ in pairs]), torch.tensor([s for _, s in pairs]))
+        traces = torch.zeros(len(trace_rows), trace_depth + 1, d_model)
+
+    def gather(act: Tensor, b_idx: Tensor, p_idx: Tensor) -> Tensor:
+        dev = act.device  # index copies that do not wait for the device
+        return act[b_idx.to(dev, non_blocking=True), p_idx.to(dev, non_blocking=True)].float()
+
+    def traced(act: Tensor, batch: Batch) -> Tensor | None:
+        parts = [(b, trace_at[i][0]) for b, i in enumerate(batch.index) if len(trace_at[i][0])]
+        if not parts:
+            return None
+        return gather(act, torch.cat([torch.full_like(p, b) for b, p in parts]), torch.cat([p for _, p in parts]))
+
     def reducer(layer: int) -> Reducer:
-        # on the device: only gather the marked states; the clustering runs on the host after the forward
-        def reduce(act: Tensor, batch: Batch) -> Tensor | None:
+        # on the device: only gather the marked states (and traced rows); the clustering runs on the host
+        def reduce(act: Tensor, batch: Batch) -> tuple[Tensor | None, Tensor | None]:
+            trace = traced(act, batch) if n_slots and layer < trace_depth else None
             parts = parts_of(batch, layer)
             if not parts:
-                return None
+                return None, trace
             b_idx = torch.cat([torch.full_like(t.positions, b) for b, t in parts])
             p_idx = torch.cat([t.positions for _, t in parts])
-            dev = act.device  # index copies that do not wait for the device
-            return act[b_idx.to(dev, non_blocking=True), p_idx.to(dev, non_blocking=True)].float()
+            return gather(act, b_idx, p_idx), trace
 
         return reduce
+
+    def store(batch: Batch, index: int, vecs: Tensor | None) -> None:
+        if vecs is None or traces is None:
+            return
+        slots = torch.cat([trace_at[i][1] for i in batch.index if len(trace_at[i][1])])
+        traces[slots, index] = vecs
 
     def assign(batch: Batch, layer: int, vecs: Tensor) -> None:
         parts = parts_of(batch, layer)
@@ -232,18 +286,24 @@ def cluster_state_directions(
         assignment[rows, layer] = ids[owner].to(torch.int32)
         sign[rows, layer] = signs[owner]
 
-    names = {act_name("resid_post", layer): layer for layer in range(deepest)}
-    reducers = {name: reducer(layer) for name, layer in names.items()}
+    names = {act_name("resid_post", layer): layer for layer in range(max(deepest, trace_depth))}
+    reducers: dict[str, Reducer] = {name: reducer(layer) for name, layer in names.items()}
+    first = act_name("resid_pre", 0)
+    if n_slots:
+        reducers[first] = traced
     if prefixes:
         # the same tokens per forward as the probe's batches: prefixes are shorter than whole texts
         mean_text = probe.n_tokens / max(1, len(probe.sequences))
         mean_prefix = sum(len(p) for p in prefixes) / len(prefixes)
         per_batch = max(batch_size, int(batch_size * mean_text / mean_prefix))
         for batch, out in stream(model, prefixes, reducers, batch_size=per_batch, progress=progress):
+            if n_slots:
+                store(batch, 0, out[first])
             for name, layer in names.items():  # block order, as the forward read them
-                if out[name] is not None:
-                    assign(batch, layer, out[name])
-    d_model = int(model.cfg.d_model)
+                vecs, trace = out[name]
+                store(batch, layer + 1, trace)
+                if vecs is not None:
+                    assign(batch, layer, vecs)
     empty = torch.zeros(0, d_model)
     return StateClusters(
         max_angle_deg=max_angle_deg,
@@ -254,5 +314,23 @@ def cluster_state_directions(
         sign=sign,
         n_forward_tokens=sum(len(p) for p in prefixes),
         seconds=time.perf_counter() - t0,
+        traces=traces,
+        trace_rows=trace_rows,
     )
+
+
+def _trace_priority(probe: NormProbe, rows: Tensor) -> list[int]:
+    """Episode rows in the order the defect finder picks carriers to trace (``carrier_order``): the first
+    initial token, then the earliest occurrence of each token (most frequent tokens first), then the
+    second occurrences, and so on — so a budget that cannot hold every row holds the ones it will read."""
+    ordered = sorted(rows.tolist(), key=lambda r: (int(probe.positions[r]), r))
+    initial = [r for r in ordered if int(probe.positions[r]) == 0]
+    by_token: dict[int, list[int]] = {}
+    for r in ordered:
+        if int(probe.positions[r]) > 0:
+            by_token.setdefault(int(probe.token_ids[r]), []).append(r)
+    freq = Counter({t: len(rs) for t, rs in by_token.items()})
+    queues = [by_token[t] for t, _ in sorted(freq.items(), key=lambda kv: (-kv[1], kv[0]))]
+    rounds = [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+    return initial[:1] + rounds + initial[1:]
 

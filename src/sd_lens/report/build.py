@@ -91,6 +91,9 @@ def summary_section(page: Page, ctx: ReportContext) -> None:
     if len(ctx.result.defects):
         header, rows = prose.overview_table(ctx.result)
         page.table(rows, header=header)
+    extra = prose.findings_summary(ctx.result)
+    if extra:
+        page.paragraph(extra)
 
 
 def minor_section(page: Page, ctx: ReportContext) -> None:
@@ -184,6 +187,9 @@ def channels_section(page: Page, ctx: ReportContext) -> None:
         )
         for d in result.life.defects:
             page.paragraph(d.summary())
+    if result.residual_identity is not None:
+        page.heading("Residual identity")
+        page.paragraph(result.residual_identity.message() + ".")
 
 
 def quantization_section(page: Page, ctx: ReportContext) -> None:
@@ -206,6 +212,22 @@ def quantization_section(page: Page, ctx: ReportContext) -> None:
     if q.protected:
         page.paragraph(q.summary().splitlines()[-1] + ".")
     page.figure(quantization_figure(q), caption="Perplexity per scheme and kept set (log scale; random: mean and range).")
+
+
+def outlier_tokens_section(page: Page, ctx: ReportContext) -> None:
+    """PrefixQuant's outlier tokens and the prefix intervention (``outlier_tokens=True`` only)."""
+    ot = ctx.result.outlier_tokens
+    if ot is None:
+        return
+    page.heading("Outlier tokens and prefixes")
+    page.paragraph(prose.outlier_tokens_paragraph(ctx.result))
+    if ot.baseline is not None:
+        page.paragraph(
+            "Each prefix is put before every text (with the model's BOS once, never twice); later outlier tokens are "
+            "those at the text's own positions after its first, and the perplexity is that of the same text tokens."
+        )
+        header, rows = prose.prefix_table(ctx.result)
+        page.table(rows, header=header)
 
 
 def corpus_section(page: Page, ctx: ReportContext) -> None:
@@ -333,7 +355,57 @@ def json_section(page: Page, ctx: ReportContext) -> None:
     page.json(ctx.result.to_dict(), max_chars=JSON_CHARS_SHOWN)
 
 
+def super_weights_section(page: Page, ctx: ReportContext) -> None:
+    """The super weights of each defect (``super_weights=True`` only): the table and one paragraph per defect."""
+    sw = ctx.result.super_weights
+    if sw is None:
+        return
+    page.heading("Super weights")
+    page.paragraph(
+        "Yu et al. (2024): single down-projection entries W_down[row, col] whose input spike writes (or cancels) a "
+        "defect's channel at its carriers, ranked by what reaches the residual (after any post-FFN norm's gain), "
+        f"verified on {sw.held_out_texts} held-out texts: zeroed, against zeroing {sw.n_seeds} random entries of the "
+        "same magnitude in the same matrix, and against zeroing it but restoring the activation it writes."
+    )
+    header, rows = prose.super_weights_table(ctx.result)
+    page.table(rows, header=header)
+    for d in sw:
+        page.paragraph(d.summary())
+
+
 #: The sections of the report, in page order.
+def rotation_section(page: Page, ctx: ReportContext) -> None:
+    """The rotation check (``rotation=True`` only): defects' norms and massive channels under two rotations."""
+    rc = ctx.result.rotation
+    if rc is None:
+        return
+    page.heading("Rotation: directions survive, channels vanish")
+    page.paragraph(
+        "QuaRot/SpinQuant: the residual stream in another orthonormal basis (a random orthogonal and a randomized "
+        "Hadamard rotation, as hooks; the logits are unchanged up to rounding). A token's norm cannot change, a "
+        f"channel outlier is spread over every channel. On {rc.n_texts} texts ({rc.n_tokens} tokens): "
+        + "; ".join(f"{r.kind}: {r.construction}, logits max error {r.logits_max_error:.2g}" for r in rc.runs) + "."
+    )
+    header, rows = prose.rotation_table(ctx.result)
+    page.table(rows, header=header)
+
+
+def ranking_section(page: Page, ctx: ReportContext) -> None:
+    """The causal ranking (``causal_ranking=True`` only): every finding by what removing it does."""
+    cr = ctx.result.ranking
+    if cr is None:
+        return
+    page.heading("Causal ranking: which findings matter")
+    page.paragraph(
+        "Each defect (its direction projected out at its carriers, over its blocks) and each massive activation "
+        "(zeroed at its emergence block) removed on its own; perplexity ratio and KL to the clean model on "
+        f"{cr.held_out_texts} held-out texts, against matched random controls. Below {cr.inert_kl:g} nats per token a "
+        "finding is \"massive but inert\"."
+    )
+    header, rows = prose.ranking_table(ctx.result)
+    page.table(rows, header=header)
+
+
 SECTIONS: list[Section] = [
     summary_section,
     corpus_section,
@@ -342,10 +414,14 @@ SECTIONS: list[Section] = [
     minor_section,
     channels_section,
     quantization_section,
+    outlier_tokens_section,
+    super_weights_section,
     angles_section,
     attention_section,
     timings_section,
     json_section,
+    rotation_section,
+    ranking_section,
 ]
 
 

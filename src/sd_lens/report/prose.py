@@ -45,6 +45,8 @@ __all__ = [
     "outlier_channels_table",
     "overview_table",
     "report_summary",
+    "super_weights_sentence",
+    "super_weights_table",
 ]
 
 #: A table for :meth:`~sd_lens.report.page.Page.table`: its header and its rows.
@@ -166,7 +168,7 @@ def report_summary(result: AnalysisResult) -> str:
         + f", and the explosion block's leading singular direction is {f.predicted_angle_deg:.1f}\u00b0 from it"
         for d, f in zip(result.defects, result.findings)
     ]
-    return head + f"sd_lens found {n} singular defect(s): " + "; ".join(parts) + "." + tail
+    return head + f"sd_lens found {n} singular defect(s): " + "; ".join(parts) + "." + tail + super_weights_sentence(result)
 
 
 def minor_table(result: AnalysisResult) -> Table:
@@ -371,4 +373,147 @@ def outlier_channels_table(result: AnalysisResult) -> Table:
         owner = owners.get(c)
         rows.append([c, f"{owner[0]} ({owner[1]:.2f})" if owner else "—", _blocks_text(out.blocks_of(c)),
                      abs(top.value), f"{', '.join(classes)} (e.g. {top.token!r})", masked, amplified])
+    return header, rows
+
+
+def outlier_tokens_paragraph(result: AnalysisResult) -> str:
+    """PrefixQuant's outlier tokens in words: how many, which tokens, where, and which defects they carry."""
+    ot = result.outlier_tokens
+    assert ot is not None
+    toks = ", ".join(f"{s!r} (id {i}) ×{n}" for s, i, n in ot.tokens()[:8])
+    where = _blocks_text([b for b, n in enumerate(ot.n_by_block) if n])
+    top = int(ot.max_ratio.argmax())
+    text = (
+        f"A token is an outlier token at a block (PrefixQuant) when its largest |value| at the FFN down-projection "
+        f"input is more than {ot.eta:g} times the median of that maximum over its text's tokens. On {ot.n_texts} texts: "
+        f"{len(ot)} outlier tokens ({len(ot.initial)} initial, {len(ot.later)} later)"
+        + (f" — {toks} — in blocks {where}" if len(ot) else "")
+        + f". The largest ratio is {float(ot.max_ratio.max()):.1f} (block {top})."
+    )
+    if ot.defects_checked and len(ot):
+        text += f" {ot.carriers} of them carry a defect."
+    return text
+
+
+def prefix_table(result: AnalysisResult) -> Table:
+    """The prefix intervention: per context, the later-position outlier tokens and the perplexity of the text."""
+    ot = result.outlier_tokens
+    assert ot is not None and ot.baseline is not None
+    base = ot.baseline
+    header = ["prefix", "context before the text", "later outlier tokens", "largest later ratio", "outliers in the context",
+              "perplexity", "x no prefix"]
+    rows: list[list[Any]] = []
+    for t in [base, *ot.trials]:
+        rows.append([
+            "none" if t is base else t.name, " ".join(repr(s) for s in t.prefix_strings) or "(the tokenizer's own)",
+            t.later_outliers, f"{t.later_max_ratio:.1f}", t.context_outliers, f"{t.perplexity.perplexity:.2f}",
+            f"{t.perplexity.perplexity / base.perplexity.perplexity:.3f}",
+        ])
+    return header, rows
+
+
+# --------------------------------------------------------------------------------------------
+# rotation check and causal ranking (issue #23 items 4 and 5)
+# --------------------------------------------------------------------------------------------
+def rotation_sentence(result: AnalysisResult) -> str:
+    """One sentence on the rotation check: do the defects survive and the massive channels vanish?"""
+    rc = result.rotation
+    if rc is None:
+        return ""
+    parts = []
+    for r in rc.runs:
+        dev = max((abs(d.norm_ratio - 1) for d in r.defects), default=0.0)
+        parts.append(
+            f"{r.kind} (logits within {r.logits_max_error:.1g}): defect norms x1 within {dev:.1g}, massive entries "
+            f"{r.massive_before} -> {r.massive_after}"
+        )
+    verdict = ("every defect survives and every massive channel vanishes: the defects are directions, not channels"
+               if rc.separates else "the rotation does not separate defects from channels on this model (see Rotation)")
+    return f"Under an orthogonal change of the residual basis ({'; '.join(parts)}) {verdict}."
+
+
+def ranking_sentence(result: AnalysisResult) -> str:
+    """One sentence on the causal ranking: the order, and which findings are massive but inert."""
+    cr = result.ranking
+    if cr is None or not len(cr):
+        return ""
+    order = ", ".join(f"{f.name} (KL {f.score.kl:.3g})" for f in cr)
+    inert = [f.name for f in cr.inert]
+    tail = (f"; massive but inert (KL below {cr.inert_kl:g} nats): {', '.join(inert)}" if inert
+            else "; none is inert")
+    return f"Removed one at a time, the findings rank {order}{tail}."
+
+
+def findings_summary(result: AnalysisResult) -> str:
+    """The rotation and ranking sentences (empty when neither ran): the report's summary and the CLI print them."""
+    return " ".join(s for s in (rotation_sentence(result), ranking_sentence(result)) if s)
+
+
+def rotation_table(result: AnalysisResult) -> Table:
+    """One row per (rotation, defect or massive channel)."""
+    header = ["rotation", "finding", "block", "before", "after", "verdict"]
+    rows: list[list[Any]] = []
+    rc = result.rotation
+    for r in rc.runs if rc is not None else ():
+        for d in r.defects:
+            rows.append([r.kind, f"{d.label} (norm)", d.block, "1", f"x{d.norm_ratio:.6f}",
+                         "survives" if d.survives else "changed"])
+        for c in r.channels:
+            rows.append([r.kind, f"channel {c.channel} (max / median)", c.block, round(c.before, 1), round(c.after, 1),
+                         "vanishes" if c.vanishes else "stays"])
+    return header, rows
+
+
+def ranking_table(result: AnalysisResult) -> Table:
+    """One row per finding, in causal order."""
+    header = ["rank", "finding", "kind", "blocks", "KL (nats/token)", "perplexity x", "control KL", "label"]
+    cr = result.ranking
+    rows: list[list[Any]] = [
+        [i, f.name, f.kind, ", ".join(map(str, f.blocks)), round(f.score.kl, 4), number(f.score.ppl_ratio),
+         "" if f.score.control_kl is None else round(f.score.control_kl, 4), f.label]
+        for i, f in enumerate(cr if cr is not None else (), 1)
+    ]
+    return header, rows
+
+
+def super_weights_sentence(result: AnalysisResult) -> str:
+    """One sentence on the super weights (``super_weights=True``; empty otherwise): each defect's super weight,
+    what zeroing it does, and whether it sits in the defect's channel and explosion block."""
+    sw = getattr(result, "super_weights", None)
+    if sw is None or not len(sw):
+        return ""
+    parts = []
+    for d in sw:
+        w = d.super_weight
+        if w is None:
+            parts.append(f"{d.label} has no single writing weight")
+            continue
+        text = f"{d.label}'s is {w.name}"
+        if w.score is not None:
+            text += f" (zeroed: perplexity x{w.score.ppl_ratio:.3g}, {w.score.label})"
+        text += "; " + d.consistency.summary()
+        parts.append(text)
+    return " Super weights (Yu et al. 2024): " + "; ".join(parts) + "."
+
+
+def super_weights_table(result: AnalysisResult) -> Table:
+    """One row per super weight (emitters and cancellers of every defect): where, how large, what it writes, and
+    what zeroing it does against its controls."""
+    sw = result.super_weights
+    assert sw is not None
+    header = ["defect", "role", "W_down[row, col] @ block", "value", "input spike", "post-FFN gain", "writes",
+              "share of block's change", "zeroed: x perplexity (KL)", "random same-size: x perplexity",
+              "activation restored: x perplexity"]
+    rows: list[list[Any]] = []
+    for d in sw:
+        for w in d.weights:
+            v = w.verification
+            rows.append([
+                d.label, w.role if w.iteration == 0 else f"emerges (round {w.iteration})", w.name, f"{w.value:.4g}",
+                f"{w.spike:.4g}", "—" if w.norm_scale is None else f"{w.gain:.4g}", f"{w.effective:.4g}",
+                f"{100 * w.share:.0f}%",
+                "" if v is None else f"{v.score.ppl_ratio:.4g} ({v.score.kl:.3g})",
+                "" if v is None else f"{v.score.control_ppl_ratio or 1.0:.4g}",
+                "" if v is None else f"{v.restore_ppl_ratio:.4g}",
+            ])
     return header, rows

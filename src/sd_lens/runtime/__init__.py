@@ -8,13 +8,16 @@
   share a model (their forwards and analyses run one at a time);
 * :mod:`~sd_lens.runtime.engine` — :func:`forward` (the only call of a model's forward),
   :func:`run` (one batch) and :func:`stream` (batches of texts), each applying a *reducer* per hook
-  point so that no full activation cache is held unless a reducer keeps it.
+  point so that no full activation cache is held unless a reducer keeps it;
+* :mod:`~sd_lens.runtime.attention` — the lean attention of long texts (:func:`attention_path` turns it
+  off): a fused kernel in every block whose pattern no hook reads, from :data:`LEAN_FROM` positions on.
 
 Every analysis that runs the model is a short specialisation of :func:`stream` or :func:`run`
 (:func:`run_batch` for one prepared :class:`Batch`, :func:`forward` for a bare forward);
 ``tests/unit/test_runtime_seam.py`` fails if any other module calls a forward or attaches a hook.
 """
 
+from sd_lens.runtime.attention import LEAN_FROM, attention_path
 from sd_lens.runtime.engine import (
     Batch,
     Pass,
@@ -62,4 +65,6 @@ __all__ = [
     "stream",
     "temporary_hooks",
     "tokenize",
+    "LEAN_FROM",
+    "attention_path",
 ]

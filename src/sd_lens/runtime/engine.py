@@ -42,6 +42,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from sd_lens.errors import UnsupportedArchitectureError
+from sd_lens.runtime.attention import lean_attention
 from sd_lens.runtime.hooks import LOGITS, block_of, temporary_hooks
 from sd_lens.runtime.tokens import attention_mask as padding_mask
 from sd_lens.runtime.tokens import length_sorted_batches, model_device, pad
@@ -171,12 +172,16 @@ def forward(
         attention_mask: ``[B, T]``, 1 at real tokens; None: not passed (exact for right-padded causal models).
         stop_at_layer: run blocks ``0..stop_at_layer-1`` only (None: the whole model).
         return_type: TransformerLens's ``return_type`` (``None``: nothing, ``"logits"``, ``"loss"``).
+
+    From :data:`~sd_lens.runtime.attention.LEAN_FROM` positions on, blocks with no hook on their attention
+    pattern or scores run a fused attention kernel (:mod:`~sd_lens.runtime.attention`: the same numbers
+    within float32 rounding, no ``[batch, heads, T, T]`` tensors); ``attention_path("eager")`` turns it off.
     """
     device = model_device(model)
     kwargs: dict[str, Any] = {"return_type": return_type, "stop_at_layer": stop_at_layer}
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask.to(device)
-    with temporary_hooks(model, fwd_hooks):
+    with temporary_hooks(model, fwd_hooks), lean_attention(model, int(tokens.shape[-1]), masked="attention_mask" in kwargs):
         return model(tokens.to(device), **kwargs)
 
 
@@ -351,11 +356,14 @@ def run_passes(
     *,
     batch_size: int = 16,
     progress: bool | str = False,
+    fwd_hooks: Sequence[tuple[str, HookFn]] = (),
 ) -> None:
     """Run several :class:`Pass` es over their (common) sequences with one forward per batch.
 
     Reducers of different passes on the same hook point all read that activation. Each pass's
     ``consume`` gets the values of its own reducers only, in pass order, after each forward.
+    ``fwd_hooks`` (interventions, e.g. a change of the residual basis) apply in every forward, before
+    the reducers at the same hook point.
     """
     if not passes:
         return
@@ -374,7 +382,7 @@ def run_passes(
         return lambda act, batch: [r(act, batch) for _, r in rs]
 
     reducers = {name: combined(rs) for name, rs in owners.items()}
-    for batch, out in stream(model, seqs, reducers, batch_size=batch_size, progress=progress):
+    for batch, out in stream(model, seqs, reducers, batch_size=batch_size, progress=progress, fwd_hooks=fwd_hooks):
         per: list[dict[str, Any]] = [{} for _ in passes]
         for name, values in out.items():
             for (i, _), value in zip(owners[name], values):

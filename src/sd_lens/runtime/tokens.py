@@ -26,6 +26,7 @@ __all__ = [
     "Tokenized",
     "as_sequences",
     "attention_mask",
+    "bos_token_id",
     "context_length",
     "decode",
     "decode_one",
@@ -33,6 +34,7 @@ __all__ = [
     "length_sorted_batches",
     "model_device",
     "pad",
+    "prepends_bos",
     "tokenize",
 ]
 
@@ -95,6 +97,23 @@ def context_length(model: HookedModel) -> int:
 def encode(model: HookedModel, text: str, *, prepend_bos: bool | None = None) -> Int[Tensor, " pos"]:
     """Token ids of one text on the CPU, with the model's BOS convention (``prepend_bos=None``), untruncated."""
     return model.to_tokens(text, prepend_bos=prepend_bos, truncate=False, move_to_device=False)[0].cpu()
+
+
+def bos_token_id(model: HookedModel) -> int | None:
+    """The id of the model's BOS token (what ``prepend_bos=True`` puts first), None when it has none."""
+    tokenizer = getattr(model, "tokenizer", None)
+    bos = None if tokenizer is None else getattr(tokenizer, "bos_token_id", None)
+    return None if bos is None else int(bos)
+
+
+def prepends_bos(model: HookedModel) -> bool:
+    """Whether the model's tokenisation policy (:func:`encode` with ``prepend_bos=None``) puts BOS first."""
+    bos = bos_token_id(model)
+    if bos is None:
+        return False
+    with_default = encode(model, "a", prepend_bos=None)
+    without = encode(model, "a", prepend_bos=False)
+    return len(with_default) == len(without) + 1 and int(with_default[0]) == bos
 
 
 def count_tokens_in_file_tokenizer(tokenizer_json: Any, text: str) -> int:
