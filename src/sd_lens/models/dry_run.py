@@ -17,10 +17,12 @@ Each item says how it was obtained:
   attention matrices of the blocks whose ``L`` is kept (the explosion and decay blocks), the norm
   probe's three float32 norms per token and block, the activation outliers' running maxima and median
   samples (read from :func:`~sd_lens.analyses.activation_outliers.activation_outliers_pass`'s defaults),
-  the float32 copy that ``dtype_check`` / ``forward_dtype`` need (:func:`sd_lens.runtime.precision.extra_bytes`'s rule).
+  the float32 copy that ``dtype_check`` / ``forward_dtype`` need (:func:`sd_lens.runtime.precision.extra_bytes`'s rule),
+  the defect finder's traced carrier streams (one per text, capped at ``TRACE_BUDGET_BYTES``).
 * ``estimated`` — what a forward holds at once: one block's intermediate tensors for one batch
   (``batch × tokens × (3 d_mlp + 4 d_model)`` in the forward's dtype) and the eager attention's scores
-  and pattern (``2 × batch × heads × tokens²`` float32); the logits of a perplexity forward; a dense
+  and pattern (``2 × batch × heads × tokens²`` float32; none from ``LEAN_FROM`` positions on, where blocks
+  run fused attention); the logits of a perplexity forward; a dense
   general eigenproblem's workspace (``4 d² `` float64). Allocator slack, fragmentation, CUDA context
   (~0.5 GB) and the library's own caches are not counted: keep the budget ~10 % under the card.
 """
@@ -175,7 +177,9 @@ def dry_run(
         InputError: ``check`` and a stage over the budget (the message names each one and its total).
     """
     from sd_lens.analyses.activation_outliers import activation_outliers_pass
+    from sd_lens.analyses.state_directions import TRACE_BUDGET_BYTES
     from sd_lens.models.view import CACHE_ALL_BYTES, CACHED_BLOCKS_BIG
+    from sd_lens.runtime.attention import LEAN_FROM
     from sd_lens.runtime.precision import parse_dtype
 
     shape, fam, exact_params = shape_of(model_or_shape, family)
@@ -196,7 +200,8 @@ def dry_run(
         return MemoryItem(what, int(n), how)  # type: ignore[arg-type]
 
     forward = item(f"one block's activations for a batch of {B} × {T} tokens", B * T * (3 * f + 4 * d) * fwd, E)
-    scores = item("eager attention scores and pattern", 2 * B * H * T * T * 4, E)
+    # from LEAN_FROM positions on, blocks without a pattern hook run fused attention: no T² scores kept
+    scores = item("eager attention scores and pattern", 2 * B * H * T * T * 4 if T < LEAN_FROM else 0, E)
     cast = []
     if forward_dtype is not None and fwd > w:
         cast = [item(f"the weights cast to {forward_dtype} (growth)", params * (fwd - w) / n_devices)]
@@ -210,7 +215,9 @@ def dry_run(
         stages.append(StageMemory(name, tuple(items), weights))
 
     stage("probe", forward, scores, *cast, item("norms: 3 float32 per token and block", N * L * 3 * 4))
-    stage("defects", forward, scores, *cast, item("cluster ids per token and block (int64)", N * L * 8))
+    stage("defects", forward, scores, *cast, item("cluster ids per token and block (int64)", N * L * 8),
+          item("carriers' residual streams kept for tracing (float32, at most TRACE_BUDGET_BYTES)",
+               min(TRACE_BUDGET_BYTES, n_texts * (L + 1) * d * 4)))
     if dtype_check and w < 4 and forward_dtype is None:
         stage("dtype_check", item("the weights cast to float32 (growth)", params * (4 - w) / n_devices),
               item("float32 forward activations", B * T * (3 * f + 4 * d) * 4, E), scores)
