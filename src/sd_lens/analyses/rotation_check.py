@@ -62,7 +62,7 @@ from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_
 from sd_lens.analyses.defects import DefectReport
 from sd_lens.corpus import default_corpus
 from sd_lens.errors import InputError
-from sd_lens.models.loading import model_name
+from sd_lens.models.loading import model_dtype, model_name
 from sd_lens.runtime.engine import Batch, Pass, make_batch, run_batch, run_passes
 from sd_lens.runtime.hooks import LOGITS, act_name, require_hooks
 from sd_lens.runtime.reducers import resident
@@ -487,7 +487,7 @@ def rotation_check(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     d = int(model.cfg.d_model)
-    tolerance = norm_tolerance(next(model.parameters()).dtype)
+    tolerance = norm_tolerance(getattr(torch, model_dtype(model)))
     hooks_before = _hook_count(model)
     tok = tokenize(model, default_corpus() if texts is None else list(texts), max_tokens_per_text=max_tokens_per_text)
     by_block: dict[int, list[int]] = {}
