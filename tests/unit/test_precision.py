@@ -214,3 +214,24 @@ def test_cli_takes_the_load_and_forward_dtypes():
     assert cfg.forward_dtype == "float32" and cfg.dtype_check is False
     with pytest.raises(SystemExit):
         build_parser().parse_args(["analyze", "--dtype", "float64"])
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2", "neox"])
+def test_blockwise_cast_holds_one_block_in_float32_at_a_time(family, unchanged):
+    """``blockwise=True``: inside block 1's forward only block 1 (and what is outside the blocks) is float32,
+    and the probe equals the whole-model cast's exactly (the same float32 arithmetic)."""
+    model = tiny_model(family, seed=2, dtype=torch.bfloat16, n_layers=3)
+    seen: list[list[str]] = []
+
+    def record(act, hook):
+        seen.append([str(next(b.parameters()).dtype) for b in model.blocks])
+
+    with unchanged(model):
+        with forward_dtype(model, "float32", blockwise=True):
+            model.run_with_hooks(model.to_tokens(TEXTS[0]), fwd_hooks=[("blocks.1.hook_resid_pre", record)])
+            assert all(str(next(b.parameters()).dtype) == "torch.bfloat16" for b in model.blocks)  # between forwards
+            blockwise = probe_norms(model, TEXTS).norms
+        with forward_dtype(model, "float32"):
+            whole = probe_norms(model, TEXTS).norms
+    assert seen == [["torch.bfloat16", "torch.float32", "torch.bfloat16"]]
+    torch.testing.assert_close(blockwise, whole, rtol=0, atol=0, equal_nan=True)  # NaN: a site the family lacks

@@ -217,7 +217,8 @@ def dtype_check(
         probe, report: :func:`~sd_lens.analyses.probe.probe_norms` and
             :func:`~sd_lens.analyses.defects.find_defects` of the model in its own dtype.
         reference: the dtype to check against (float32: the weights are cast for the check and
-            restored bit-exactly; needs their bytes once more, checked before anything runs).
+            restored bit-exactly, one block at a time — the extra memory is the non-block tensors'
+            growth plus one block's, checked before anything runs).
         threshold: the high-norm threshold (default: ``report.threshold``).
         split_angle_deg: two defects are the same when their directions are this close at a shared block.
         batch_size, progress: as for :func:`~sd_lens.analyses.probe.probe_norms`.
@@ -233,7 +234,7 @@ def dtype_check(
         raise InputError(f"split_angle_deg must be in (0, 90], got {split_angle_deg}")
     t0 = time.perf_counter()
     own = model_dtype(model)
-    with forward_dtype(model, ref_dtype):
+    with forward_dtype(model, ref_dtype, blockwise=True):  # one block cast at a time: +1 block of memory
         ref_probe = probe_norms(model, _tokenized(probe), batch_size=batch_size, progress=progress)
         ref_report = find_defects(model, ref_probe, threshold=threshold, split_angle_deg=split_angle_deg,
                                   batch_size=batch_size, progress=progress)

@@ -17,7 +17,8 @@ Each item says how it was obtained:
   attention matrices of the blocks whose ``L`` is kept (the explosion and decay blocks), the norm
   probe's three float32 norms per token and block, the activation outliers' running maxima and median
   samples (read from :func:`~sd_lens.analyses.activation_outliers.activation_outliers_pass`'s defaults),
-  the float32 copy that ``dtype_check`` / ``forward_dtype`` need (:func:`sd_lens.runtime.precision.extra_bytes`'s rule),
+  the float32 copy that ``forward_dtype`` needs (:func:`sd_lens.runtime.precision.extra_bytes`'s rule; ``dtype_check``
+  casts one block at a time: the non-block tensors and one block),
   the defect finder's traced carrier streams (one per text, capped at ``TRACE_BUDGET_BYTES``).
 * ``estimated`` — what a forward holds at once: one block's intermediate tensors for one batch
   (``batch × tokens × (3 d_mlp + 4 d_model)`` in the forward's dtype) and the eager attention's scores
@@ -219,7 +220,9 @@ def dry_run(
           item("carriers' residual streams kept for tracing (float32, at most TRACE_BUDGET_BYTES)",
                min(TRACE_BUDGET_BYTES, n_texts * (L + 1) * d * 4)))
     if dtype_check and w < 4 and forward_dtype is None:
-        stage("dtype_check", item("the weights cast to float32 (growth)", params * (4 - w) / n_devices),
+        # forward_dtype(..., blockwise=True): the non-block tensors for the whole check, one block at a time
+        stage("dtype_check", item("embeddings and unembedding cast to float32 (growth)", 2 * V * d * (4 - w) / n_devices),
+              item("one block cast to float32 while it runs (growth)", block_params / L * (4 - w)),
               item("float32 forward activations", B * T * (3 * f + 4 * d) * 4, E), scores)
     fit = item(f"Gaussian FFN fit: float64 W_in{', W_gate' if gated else ''} and the {f} × {d} map",
                ((2 if gated else 1) * d * f + f * d) * 8)
