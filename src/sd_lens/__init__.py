@@ -45,9 +45,9 @@ from sd_lens.interventions import (
 )
 from sd_lens.models.loading import DEFAULT_MODEL, cache_root, known_models, load_model
 from sd_lens.models.registry import Family, get_family, register_family, registered_families
-from sd_lens.models.view import BlockView, ModelView, model_view
+from sd_lens.models.view import BlockView, ModelOrView, ModelView, model_view
 from sd_lens.pipeline import AnalysisConfig, AnalysisResult, run_analysis
-from sd_lens.types import HookedModel, ModelOrView
+from sd_lens.types import HookedModel
 
 __version__ = "0.1.0"
 

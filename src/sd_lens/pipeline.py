@@ -11,6 +11,7 @@ observations (i)–(iv).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -18,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 
@@ -66,9 +67,6 @@ from sd_lens.runtime.lock import model_lock
 from sd_lens.runtime.precision import DTYPES, check_memory, forward_dtype
 from sd_lens.runtime.tokens import tokenize
 from sd_lens.types import HookedModel
-
-if TYPE_CHECKING:  # pragma: no cover
-    from sd_lens.quantize.evaluate import QuantizationResult
 
 SCHEMA_VERSION = 2
 _log = logging.getLogger(__name__)
@@ -246,7 +244,7 @@ class AnalysisResult:
     dtype: str = "float32"
     model_dtype: str | None = None  # the weights' dtype, when the forward ran in another (forward_dtype)
     dtype_check: DtypeCheck | None = None
-    quantization: QuantizationResult | None = None
+    quantization: Any = None  # a sd_lens.quantize.QuantizationResult: that application registers the stage
     sinks: AttentionSinks | None = None
     attribution: ComponentAttribution | None = None
     lever: LeverReport | None = None
@@ -369,12 +367,6 @@ class AnalysisResult:
         if path is not None:
             atomic_write_text(path, text + "\n")
         return text
-
-    def sentences(self) -> list[str]:
-        """Each defect's findings in plain sentences (written by :func:`sd_lens.report.prose.defect_sentences`)."""
-        from sd_lens.report.prose import defect_sentences
-
-        return defect_sentences(self)
 
 
 def run_analysis(
@@ -591,14 +583,9 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
             {"outliers_and_sinks": outliers},
         )
     if cfg.quantize:
-        from sd_lens.quantize import quantization_experiment
-
+        quantization_stage = registered_stage("quantization")  # the application registers it
         quantization = stage(
-            "quantization",
-            lambda: quantization_experiment(
-                model, texts, held_out_texts(texts), analysis=report, batch_size=cfg.batch_size,
-                max_tokens_per_text=cfg.max_tokens_per_text, progress=cfg.progress,
-            ),
+            "quantization", lambda: quantization_stage(model, texts, held_out_texts(texts), report=report, config=cfg)
         )
     if cfg.outlier_tokens:
         found_tokens = stage(
@@ -666,3 +653,33 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
         ranking=ranking,
         super_weights=sw,
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# stages an application registers: the pipeline imports no application (tests/unit/test_layers.py)
+# ------------------------------------------------------------------------------------------------
+#: ``stage(model, texts, held_out, *, report, config) -> result``: a registered stage's computation;
+#: its result has ``to_dict()`` and lands in the :class:`AnalysisResult` field of the stage's name
+StageFn = Callable[..., Any]
+_REGISTERED_STAGES: dict[str, StageFn] = {}
+#: the module that registers each optional stage, imported by name when its option is on (an entry
+#: point, not an import: the stage's code sits on the applications floor, above this module)
+STAGE_PROVIDERS: dict[str, str] = {"quantization": "sd_lens.quantize"}
+
+
+def register_stage(name: str, fn: StageFn) -> None:
+    """Register ``fn`` as the computation of the optional stage ``name`` (an application calls this
+    when it is imported: :mod:`sd_lens.quantize` registers ``"quantization"``)."""
+    if not callable(fn):
+        raise InputError(f"stage {name!r}: expected a callable, got {type(fn).__name__}")
+    _REGISTERED_STAGES[name] = fn
+
+
+def registered_stage(name: str) -> StageFn:
+    """The computation registered for ``name``, importing its provider (:data:`STAGE_PROVIDERS`) on demand."""
+    if name not in _REGISTERED_STAGES and name in STAGE_PROVIDERS:
+        importlib.import_module(STAGE_PROVIDERS[name])
+    try:
+        return _REGISTERED_STAGES[name]
+    except KeyError:
+        raise InputError(f"no stage {name!r} is registered (register_stage); known: {sorted(_REGISTERED_STAGES)}") from None

@@ -176,12 +176,6 @@ class DefectReport:
         """Major defects, then minor groups."""
         return [*self.defects, *self.minor]
 
-    def summary(self) -> str:
-        """The defects in a few lines (written by :func:`sd_lens.report.prose.defects_summary`)."""
-        from sd_lens.report.prose import defects_summary
-
-        return defects_summary(self)
-
 
 def find_episodes(probe: NormProbe, threshold: float = 4.0) -> list[Episode]:
     """High-norm episodes of every token (see the module docstring)."""

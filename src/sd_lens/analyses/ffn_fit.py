@@ -82,8 +82,7 @@ from torch import Tensor
 
 from sd_lens.errors import InputError
 from sd_lens.linalg import LeadingTriplet, svd_signed
-from sd_lens.models.view import BlockView, resolve_block
-from sd_lens.types import ModelOrView
+from sd_lens.models.view import BlockView, ModelOrView, resolve_block
 
 __all__ = ["FFNFit", "Method", "fit_ffn"]
 
