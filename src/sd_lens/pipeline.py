@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import torch
+from torch import Tensor
 
 from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_outliers_pass
 from sd_lens.analyses.attention_sinks import AttentionSinks, attention_sinks_pass
@@ -368,6 +369,20 @@ class AnalysisResult:
             atomic_write_text(path, text + "\n")
         return text
 
+    def trigger(self, label: str) -> Trigger:
+        """The trigger direction v₀ of the major defect ``label`` (``"D1"``, ...) with its explosion block:
+        the leading right singular vector of the FFN fit there (what :func:`verify_trigger` ablated).
+
+        Raises:
+            InputError: no major defect has that label.
+        """
+        for d, f in zip(self.defects, self.findings):
+            if d.label == label:
+                fit = self.spectra.linearizations[d.explosion_layer].ffn_fit
+                return Trigger(label, d.explosion_layer, fit.v0, fit.s0, f.predicted_angle_deg, f.causal)
+        known = ", ".join(d.label for d in self.defects) or "none: no major defect"
+        raise InputError(f"no major defect {label!r}; the defects are {known}")
+
 
 def run_analysis(
     model: HookedModel,
@@ -683,3 +698,27 @@ def registered_stage(name: str) -> StageFn:
         return _REGISTERED_STAGES[name]
     except KeyError:
         raise InputError(f"no stage {name!r} is registered (register_stage); known: {sorted(_REGISTERED_STAGES)}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# a defect's trigger, reachable from the result (AnalysisResult.trigger)
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Trigger:
+    """One major defect's trigger: v₀ at its explosion block, as :meth:`AnalysisResult.trigger` returns it.
+
+    Attributes:
+        label: the defect's label (``"D1"``).
+        block: its explosion block (where the FFN's fit ``F`` amplifies ``v0`` most).
+        v0: float32 [d_model], the leading right singular vector of ``F`` there (sign as the fit gives it).
+        s0: the singular value that goes with it.
+        predicted_angle_deg: angle between the block's ``u0`` of ``L`` and the defect's direction.
+        causal: the ablation and patching of ``v0`` on the trigger text (:class:`CausalCheck`).
+    """
+
+    label: str
+    block: int
+    v0: Tensor
+    s0: float
+    predicted_angle_deg: float
+    causal: CausalCheck
