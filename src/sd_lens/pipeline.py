@@ -415,6 +415,12 @@ def run_analysis(
     ``interventions``, ``quantize``, ``rotation``, ``causal_ranking``) does not raise: its result is None, ``AnalysisResult.errors`` names
     it with its error (``failed_stages`` in the JSON), a warning says so, and the stages that need it
     are skipped with that reason; everything else is returned.
+
+    Example:
+        >>> import sd_lens
+        >>> result = sd_lens.run_analysis(sd_lens.tiny_model("llama"), ["The cat sat on the mat.", "A dog ran."])
+        >>> {d.label: result.trigger(d.label).block for d in result.defects}  # each defect's v0 block
+        {}
     """
     unknown = sorted(set(options) - set(AnalysisConfig.options()))
     if unknown:

@@ -299,6 +299,13 @@ def find_defects(
         max_traces: carriers traced per defect to measure the component profile.
         batch_size: texts per forward of the second pass.
         progress: tqdm bars for the passes.
+
+    Example:
+        >>> import sd_lens
+        >>> model = sd_lens.tiny_model("llama")
+        >>> report = sd_lens.find_defects(model, sd_lens.probe_norms(model, ["The cat sat on the mat."]))
+        >>> len(report.defects), report.threshold  # a random tiny model has none
+        (0, 4.0)
     """
     for name, value in (("threshold", threshold), ("split_angle_deg", split_angle_deg)):
         if not (math.isfinite(value) and value > 0):

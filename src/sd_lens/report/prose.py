@@ -64,7 +64,8 @@ def defects_summary(report: DefectReport) -> str:
     """The defects found, one line each, then the minor groups.
 
     >>> import sd_lens
-    >>> report = sd_lens.find_defects(sd_lens.probe_norms(sd_lens.tiny_model("llama"), ["a b c d"]))
+    >>> model = sd_lens.tiny_model("llama")
+    >>> report = sd_lens.find_defects(model, sd_lens.probe_norms(model, ["a b c d"]))
     >>> print(sd_lens.defects_summary(report).split(":")[0])
     tiny-llama
     """
