@@ -68,8 +68,10 @@ from sd_lens.interventions import (
     project_out,
     set_coefficient,
 )
+from sd_lens.models.dry_run import DryRun, dry_run
 from sd_lens.models.loading import DEFAULT_MODEL, cache_root, known_models, load_model
 from sd_lens.models.registry import Family, get_family, register_family, registered_families
+from sd_lens.models.synthetic import ModelShape, PlantedDefect, synthetic_model
 from sd_lens.models.tiny import tiny_model
 from sd_lens.models.view import BlockView, ModelOrView, ModelView, model_view
 from sd_lens.pipeline import AnalysisConfig, AnalysisResult, DefectFindings, Trigger, run_analysis
@@ -138,6 +140,11 @@ __all__ = [
     "causal_ranking",
     "SuperWeights",
     "super_weights",
+    "ModelShape",
+    "PlantedDefect",
+    "synthetic_model",
+    "DryRun",
+    "dry_run",
     "ActivationOutliers",
     "OutlierEntry",
     "activation_outliers",

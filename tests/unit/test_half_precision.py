@@ -54,7 +54,8 @@ def test_every_option_runs_in_every_dtype(family, dtype, unchanged):
     with unchanged(model), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = run_analysis(
-            model, TEXTS, channels=True, local_checks=True, interventions=True, quantize=quantize, vocab=True
+            model, TEXTS, channels=True, local_checks=True, interventions=True, quantize=quantize, vocab=True,
+            outlier_tokens=True, rotation=True, causal_ranking=True, super_weights=True,
         )
     assert result.errors == {}
     assert result.dtype == str(dtype).removeprefix("torch.")
@@ -69,6 +70,12 @@ def test_every_option_runs_in_every_dtype(family, dtype, unchanged):
     assert result.interventions is not None
     assert (result.quantization is not None) == quantize
     assert result.findings[0].vocab is not None and result.findings[0].pathway is not None
+    # the weight lens: outlier tokens, the rotation (defect norms kept within the dtype's rounding), the
+    # causal ranking and the super weights
+    assert result.outlier_tokens is not None and result.rotation is not None
+    assert all(d.survives for r in result.rotation.runs for d in r.defects)
+    assert result.ranking is not None and len(result.ranking) >= 1
+    assert result.super_weights is not None
     data = json.loads(result.to_json())
     assert "failed_stages" not in data and _finite_numbers(data)
 

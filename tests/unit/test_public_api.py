@@ -99,6 +99,7 @@ NOT_TOP_LEVEL: dict[str, str] = {
     "zeroed": _HELPER,
     "DownProjOutliers": _PART,
     "NormScales": _PART,
+    "norm_tolerance": "rotation_check's tolerance for a norm from the dtype (a building block)",
 }
 
 

@@ -62,7 +62,7 @@ from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_
 from sd_lens.analyses.defects import DefectReport
 from sd_lens.corpus import default_corpus
 from sd_lens.errors import InputError
-from sd_lens.models.loading import model_name
+from sd_lens.models.loading import model_dtype, model_name
 from sd_lens.runtime.engine import Batch, Pass, make_batch, run_batch, run_passes
 from sd_lens.runtime.hooks import LOGITS, act_name, require_hooks
 from sd_lens.runtime.reducers import resident
@@ -78,14 +78,25 @@ __all__ = [
     "fixing_ones",
     "hadamard_matrix",
     "random_orthogonal",
+    "norm_tolerance",
     "randomized_hadamard",
     "rotation_check",
     "rotation_hooks",
 ]
 
 KINDS = ("random", "hadamard")
-#: a defect "survives" when every carrier's norm ratio is within this of 1
+#: a defect "survives" when every carrier's norm ratio is within this of 1 (float32; half precision:
+#: :func:`norm_tolerance`)
 NORM_TOLERANCE = 1e-3
+
+
+def norm_tolerance(dtype: torch.dtype) -> float:
+    """How far from 1 a carrier's norm ratio may be and the defect still "survive", for a forward in
+    ``dtype``: :data:`NORM_TOLERANCE`, or four units of the dtype's rounding when that is larger — the
+    rotated forward rounds every block's output differently (bfloat16: 0.0156, float16: 0.0039; tiny
+    bfloat16 models of every family measure up to 0.0017)."""
+    return max(NORM_TOLERANCE, 4 * torch.finfo(dtype).eps)
+
 
 
 # ------------------------------------------------------------------------------------------------
@@ -265,10 +276,12 @@ class DefectRotation:
     component_ratio: float
     top_channel_share_before: float
     top_channel_share_after: float
+    tolerance: float = NORM_TOLERANCE
 
     @property
     def survives(self) -> bool:
-        return self.n_states > 0 and self.norm_ratio_max_dev <= NORM_TOLERANCE
+        """Every carrier's norm ratio within ``tolerance`` of 1 (:func:`norm_tolerance` of the forward's dtype)."""
+        return self.n_states > 0 and self.norm_ratio_max_dev <= self.tolerance
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -277,7 +290,7 @@ class DefectRotation:
             "component_ratio": _r(self.component_ratio),
             "top_channel_share_before": _r(self.top_channel_share_before, 4),
             "top_channel_share_after": _r(self.top_channel_share_after, 4),
-            "survives": self.survives,
+            "survives": self.survives, "tolerance": self.tolerance,
         }
 
 
@@ -474,6 +487,7 @@ def rotation_check(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     d = int(model.cfg.d_model)
+    tolerance = norm_tolerance(getattr(torch, model_dtype(model)))
     hooks_before = _hook_count(model)
     tok = tokenize(model, default_corpus() if texts is None else list(texts), max_tokens_per_text=max_tokens_per_text)
     by_block: dict[int, list[int]] = {}
@@ -523,6 +537,7 @@ def rotation_check(
                     component_ratio=float(comp.mean()) if n else math.nan,
                     top_channel_share_before=defect_channels(units[k].float(), 1)[0][1],
                     top_channel_share_after=defect_channels((units[k] @ q).float(), 1)[0][1],
+                    tolerance=tolerance,
                 )
         chans = []
         for c in channels:
