@@ -21,7 +21,7 @@ args = parser.parse_args()
 
 model = sd_lens.load_model(args.model)
 result = run_analysis(model)  # default corpus; pass texts=[...] for your own
-print(result.defects.summary())
+print(sd_lens.defects_summary(result.defects))
 
 # 1. The whole report: one self-contained page plus the JSON.
 path = write_report(model, result, args.out)

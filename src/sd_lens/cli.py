@@ -7,21 +7,23 @@ see :func:`add_config_arguments`), so an option added there appears here with it
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 import time
 import types
 import typing
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from sd_lens.errors import InputError, SdLensError
+from sd_lens.cli_common import Loaded, add_text_file_arguments, run_command
+from sd_lens.cli_common import device as _device
+from sd_lens.cli_common import load as _load
+from sd_lens.cli_common import texts as _texts
+from sd_lens.errors import InputError
 from sd_lens.models.loading import DEFAULT_MODEL, DEVICE_MAP_NAMES, known_models
 from sd_lens.outputs import is_stdout, notes_stream, output_dir, output_file
 from sd_lens.pipeline import AnalysisConfig, AnalysisResult
-from sd_lens.types import HookedModel
+from sd_lens.report.prose import defects_summary
 
 
 def _flag(name: str, meta: Any) -> str:
@@ -85,64 +87,6 @@ def config_from_args(args: argparse.Namespace) -> AnalysisConfig:
     return AnalysisConfig(**values)
 
 
-@dataclass(frozen=True)
-class Loaded:
-    """A model and the seconds its load took (so a command can reuse a model another one loaded)."""
-
-    model: HookedModel
-    seconds: float
-
-
-def _device(name: str) -> str:
-    """``name`` if torch can run on it here; an :class:`InputError` naming the choices otherwise."""
-    import torch
-
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as exc:
-        raise InputError(f"--device {name!r} is not a device torch knows; use cpu, cuda or cuda:N") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: this torch build or machine has no CUDA device; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise InputError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s); use cuda:0..")
-    if device.type not in ("cpu", "cuda"):
-        raise InputError(f"--device {name}: sd_lens runs on cpu or cuda")
-    return name
-
-
-def _texts(text_file: Path | None, max_bytes: int | None = None) -> list[str] | None:
-    """The corpus of ``--text-file`` (read now, before the model loads, at most ``--max-text-bytes``),
-    or None for the default."""
-    from sd_lens.corpus import DEFAULT_MAX_TEXT_BYTES, read_text_file
-
-    return read_text_file(text_file, max_bytes or DEFAULT_MAX_TEXT_BYTES) if text_file else None
-
-
-def _bytes(text: str) -> int:
-    """A positive byte count: ``1000000``, ``64k``, ``16M``, ``1G`` (binary multiples)."""
-    units = {"k": 2**10, "m": 2**20, "g": 2**30}
-    t = text.strip().lower().removesuffix("b").removesuffix("i")
-    scale = units.get(t[-1:], 1)
-    try:
-        value = int(t[:-1] if t[-1:] in units else t) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of bytes (e.g. 1000000, 64k, 16M), got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number of bytes, got {text!r}")
-    return value
-
-
-def add_text_file_arguments(p: argparse.ArgumentParser, help: str, default: Any = None) -> None:
-    """``--text-file`` and ``--max-text-bytes`` (one definition for every command that reads texts)."""
-    from sd_lens.corpus import DEFAULT_MAX_TEXT_BYTES
-
-    p.add_argument("--text-file", type=Path, default=default,
-                   help=help + "; - reads standard input; pipes and devices only so")
-    p.add_argument("--max-text-bytes", type=_bytes, default=argparse.SUPPRESS if default is argparse.SUPPRESS
-                   else DEFAULT_MAX_TEXT_BYTES, metavar="N",
-                   help=f"refuse a --text-file larger than this (default: {DEFAULT_MAX_TEXT_BYTES // 2**20}M)")
-
-
 def _local_model_dir(model: str) -> Path | None:
     """The folder holding ``model``'s config.json without loading or downloading anything: a model
     folder, a bundled model already converted, a Hugging Face snapshot already cached; else None."""
@@ -198,23 +142,6 @@ def _check_trigger_text(model: str, text: str) -> None:
         )
 
 
-def _load(
-    model: str, device: str = "cpu", dtype: str = "float32", device_map: str | None = None,
-    config: AnalysisConfig | None = None,
-) -> Loaded:
-    """Load ``model``; unfolded (``compatibility_mode=False``) when ``config`` needs the weights so
-    (``--fit reference``: the reference code's convention needs γ₂ apart from ``W_in``)."""
-    import sd_lens
-    from sd_lens.runtime.precision import parse_dtype
-
-    t0 = time.perf_counter()
-    kwargs: dict[str, Any] = {"device": device, "dtype": parse_dtype(dtype), "device_map": device_map}
-    if config is not None and config.needs_unfolded_weights:
-        kwargs["compatibility_mode"] = False
-    loaded = sd_lens.load_model(model, **kwargs)
-    return Loaded(loaded, time.perf_counter() - t0)
-
-
 def _analyze(loaded: Loaded, texts: list[str] | None, config: AnalysisConfig) -> AnalysisResult:
     from sd_lens.pipeline import run_analysis
 
@@ -238,7 +165,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return _failed_stages(result)
     result.to_json(args.json)
     notes = notes_stream(args.json)  # stderr when the JSON itself goes to a pipe or /dev/stdout
-    print(result.defects.summary(), file=notes)
+    print(defects_summary(result.defects), file=notes)
     _print_findings_summary(result, notes)
     print(f"JSON written to {args.json}", file=notes)
     return _failed_stages(result)
@@ -271,7 +198,7 @@ def _report(loaded: Loaded, texts: list[str] | None, config: AnalysisConfig, out
 
     result = _analyze(loaded, texts, config)
     path = write_report(loaded.model, result, out)
-    print(result.defects.summary())
+    print(defects_summary(result.defects))
     _print_findings_summary(result, sys.stdout)
     print(f"Report written to {path.resolve()}")
     print(f"JSON written to {(path.parent / 'analysis.json').resolve()}")
@@ -352,15 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stderr, nothing written), 3 written, but a stage failed after others had finished (one line per
     failed stage on stderr; ``failed_stages`` in the JSON), 1 anything else (a bug: please report the
     traceback)."""
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    # the libraries' own "Loading weights" bars (read by huggingface_hub and transformers at import)
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except SdLensError as exc:
-        print(f"sd-lens: error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

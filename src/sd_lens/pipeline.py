@@ -11,6 +11,7 @@ observations (i)–(iv).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -18,9 +19,10 @@ import time
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
+from torch import Tensor
 
 from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_outliers_pass
 from sd_lens.analyses.attention_sinks import AttentionSinks, attention_sinks_pass
@@ -66,9 +68,6 @@ from sd_lens.runtime.lock import model_lock
 from sd_lens.runtime.precision import DTYPES, check_memory, forward_dtype
 from sd_lens.runtime.tokens import tokenize
 from sd_lens.types import HookedModel
-
-if TYPE_CHECKING:  # pragma: no cover
-    from sd_lens.quantize.evaluate import QuantizationResult
 
 SCHEMA_VERSION = 2
 _log = logging.getLogger(__name__)
@@ -246,7 +245,7 @@ class AnalysisResult:
     dtype: str = "float32"
     model_dtype: str | None = None  # the weights' dtype, when the forward ran in another (forward_dtype)
     dtype_check: DtypeCheck | None = None
-    quantization: QuantizationResult | None = None
+    quantization: Any = None  # a sd_lens.quantize.QuantizationResult: that application registers the stage
     sinks: AttentionSinks | None = None
     attribution: ComponentAttribution | None = None
     lever: LeverReport | None = None
@@ -370,11 +369,19 @@ class AnalysisResult:
             atomic_write_text(path, text + "\n")
         return text
 
-    def sentences(self) -> list[str]:
-        """Each defect's findings in plain sentences (written by :func:`sd_lens.report.prose.defect_sentences`)."""
-        from sd_lens.report.prose import defect_sentences
+    def trigger(self, label: str) -> Trigger:
+        """The trigger direction v₀ of the major defect ``label`` (``"D1"``, ...) with its explosion block:
+        the leading right singular vector of the FFN fit there (what :func:`verify_trigger` ablated).
 
-        return defect_sentences(self)
+        Raises:
+            InputError: no major defect has that label.
+        """
+        for d, f in zip(self.defects, self.findings):
+            if d.label == label:
+                fit = self.spectra.linearizations[d.explosion_layer].ffn_fit
+                return Trigger(label, d.explosion_layer, fit.v0, fit.s0, f.predicted_angle_deg, f.causal)
+        known = ", ".join(d.label for d in self.defects) or "none: no major defect"
+        raise InputError(f"no major defect {label!r}; the defects are {known}")
 
 
 def run_analysis(
@@ -408,6 +415,12 @@ def run_analysis(
     ``interventions``, ``quantize``, ``rotation``, ``causal_ranking``) does not raise: its result is None, ``AnalysisResult.errors`` names
     it with its error (``failed_stages`` in the JSON), a warning says so, and the stages that need it
     are skipped with that reason; everything else is returned.
+
+    Example:
+        >>> import sd_lens
+        >>> result = sd_lens.run_analysis(sd_lens.tiny_model("llama"), ["The cat sat on the mat.", "A dog ran."])
+        >>> {d.label: result.trigger(d.label).block for d in result.defects}  # each defect's v0 block
+        {}
     """
     unknown = sorted(set(options) - set(AnalysisConfig.options()))
     if unknown:
@@ -591,14 +604,9 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
             {"outliers_and_sinks": outliers},
         )
     if cfg.quantize:
-        from sd_lens.quantize import quantization_experiment
-
+        quantization_stage = registered_stage("quantization")  # the application registers it
         quantization = stage(
-            "quantization",
-            lambda: quantization_experiment(
-                model, texts, held_out_texts(texts), analysis=report, batch_size=cfg.batch_size,
-                max_tokens_per_text=cfg.max_tokens_per_text, progress=cfg.progress,
-            ),
+            "quantization", lambda: quantization_stage(model, texts, held_out_texts(texts), report=report, config=cfg)
         )
     if cfg.outlier_tokens:
         found_tokens = stage(
@@ -666,3 +674,57 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
         ranking=ranking,
         super_weights=sw,
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# stages an application registers: the pipeline imports no application (tests/unit/test_layers.py)
+# ------------------------------------------------------------------------------------------------
+#: ``stage(model, texts, held_out, *, report, config) -> result``: a registered stage's computation;
+#: its result has ``to_dict()`` and lands in the :class:`AnalysisResult` field of the stage's name
+StageFn = Callable[..., Any]
+_REGISTERED_STAGES: dict[str, StageFn] = {}
+#: the module that registers each optional stage, imported by name when its option is on (an entry
+#: point, not an import: the stage's code sits on the applications floor, above this module)
+STAGE_PROVIDERS: dict[str, str] = {"quantization": "sd_lens.quantize"}
+
+
+def register_stage(name: str, fn: StageFn) -> None:
+    """Register ``fn`` as the computation of the optional stage ``name`` (an application calls this
+    when it is imported: :mod:`sd_lens.quantize` registers ``"quantization"``)."""
+    if not callable(fn):
+        raise InputError(f"stage {name!r}: expected a callable, got {type(fn).__name__}")
+    _REGISTERED_STAGES[name] = fn
+
+
+def registered_stage(name: str) -> StageFn:
+    """The computation registered for ``name``, importing its provider (:data:`STAGE_PROVIDERS`) on demand."""
+    if name not in _REGISTERED_STAGES and name in STAGE_PROVIDERS:
+        importlib.import_module(STAGE_PROVIDERS[name])
+    try:
+        return _REGISTERED_STAGES[name]
+    except KeyError:
+        raise InputError(f"no stage {name!r} is registered (register_stage); known: {sorted(_REGISTERED_STAGES)}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# a defect's trigger, reachable from the result (AnalysisResult.trigger)
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Trigger:
+    """One major defect's trigger: v₀ at its explosion block, as :meth:`AnalysisResult.trigger` returns it.
+
+    Attributes:
+        label: the defect's label (``"D1"``).
+        block: its explosion block (where the FFN's fit ``F`` amplifies ``v0`` most).
+        v0: float32 [d_model], the leading right singular vector of ``F`` there (sign as the fit gives it).
+        s0: the singular value that goes with it.
+        predicted_angle_deg: angle between the block's ``u0`` of ``L`` and the defect's direction.
+        causal: the ablation and patching of ``v0`` on the trigger text (:class:`CausalCheck`).
+    """
+
+    label: str
+    block: int
+    v0: Tensor
+    s0: float
+    predicted_angle_deg: float
+    causal: CausalCheck

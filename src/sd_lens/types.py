@@ -4,19 +4,17 @@ sd_lens works on any object that behaves like a TransformerLens model: a
 ``TransformerBridge`` in compatibility mode (TransformerLens 4) or a ``HookedTransformer``
 (TransformerLens 2.x/3.x). :class:`HookedModel` names the part of that interface sd_lens uses,
 so signatures say "a TransformerLens model" instead of ``Any``; it is a structural protocol,
-nothing has to inherit from it.
+nothing has to inherit from it. (``ModelOrView``, a model or its weights, lives with the views in
+:mod:`sd_lens.models.view`: this module is on the bottom floor and imports nothing of sd_lens.)
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Union, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 from torch import Tensor
 
-if TYPE_CHECKING:  # pragma: no cover
-    from sd_lens.models.view import BlockView, ModelView
-
-__all__ = ["HookFn", "HookedModel", "ModelOrView"]
+__all__ = ["HookFn", "HookedModel"]
 
 
 @runtime_checkable
@@ -43,7 +41,3 @@ class HookedModel(Protocol):
 
 #: A TransformerLens forward hook: ``hook(activation, hook_point)``; returns a replacement or None.
 HookFn = Callable[[Tensor, Any], Any]
-
-#: What the weight-only analyses accept: a model, its :class:`~sd_lens.models.view.ModelView` (reuse one:
-#: block views are cached) or one :class:`~sd_lens.models.view.BlockView`.
-ModelOrView = Union[HookedModel, "ModelView", "BlockView"]

@@ -18,5 +18,5 @@ def test_importing_sd_lens_does_not_import_the_model_libraries():
 
 
 def test_defect_prose_does_not_import_the_report_libraries():
-    """``DefectReport.summary()`` (printed by ``sd-lens analyze``) uses report.prose only."""
+    """``sd_lens.defects_summary`` (printed by ``sd-lens analyze``) uses report.prose only."""
     assert _loaded_after("import sd_lens.report.prose", ("matplotlib", "circuitsvis")) == []

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import sd_lens
 from chromium import (
     ARTIFACTS,
     DomSummary,
@@ -106,7 +107,7 @@ def test_smollm2_report_content(smollm2_report, smollm2_analysis):
     assert components.count("ColoredTokens") == len(components) - 4 == 2 * (30 + 1) + 2 * (1 + 3 * 2)
     for block in (2, 3, 11, 12):
         assert f"Attention patterns of block {block} on the trigger text" in html
-    for sentence in smollm2_analysis.sentences():
+    for sentence in sd_lens.defect_sentences(smollm2_analysis):
         assert html_escape(sentence) in html
     saved = json.loads((smollm2_report.parent / "analysis.json").read_text(encoding="utf-8"))
     assert saved == json.loads(smollm2_analysis.to_json())

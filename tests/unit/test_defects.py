@@ -13,6 +13,7 @@ from sd_lens.analyses.probe import probe_norms
 from sd_lens.errors import InputError
 from sd_lens.linalg import acute_angle_deg
 from sd_lens.models.tiny import tiny_model
+from sd_lens.report.prose import defects_summary
 
 TEXTS = ["the cat sat on the mat", "a dog ran far away", "hello there world", "one two three four"]
 
@@ -95,7 +96,7 @@ def test_a_lone_token_is_a_minor_group_with_its_reason(planted_two):
     (lone,) = report.minor
     assert [t for t, _ in lone.noninitial_tokens] == ["x"] and lone.n_episodes == 1
     assert any("single token occurrence" in r for r in lone.minor_reasons)
-    assert "m0" in report.summary() and "single token occurrence" in report.summary()
+    assert "m0" in defects_summary(report) and "single token occurrence" in defects_summary(report)
 
 
 def test_major_ratio_moves_defects_to_the_minor_groups(planted_two):
@@ -103,7 +104,7 @@ def test_major_ratio_moves_defects_to_the_minor_groups(planted_two):
     everything_minor = find_defects(planted_two, probe, major_ratio=1e9)
     assert len(everything_minor) == 0 and len(everything_minor.minor) == 2
     assert all(any("peaks at" in r for r in d.minor_reasons) for d in everything_minor.minor)
-    assert "0 defect(s)" in everything_minor.summary()
+    assert "0 defect(s)" in defects_summary(everything_minor)
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan")])

@@ -32,6 +32,7 @@ from sd_lens.interventions import (
 )
 from sd_lens.linalg import acute_angle_deg, svd_signed, unit
 from sd_lens.models.view import model_view
+from sd_lens.report.prose import defects_summary
 
 
 def test_block_linearization_form(tiny):
@@ -155,7 +156,7 @@ def test_random_model_has_an_explicit_empty_or_valid_defect_report(tiny):
     probe = probe_norms(tiny, ["Hello world, the cat sat.", "Another line of text here."])
     report = find_defects(tiny, probe, threshold=50.0)
     assert report.defects == [] and len(report) == 0
-    assert "no defect" in report.summary()
+    assert "no defect" in defects_summary(report)
 
 
 def test_explosion_subspace_and_sweeps_on_tiny(tiny, unchanged):

@@ -563,6 +563,12 @@ def activation_outliers(
     Args:
         batch_size: texts per forward pass.
         progress: show a progress bar.
+
+    Example:
+        >>> import sd_lens
+        >>> found = sd_lens.activation_outliers(sd_lens.tiny_model("llama"), ["The cat sat on the mat."])
+        >>> found.n_layers, found.sites
+        (2, ('resid_post', 'mlp_post'))
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")

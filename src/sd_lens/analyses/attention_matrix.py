@@ -25,8 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sd_lens.linalg import LeadingTriplet, svd_signed
-from sd_lens.models.view import resolve_block
-from sd_lens.types import ModelOrView
+from sd_lens.models.view import ModelOrView, resolve_block
 
 __all__ = ["AttentionMatrix", "attention_matrix"]
 

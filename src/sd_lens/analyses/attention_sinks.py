@@ -468,6 +468,12 @@ def attention_sinks(
 
     Returns:
         An :class:`AttentionSinks`. No hook stays attached; the weights are not touched.
+
+    Example:
+        >>> import sd_lens
+        >>> sinks = sd_lens.attention_sinks(sd_lens.tiny_model("llama"), ["The cat sat on the mat."])
+        >>> sinks.n_heads
+        4
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")

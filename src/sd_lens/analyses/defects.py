@@ -176,12 +176,6 @@ class DefectReport:
         """Major defects, then minor groups."""
         return [*self.defects, *self.minor]
 
-    def summary(self) -> str:
-        """The defects in a few lines (written by :func:`sd_lens.report.prose.defects_summary`)."""
-        from sd_lens.report.prose import defects_summary
-
-        return defects_summary(self)
-
 
 def find_episodes(probe: NormProbe, threshold: float = 4.0) -> list[Episode]:
     """High-norm episodes of every token (see the module docstring)."""
@@ -305,6 +299,13 @@ def find_defects(
         max_traces: carriers traced per defect to measure the component profile.
         batch_size: texts per forward of the second pass.
         progress: tqdm bars for the passes.
+
+    Example:
+        >>> import sd_lens
+        >>> model = sd_lens.tiny_model("llama")
+        >>> report = sd_lens.find_defects(model, sd_lens.probe_norms(model, ["The cat sat on the mat."]))
+        >>> len(report.defects), report.threshold  # a random tiny model has none
+        (0, 4.0)
     """
     for name, value in (("threshold", threshold), ("split_angle_deg", split_angle_deg)):
         if not (math.isfinite(value) and value > 0):

@@ -30,12 +30,12 @@ from torch import Tensor
 
 from sd_lens.analyses.ffn_fit import FFNFit, fit_ffn
 from sd_lens.linalg import unit
-from sd_lens.models.view import resolve_block
+from sd_lens.models.view import ModelOrView, resolve_block
 from sd_lens.runtime.engine import Batch, Reducer, forward, run
 from sd_lens.runtime.hooks import act_name, ffn_input
 from sd_lens.runtime.reducers import resident
 from sd_lens.runtime.tokens import decode_one
-from sd_lens.types import HookedModel, HookFn, ModelOrView
+from sd_lens.types import HookedModel, HookFn
 
 
 @dataclass(frozen=True, eq=False)

@@ -82,8 +82,7 @@ from torch import Tensor
 
 from sd_lens.errors import InputError
 from sd_lens.linalg import LeadingTriplet, svd_signed
-from sd_lens.models.view import BlockView, resolve_block
-from sd_lens.types import ModelOrView
+from sd_lens.models.view import BlockView, ModelOrView, resolve_block
 
 __all__ = ["FFNFit", "Method", "fit_ffn"]
 
@@ -423,6 +422,12 @@ def fit_ffn(
 
     Raises:
         InputError: unknown method, missing or malformed ``inputs``, too few inputs.
+
+    Example:
+        >>> import sd_lens
+        >>> fit = sd_lens.fit_ffn(sd_lens.tiny_model("llama"), 0)  # closed form ("gaussian")
+        >>> tuple(fit.F.shape), tuple(fit.v0.shape)  # F and its trigger direction v0
+        ((64, 64), (64,))
     """
     t0 = time.perf_counter()
     if method not in METHODS:

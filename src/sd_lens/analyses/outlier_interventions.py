@@ -85,6 +85,8 @@ __all__ = [
     "perplexity",
     "set_entries",
     "set_massive",
+    "kl_sum",
+    "nll_sum",
 ]
 
 #: the hook whose output is the logits (TransformerLens's unembedding; :data:`sd_lens.runtime.hooks.LOGITS`)
@@ -465,7 +467,7 @@ def _row_chunks(n_rows: int, per_row: int) -> Iterator[slice]:
         yield slice(start, min(start + step, n_rows))
 
 
-def _nll_sum(logits: Tensor, tokens: Tensor, mask: Tensor) -> tuple[float, int]:
+def nll_sum(logits: Tensor, tokens: Tensor, mask: Tensor) -> tuple[float, int]:
     """Sum of next-token NLLs over real predictions of ``logits`` [B, T, V] (logsumexp - target logit)."""
     total, count = 0.0, 0
     valid = mask[:, 1:]
@@ -482,7 +484,7 @@ def _nll_sum(logits: Tensor, tokens: Tensor, mask: Tensor) -> tuple[float, int]:
     return total, count
 
 
-def _kl_sum(clean: Tensor, inter: Tensor, mask: Tensor) -> float:
+def kl_sum(clean: Tensor, inter: Tensor, mask: Tensor) -> float:
     """Sum over real predicting positions of KL(softmax(clean) || softmax(inter)) per token."""
     total = 0.0
     valid = mask[:, 1:]
@@ -550,11 +552,11 @@ def perplexity(
             if score_from > 1:  # the targets before score_from are context, not scored
                 scored = scored & (torch.arange(scored.shape[1], device=scored.device) >= score_from)[None, :]
             if not doubled:
-                s, c = _nll_sum(act, b.tokens, scored)
+                s, c = nll_sum(act, b.tokens, scored)
                 return s, 0.0, 0.0, c
-            s_clean, c = _nll_sum(act[:n], b.tokens[:n], scored[:n])
-            s_int, _ = _nll_sum(act[n:], b.tokens[n:], scored[n:])
-            return s_int, s_clean, _kl_sum(act[:n], act[n:], scored[:n]), c
+            s_clean, c = nll_sum(act[:n], b.tokens[:n], scored[:n])
+            s_int, _ = nll_sum(act[n:], b.tokens[n:], scored[n:])
+            return s_int, s_clean, kl_sum(act[:n], act[n:], scored[:n]), c
 
         run_hooks = [(name, _second_half(fn, n)) for name, fn in hooks] if doubled else hooks
         out = run_batch(model, batch, {LOGITS_HOOK: reduce}, fwd_hooks=run_hooks)

@@ -108,6 +108,12 @@ def probe_norms(
     Raises:
         InputError: empty texts, over-long text, bad ``layers``.
         NonFiniteActivationError: a NaN or inf norm (names the block and hook point).
+
+    Example:
+        >>> import sd_lens
+        >>> probe = sd_lens.probe_norms(sd_lens.tiny_model("llama"), ["The cat sat on the mat."])
+        >>> tuple(probe.norms.shape[1:])  # (blocks, hook points) per token
+        (2, 3)
     """
     n_layers = int(model.cfg.n_layers) if layers is None else int(layers)
     if not 1 <= n_layers <= int(model.cfg.n_layers):

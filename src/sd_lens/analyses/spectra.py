@@ -27,8 +27,8 @@ from torch import Tensor
 from sd_lens.analyses.attention_matrix import attention_matrix
 from sd_lens.analyses.ffn_fit import FFNFit, fit_ffn
 from sd_lens.linalg import MatrixOp, acute_angle_deg, exact_top_singular, leading_triplet, nearest_eigenpair, unit
-from sd_lens.models.view import BlockView, ModelView, model_view, resolve_block
-from sd_lens.types import HookedModel, ModelOrView
+from sd_lens.models.view import BlockView, ModelOrView, ModelView, model_view, resolve_block
+from sd_lens.types import HookedModel
 
 
 def _post_scaled(m: Tensor, scale: Tensor | None) -> Tensor:

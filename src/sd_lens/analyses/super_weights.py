@@ -63,10 +63,11 @@ from sd_lens.analyses.attribution import carrier_prefixes
 from sd_lens.analyses.causal_score import INERT_KL, CausalScore
 from sd_lens.analyses.defects import Defect, DefectReport
 from sd_lens.analyses.life_cycle import ffn_output
-from sd_lens.analyses.outlier_interventions import LOGITS_HOOK, _kl_sum, _nll_sum
+from sd_lens.analyses.outlier_interventions import LOGITS_HOOK, kl_sum, nll_sum
 from sd_lens.analyses.probe import NormProbe
 from sd_lens.corpus import held_out_texts
 from sd_lens.errors import InputError, UnsupportedArchitectureError
+from sd_lens.models.linears import linear_weights
 from sd_lens.models.loading import model_name
 from sd_lens.models.registry import get_family
 from sd_lens.models.view import model_view
@@ -398,8 +399,7 @@ class SuperWeights:
 # the down-projection's parameter, and zeroing entries of it
 # ------------------------------------------------------------------------------------------------
 def _down_linears(model: HookedModel) -> dict[int, Any]:
-    from sd_lens.quantize.fake import linear_weights  # the parameters the forward computes with
-
+    # the parameters the forward computes with
     return {b: lins[0] for (b, site), lins in linear_weights(model).items() if site == "down"}
 
 
@@ -648,12 +648,12 @@ def _edited_perplexities(
         hooks = [(name, _rows(fn, (e + 1) * n, (e + 2) * n)) for e, edit in enumerate(edits) for name, fn in edit]
 
         def reduce(act: Tensor, b: Batch) -> list[float]:
-            s_clean, c = _nll_sum(act[:n], b.tokens[:n], b.mask[:n])
+            s_clean, c = nll_sum(act[:n], b.tokens[:n], b.mask[:n])
             out = [s_clean, float(c)]
             for e in range(k):
                 lo, hi = (e + 1) * n, (e + 2) * n
-                out.append(_nll_sum(act[lo:hi], b.tokens[lo:hi], b.mask[lo:hi])[0])
-                out.append(_kl_sum(act[:n], act[lo:hi], b.mask[:n]))
+                out.append(nll_sum(act[lo:hi], b.tokens[lo:hi], b.mask[lo:hi])[0])
+                out.append(kl_sum(act[:n], act[lo:hi], b.mask[:n]))
             return out
 
         vals = run_batch(model, batch, {LOGITS_HOOK: reduce}, fwd_hooks=hooks)[LOGITS_HOOK]

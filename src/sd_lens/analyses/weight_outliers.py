@@ -248,6 +248,12 @@ def weight_outliers(
 
     Raises:
         InputError: a non-finite or non-positive threshold.
+
+    Example:
+        >>> import sd_lens
+        >>> w = sd_lens.weight_outliers(sd_lens.tiny_model("llama"))
+        >>> w.n_layers, w.d_model
+        (2, 64)
     """
     for name, v in (("mask_tol", mask_tol), ("gain_ratio", gain_ratio), ("stat_ratio", stat_ratio)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:

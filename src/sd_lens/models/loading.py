@@ -32,6 +32,7 @@ from sd_lens.errors import (
     UnsupportedArchitectureError,
 )
 from sd_lens.models.registry import registered_architectures
+from sd_lens.types import HookedModel
 
 log = logging.getLogger(__name__)
 
@@ -387,7 +388,7 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     compatibility_mode: bool = True,
     device_map: str | dict[str, Any] | None = None,
-) -> Any:
+) -> HookedModel:
     """Load a model as a TransformerLens model with HookedTransformer hook names: a ``TransformerBridge``
     in compatibility mode (TransformerLens 4), or a ``HookedTransformer`` under TransformerLens 2.x
     (docs/models.md, "What loads how").

@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import Any, Callable, Literal
 
 from torch import Tensor
 
 from sd_lens.errors import InputError, UnsupportedArchitectureError
 from sd_lens.types import HookedModel
 
-if TYPE_CHECKING:
-    from sd_lens.models.view import BlockView
-
-#: ``builder(model, layer, family) -> BlockView``: reads one block of a model of ``family``.
-BlockViewBuilder = Callable[[Any, int, "Family"], "BlockView"]
+#: ``builder(model, layer, family) -> BlockView``: reads one block of a model of ``family``. The return
+#: is typed ``Any`` here because :mod:`sd_lens.models.view` imports this module (no import circle);
+#: ``ModelView`` checks that a builder returns a ``BlockView``.
+BlockViewBuilder = Callable[[Any, int, "Family"], Any]
 
 
 def weight_is_scale(w: Tensor) -> Tensor:

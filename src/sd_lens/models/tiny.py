@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from sd_lens.models.loading import model_from_hf
+from sd_lens.types import HookedModel
 
 FAMILIES = ("llama", "gemma3", "gpt2", "neox")
 
@@ -84,7 +85,7 @@ def tiny_hf_model(family: str = "llama", *, seed: int = 0, n_layers: int = 2, d_
 
 def tiny_model(family: str = "llama", *, seed: int = 0, n_layers: int = 2, d_model: int = 64,
                randomize_norms: bool = True, compatibility_mode: bool = True,
-               dtype: torch.dtype = torch.float32) -> Any:
+               dtype: torch.dtype = torch.float32) -> HookedModel:
     """A random-init TransformerLens model of ``family``; norm scales randomised so folding is tested.
 
     A ``TransformerBridge`` (TransformerLens 4) or a ``HookedTransformer`` converted from the same

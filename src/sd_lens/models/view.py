@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache, wraps
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Union
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,11 @@ from torch import Tensor
 
 from sd_lens.errors import InputError, UnsupportedArchitectureError
 from sd_lens.models.registry import Family, architecture_of, get_family, weight_is_scale
-from sd_lens.types import HookedModel, ModelOrView
+from sd_lens.types import HookedModel
+
+#: What the weight-only analyses accept: a model, its :class:`ModelView` (reuse one: block views are
+#: cached) or one :class:`BlockView`.
+ModelOrView = Union[HookedModel, "ModelView", "BlockView"]
 
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "silu": F.silu,
@@ -313,6 +317,10 @@ class ModelView:
 
     def _build(self, layer: int) -> BlockView:
         view = (self._family.block_view or standard_block_view)(self._model, layer, self._family)
+        if not isinstance(view, BlockView):
+            raise UnsupportedArchitectureError(
+                f"family {self._family.name!r}: its block_view builder returned {type(view).__name__}, not a BlockView"
+            )
         return on_one_device(view)
 
     def block(self, layer: int) -> BlockView:

@@ -7,6 +7,9 @@
 * :mod:`~sd_lens.quantize.figures` — the bar chart; :mod:`~sd_lens.quantize.cli` — ``sd-lens quantize``.
 """
 
+from typing import Any, Sequence
+
+from sd_lens.pipeline import register_stage
 from sd_lens.quantize.evaluate import KEPT, QuantizationResult, QuantRow, quantization_experiment
 from sd_lens.quantize.fake import (
     PER_TOKEN,
@@ -50,3 +53,14 @@ __all__ = [
     "site_hook",
     "smoothquant_scales",
 ]
+
+
+def _analysis_stage(model: Any, texts: Sequence[str], held_out: Sequence[str], *, report: Any, config: Any) -> Any:
+    """``run_analysis(..., quantize=True)``'s stage: the experiment with the analysis's defects and batches."""
+    return quantization_experiment(
+        model, texts, held_out, analysis=report, batch_size=config.batch_size,
+        max_tokens_per_text=config.max_tokens_per_text, progress=config.progress,
+    )
+
+
+register_stage("quantization", _analysis_stage)

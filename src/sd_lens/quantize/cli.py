@@ -30,7 +30,7 @@ def _positive(text: str) -> int:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``quantize`` command to ``sd-lens``'s subparsers; returns its parser."""
-    from sd_lens.cli import add_text_file_arguments
+    from sd_lens.cli_common import add_text_file_arguments
     from sd_lens.models.loading import DEFAULT_MODEL, known_models
 
     p = subparsers.add_parser(
@@ -67,7 +67,9 @@ def _schemes(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     """Run ``sd-lens quantize``; 0 when done (errors are :class:`~sd_lens.errors.SdLensError`, exit 2 in
     :func:`sd_lens.cli.main`)."""
-    from sd_lens.cli import _device, _load, _texts
+    from sd_lens.cli_common import device as _device
+    from sd_lens.cli_common import load as _load
+    from sd_lens.cli_common import texts as _texts
     from sd_lens.corpus import default_corpus, held_out_texts
     from sd_lens.outputs import notes_stream, output_file
 

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from sd_lens.corpus import default_corpus, validate_texts
 from sd_lens.errors import InputError
-from sd_lens.quantize.fake import SITES, linear_weights, site_hook
+from sd_lens.models.linears import SITES, linear_weights, site_hook
 from sd_lens.runtime.engine import Batch, stream
 from sd_lens.runtime.tokens import Tokenized, tokenize
 from sd_lens.types import HookedModel

@@ -194,7 +194,7 @@ def channels_section(page: Page, ctx: ReportContext) -> None:
 
 def quantization_section(page: Page, ctx: ReportContext) -> None:
     """The W8A8 quantization experiment (``quantize=True`` only): its table, the summary line and the figure."""
-    from sd_lens.quantize.figures import quantization_figure
+    from sd_lens.report.figures import quantization_figure
 
     q = ctx.result.quantization
     if q is None:

@@ -23,6 +23,13 @@ __all__ = [
     "ffn_singular_figure",
     "fig_to_png",
     "norm_lines_figure",
+    "perplexity_bars_figure",
+    "quantization_figure",
+    "FIGURE_HEIGHT",
+    "FIGURE_WIDTH",
+    "as_array",
+    "finish_figure",
+    "plain_label",
 ]
 
 _WIDTH, _HEIGHT = 7.5, 3.6
@@ -323,3 +330,100 @@ def ffn_singular_figure(
     ax.legend(fontsize=8, framealpha=0.85)
     ax.grid(True, axis="y", alpha=0.3)
     return _finish(fig, ax, title)
+
+
+
+# ------------------------------------------------------------------------------------------------
+# the house style, public for figures drawn elsewhere (an application's chart in the report's look)
+# ------------------------------------------------------------------------------------------------
+#: the width and height (inches) of a one-panel figure
+FIGURE_WIDTH, FIGURE_HEIGHT = _WIDTH, _HEIGHT
+
+
+def as_array(values: Any, name: str, ndim: int, allow_nan: bool = False) -> np.ndarray:
+    """``values`` (numpy, torch or lists) as a finite float array of ``ndim`` dimensions, or :class:`InputError`."""
+    return _array(values, name, ndim, allow_nan)
+
+
+def plain_label(text: str) -> str:
+    """Plain text for matplotlib: tokens quoted visibly, ``$`` not starting mathtext."""
+    return _label(text)
+
+
+def finish_figure(fig: Figure, ax: Any, title: str | None) -> Figure:
+    """The title (plain text) and tight layout every figure of the report gets."""
+    return _finish(fig, ax, title)
+
+# ------------------------------------------------------------------------------------------------
+# perplexity bars (the W8A8 quantization experiment of sd_lens.quantize; drawn here so the report,
+# one floor below the applications, imports no application)
+# ------------------------------------------------------------------------------------------------
+_PERPLEXITY_COLOURS = {"float": "#7f7f7f", "none": "#d62728", "defects": "#2ca02c", "random": "#ff7f0e", "all": "#1f77b4"}
+
+
+def perplexity_bars_figure(
+    labels: Sequence[str],
+    values: Any,
+    *,
+    kinds: Sequence[str] | None = None,
+    lows: Any = None,
+    highs: Any = None,
+    reference: float | None = None,
+    title: str | None = None,
+) -> Figure:
+    """One bar per label (log scale); ``lows``/``highs`` draw a range on a bar (NaN: none), ``kinds``
+    colour the bars (``"float"``, ``"none"``, ``"defects"``, ``"random"``, ``"all"``) and ``reference``
+    draws the float perplexity as a dashed line."""
+    vals = _array(values, "values", 1)
+    if len(labels) != len(vals) or len(vals) == 0:
+        raise InputError(f"{len(labels)} labels for {len(vals)} values")
+    if np.any(vals <= 0):
+        raise InputError("perplexities must be positive")
+    kinds = list(kinds) if kinds is not None else ["none"] * len(vals)
+    fig = Figure(figsize=(_WIDTH, _HEIGHT + 0.4))
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(vals))
+    ax.bar(x, vals, color=[_PERPLEXITY_COLOURS.get(k, "#9467bd") for k in kinds], width=0.7)
+    if lows is not None and highs is not None:
+        lo, hi = _array(lows, "lows", 1, allow_nan=True), _array(highs, "highs", 1, allow_nan=True)
+        has = ~np.isnan(lo)
+        ax.errorbar(x[has], vals[has], yerr=[vals[has] - lo[has], hi[has] - vals[has]], fmt="none", ecolor="black",
+                    capsize=4, linewidth=1)
+    if reference is not None:
+        ax.axhline(reference, color="black", linestyle="--", linewidth=1, label=f"float {reference:.2f}")
+        ax.legend(fontsize=8, loc="upper right")
+    for xi, v in zip(x, vals):
+        ax.text(float(xi), float(v), f"{v:.1f}", ha="center", va="bottom", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xticks(x)
+    ax.set_xticklabels([_label(s) for s in labels], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("perplexity (held-out)")
+    return _finish(fig, ax, title)
+
+
+def quantization_figure(result: Any, title: str | None = None) -> Figure:
+    """Bar chart of a :class:`~sd_lens.quantize.evaluate.QuantizationResult`: every row, the random
+    controls as one bar (their mean, the range as an error bar), the float perplexity dashed."""
+    labels: list[str] = []
+    vals: list[float] = []
+    kinds: list[str] = []
+    lows: list[float] = []
+    highs: list[float] = []
+    for r, s in result.display_rows():
+        if s is not None:  # the random controls of a scheme: one bar, their range as the error bar
+            labels.append(f"{r.scheme}\n+ random F2 ({int(s['n'])} seeds)")
+            vals.append(s["mean"])
+            lows.append(s["min"])
+            highs.append(s["max"])
+            kinds.append("random")
+            continue
+        kinds.append("float" if r.scheme == "float" else r.kept)
+        labels.append("float" if r.scheme == "float" else r.scheme + ("" if r.kept == "none" else f"\n+ {r.kept} F2"))
+        vals.append(r.perplexity)
+        lows.append(float("nan"))
+        highs.append(float("nan"))
+    prot = ", ".join(map(str, result.protected)) or "none"
+    return perplexity_bars_figure(
+        labels, vals, kinds=kinds, lows=lows, highs=highs, reference=result.row("float").perplexity,
+        title=title or f"{result.model}: W8A8 perplexity; defect blocks {prot}",
+    )

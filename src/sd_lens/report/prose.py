@@ -2,10 +2,10 @@
 
 One module holds all of it, so a sentence is changed in one place, whichever way it is read:
 
-* :func:`defects_summary`: the defect finder's result in a few lines (``DefectReport.summary()``,
+* :func:`defects_summary`: the defect finder's result in a few lines (``sd_lens.defects_summary(report)``,
   printed by ``sd-lens analyze`` and ``sd-lens report``);
 * :func:`defect_sentences`: each defect's findings in plain sentences
-  (``AnalysisResult.sentences()``, also the paragraph under each defect's heading in the report);
+  (``sd_lens.defect_sentences(result)``, also the paragraph under each defect's heading in the report);
 * :func:`report_summary`: the opening paragraph of the report;
 * :func:`overview_table`, :func:`defect_table`, :func:`decay_table`, :func:`minor_table`: the
   report's tables, as ``(header, rows)``;
@@ -13,7 +13,8 @@ One module holds all of it, so a sentence is changed in one place, whichever way
 * :func:`carrier_note`, :func:`no_decay_note`: the report's remarks on one defect.
 
 Every function takes the typed results and returns plain text (the page escapes it); nothing here
-runs a model or draws.
+runs a model or draws. The results themselves write no prose about defects: they sit on lower floors
+(:mod:`sd_lens.analyses`, :mod:`sd_lens.pipeline`) and may not import this module (``tests/unit/test_layers.py``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,14 @@ def number(x: float) -> str:
 
 
 def defects_summary(report: DefectReport) -> str:
-    """The defects found, one line each, then the minor groups (what :meth:`DefectReport.summary` returns)."""
+    """The defects found, one line each, then the minor groups.
+
+    >>> import sd_lens
+    >>> model = sd_lens.tiny_model("llama")
+    >>> report = sd_lens.find_defects(model, sd_lens.probe_norms(model, ["a b c d"]))
+    >>> print(sd_lens.defects_summary(report).split(":")[0])
+    tiny-llama
+    """
     if not report.all and report.n_high_states == 0:
         return f"{report.model}: no state above {report.threshold}x its block's median norm: no defect."
     lines = [
@@ -93,7 +101,7 @@ def minor_line(d: Defect) -> str:
 
 
 def defect_sentences(result: AnalysisResult) -> list[str]:
-    """Each defect's findings in plain sentences (what :meth:`AnalysisResult.sentences` returns)."""
+    """Each defect's findings in plain sentences (the paragraph under each defect's heading in the report)."""
     out = []
     if not result.defects.defects:
         out.append(

@@ -53,7 +53,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _shared(p: argparse.ArgumentParser, inherit: bool = False) -> None:
     """The options of both forms; ``inherit``: a value given before ``compare`` is kept (no default here)."""
-    from sd_lens.cli import add_text_file_arguments
+    from sd_lens.cli_common import add_text_file_arguments
 
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if inherit else value
@@ -73,7 +73,8 @@ def _compute(name: str, texts: list[str] | None, args: argparse.Namespace, block
 
 
 def _check_common(args: argparse.Namespace) -> list[str] | None:
-    from sd_lens.cli import _device, _texts
+    from sd_lens.cli_common import device as _device
+    from sd_lens.cli_common import texts as _texts
 
     if not (args.threshold > 1 and args.threshold < float("inf")):
         raise InputError(f"--threshold {args.threshold}: give a finite multiple of the median above 1")
@@ -163,9 +164,11 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m sd_lens.signature.cli``: the same as ``sd-lens signature`` (exit 2 on bad input)."""
-    from sd_lens.cli import main as sd_lens_main
+    from sd_lens.cli_common import run_command
 
-    return sd_lens_main(["signature", *(sys.argv[1:] if argv is None else argv)])
+    parser = argparse.ArgumentParser(prog="sd-lens", description="Find and verify singular defects of LLMs.")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    return run_command(parser, ["signature", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
