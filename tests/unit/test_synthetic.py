@@ -1,7 +1,7 @@
 """Synthetic models with a planted defect (``sd_lens.synthetic_model``): the analyses find what was planted.
 
 Every family, at the ``"small"`` shape (d_model 128, 6 blocks): the defect finder, the spectra, the
-life cycle and the channel lens (massive activations) recover the planted block, channel and neuron
+life cycle, the channel lens (massive activations) and the super-weight search recover the planted block, channel and neuron
 exactly; the 70B shape builds on the meta device without allocating.
 """
 
@@ -154,3 +154,20 @@ def test_the_70b_shape_builds_on_meta_without_allocating():
     assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_key_value_heads) == (
         8192, 28672, 80, 8)
     assert planted.block == 1 and planted.decay_block == 78 and math.isnan(planted.massive_value)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_super_weight_search_recovers_the_planted_weight(family):
+    """Issue #23's planted ground truth on synthetic models: ``super_weights`` names the planted
+    ``W_down[channel, neuron]`` at the planted block as the defect's super weight, and the planted
+    cancelling neuron at the decay block as its leading canceller — exactly, on every family."""
+    from sd_lens.analyses.super_weights import super_weights
+
+    model, planted, result = _analysed(family)
+    found = super_weights(model, result.defects, result.probe, verify=False, iterations=0)
+    (d,) = found.defects
+    w = d.super_weight
+    assert w is not None and (w.block, w.row, w.col) == (planted.block, planted.channel, planted.neuron)
+    assert d.cancellers and (d.cancellers[0].block, d.cancellers[0].row) == (planted.decay_block, planted.channel)
+    if planted.decay_neuron is not None:
+        assert d.cancellers[0].col == planted.decay_neuron
