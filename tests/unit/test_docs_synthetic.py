@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from conftest import tutorial_module
+
+pytestmark = pytest.mark.bridge_only(reason="the page builds synthetic models, which need TransformerLens 4's bridge")
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "models.md"
 SECTIONS = ("## Synthetic models with a planted defect", "## Dry run: memory arithmetic before loading")

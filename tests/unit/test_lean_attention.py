@@ -16,6 +16,8 @@ from sd_lens.runtime.attention import LEAN_FROM, attention_path, lean_blocks, le
 from sd_lens.runtime.engine import keep, make_batch, run_batch
 from sd_lens.runtime.hooks import LOGITS, act_name
 
+pytestmark = pytest.mark.bridge_only(reason='the lean path replaces TransformerBridge attention modules; a HookedTransformer (TransformerLens 2.x) has no such seam and stays eager')
+
 
 def _tokens(n: int, rows: int = 1, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)

@@ -48,6 +48,7 @@ def test_an_edited_hook_breaks_it_with_a_clear_message(tiny, unchanged):
         r.require()
 
 
+@pytest.mark.bridge_only(reason="names the bridge's hooks (Gemma-3's ln1_post.hook_out, ...) that carry each value")
 def test_the_diagnosis_names_the_hooks_that_carry_each_value(tiny):
     """Gemma-3's sandwich norms: the attention's added value is the post-attention norm's output (hook_attn_out
     is that), not the attention's own output before the norm (attn.hook_out); elsewhere hook_attn_out carries it."""

@@ -27,6 +27,8 @@ from sd_lens.errors import InputError
 from sd_lens.models.tiny import FAMILIES, tiny_model
 from sd_lens.quantize.fake import linear_weights
 
+pytestmark = pytest.mark.bridge_only(reason="the planted super weight is built through the bridge's Hugging Face modules (mlp.hook_in, original_component)")
+
 TEXTS = default_corpus(8)
 HELD = default_corpus(12)[8:]
 #: the planted entry: block, row (residual channel), col (FFN neuron)

@@ -19,6 +19,8 @@ from sd_lens.corpus import default_corpus
 from sd_lens.errors import InputError
 from sd_lens.models.synthetic import FAMILIES, SHAPES, ModelShape, PlantedDefect, resolve_shape, synthetic_model
 
+pytestmark = pytest.mark.bridge_only(reason="synthetic_model builds through TransformerLens 4's TransformerBridge (under 2.x it refuses: test_synthetic_model_refuses_transformer_lens_2)")
+
 TEXTS = default_corpus(16)
 _built: dict[str, tuple] = {}
 

@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sd_lens.errors import InputError
+from sd_lens.errors import InputError, UnsupportedArchitectureError
 from sd_lens.models.registry import get_family
 from sd_lens.models.tiny import char_tokenizer
 
@@ -472,6 +472,15 @@ def synthetic_model(
     if not 0 <= ch < s.d_model or not 0 <= n < s.d_mlp:
         raise InputError(f"channel={ch} / neuron={n}: the model has {s.d_model} channels and {s.d_mlp} neurons")
     defect = PlantedDefect(block=b, channel=ch, neuron=n, decay_block=c, decay_neuron=None if c is None else n2)
+    if str(device) != "meta":
+        from sd_lens.models.hooked import backend, tl_version
+
+        if backend() != "bridge":
+            raise UnsupportedArchitectureError(
+                f"synthetic_model plants its defect through TransformerLens 4's TransformerBridge; this is "
+                f"TransformerLens {'.'.join(map(str, tl_version()))}, whose converted config of a synthetic shape "
+                "disagrees with its weights. Install transformer-lens>=4.3 (device='meta' for a dry run works here)"
+            )
     if str(device) == "meta":
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=dtype), (

@@ -373,7 +373,6 @@ def super_weights_section(page: Page, ctx: ReportContext) -> None:
         page.paragraph(d.summary())
 
 
-#: The sections of the report, in page order.
 def rotation_section(page: Page, ctx: ReportContext) -> None:
     """The rotation check (``rotation=True`` only): defects' norms and massive channels under two rotations."""
     rc = ctx.result.rotation
@@ -398,7 +397,8 @@ def ranking_section(page: Page, ctx: ReportContext) -> None:
     page.heading("Causal ranking: which findings matter")
     page.paragraph(
         "Each defect (its direction projected out at its carriers, over its blocks) and each massive activation "
-        "(zeroed at its emergence block) removed on its own; perplexity ratio and KL to the clean model on "
+        "(zeroed at its emergence block) — and, with the super weights, each verified super weight (zeroed) — removed on "
+        "its own; perplexity ratio and KL to the clean model on "
         f"{cr.held_out_texts} held-out texts, against matched random controls. Below {cr.inert_kl:g} nats per token a "
         "finding is \"massive but inert\"."
     )
@@ -406,6 +406,7 @@ def ranking_section(page: Page, ctx: ReportContext) -> None:
     page.table(rows, header=header)
 
 
+#: The sections of the report, in page order.
 SECTIONS: list[Section] = [
     summary_section,
     corpus_section,
@@ -416,12 +417,12 @@ SECTIONS: list[Section] = [
     quantization_section,
     outlier_tokens_section,
     super_weights_section,
+    rotation_section,
+    ranking_section,
     angles_section,
     attention_section,
     timings_section,
     json_section,
-    rotation_section,
-    ranking_section,
 ]
 
 
