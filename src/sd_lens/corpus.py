@@ -35,6 +35,14 @@ def _prose_lines() -> list[str]:
     return out
 
 
+def check_held_out(texts: Sequence[str], held: Sequence[str], corpus: str) -> None:
+    """Raise :class:`InputError` when a held-out text is also in ``texts`` (``corpus`` names them in the
+    message): a measurement on held-out text must not see the texts its findings came from."""
+    overlap = set(texts) & set(held)
+    if overlap:
+        raise InputError(f"{len(overlap)} held-out text(s) are also in the {corpus}, e.g. {next(iter(overlap))!r}")
+
+
 def held_out_texts(texts: Sequence[str], n_lines: int = DEFAULT_N_LINES) -> list[str]:
     """``n_lines`` lines of the default corpus's source that are not in ``texts``, for held-out measurements.
 

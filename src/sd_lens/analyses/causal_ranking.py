@@ -43,7 +43,7 @@ from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_
 from sd_lens.analyses.causal_score import INERT_KL, CausalScore, ranked
 from sd_lens.analyses.defects import DefectReport
 from sd_lens.analyses.outlier_interventions import Perplexity, emergence_targets, massive_mask, perplexity, set_massive
-from sd_lens.corpus import default_corpus, held_out_texts
+from sd_lens.corpus import check_held_out, default_corpus, held_out_texts
 from sd_lens.errors import InputError
 from sd_lens.linalg import unit
 from sd_lens.models.loading import model_name
@@ -236,9 +236,7 @@ def causal_ranking(
         raise InputError(f"inert_kl must be a positive number of nats, got {inert_kl!r}")
     texts = default_corpus() if texts is None else list(texts)
     held = held_out_texts(texts) if held_out is None else list(held_out)
-    overlap = set(texts) & set(held)
-    if overlap:
-        raise InputError(f"{len(overlap)} held-out text(s) are also in the findings' corpus, e.g. {next(iter(overlap))!r}")
+    check_held_out(texts, held, "findings' corpus")
     if outliers is None:
         outliers = activation_outliers(model, texts, batch_size=batch_size, max_tokens_per_text=max_tokens_per_text,
                                        sites=("resid_post",))

@@ -62,7 +62,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_outliers
-from sd_lens.corpus import DEFAULT_N_LINES, default_corpus
+from sd_lens.corpus import DEFAULT_N_LINES, check_held_out, default_corpus
 from sd_lens.errors import InputError, NonFiniteActivationError
 from sd_lens.models.loading import model_name
 from sd_lens.runtime.engine import Batch, make_batch, real_mask, run_batch, stream, with_real_mask
@@ -679,9 +679,7 @@ def outlier_intervention(
         raise InputError(f"at must be 'emergence' or 'all', got {at!r}")
     texts = default_corpus() if texts is None else list(texts)
     held = held_out_corpus(len(texts)) if held_out_texts is None else list(held_out_texts)
-    overlap = set(texts) & set(held)
-    if overlap:
-        raise InputError(f"{len(overlap)} held-out text(s) are also in the means' corpus, e.g. {next(iter(overlap))!r}")
+    check_held_out(texts, held, "means' corpus")
     if isinstance(outliers, ActivationOutliers):
         rel = outliers.relative if relative is None else relative
         ab = outliers.absolute if absolute == "outliers" else absolute

@@ -36,7 +36,7 @@ from typing import Any, Iterator, Sequence
 from sd_lens.analyses.defects import DefectReport, find_defects
 from sd_lens.analyses.outlier_interventions import Perplexity, perplexity
 from sd_lens.analyses.probe import probe_norms
-from sd_lens.corpus import default_corpus, held_out_texts, validate_texts
+from sd_lens.corpus import check_held_out, default_corpus, held_out_texts, validate_texts
 from sd_lens.errors import InputError
 from sd_lens.models.loading import model_name
 from sd_lens.outputs import atomic_write_text
@@ -277,9 +277,7 @@ def quantization_experiment(
         raise InputError(f"seeds must be distinct integers, got {seeds!r}")
     texts = default_corpus() if texts is None else validate_texts(texts)
     held = held_out_texts(texts) if held_out is None else validate_texts(held_out)
-    overlap = set(texts) & set(held)
-    if overlap:
-        raise InputError(f"{len(overlap)} held-out text(s) are also in the analysis corpus, e.g. {next(iter(overlap))!r}")
+    check_held_out(texts, held, "analysis corpus")
     if not held:
         raise InputError("no held-out text: give held_out texts")
     if analysis is None:
