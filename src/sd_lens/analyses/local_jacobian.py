@@ -97,7 +97,7 @@ from sd_lens.analyses.probe import NormProbe
 from sd_lens.errors import InputError
 from sd_lens.interventions import set_coefficient
 from sd_lens.linalg import acute_angle_deg, svd_signed, unit
-from sd_lens.models.loading import model_dtype
+from sd_lens.models.metadata import model_dtype
 from sd_lens.models.view import BlockView, ModelView, model_view
 from sd_lens.runtime.engine import Batch, run
 from sd_lens.runtime.hooks import act_name, ffn_input, require_hooks

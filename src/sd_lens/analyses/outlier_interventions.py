@@ -64,7 +64,7 @@ from torch import Tensor
 from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_outliers
 from sd_lens.corpus import DEFAULT_N_LINES, check_held_out, default_corpus
 from sd_lens.errors import InputError, NonFiniteActivationError
-from sd_lens.models.loading import model_name
+from sd_lens.models.metadata import model_name
 from sd_lens.runtime.engine import Batch, make_batch, real_mask, run_batch, stream, with_real_mask
 from sd_lens.runtime.hooks import LOGITS, act_name, require_hooks
 from sd_lens.runtime.reducers import resident

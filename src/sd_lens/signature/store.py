@@ -141,7 +141,8 @@ def signature_width(arg: str) -> int | None:
     if path.is_dir() and (path / "config.json").is_file():
         config = path / "config.json"
     else:
-        from sd_lens.models.loading import _CACHE_FORMAT, cache_root, known_models
+        from sd_lens.models.sources.bundled import known_models
+        from sd_lens.models.sources.gguf_file import _CACHE_FORMAT, cache_root
 
         cached = cache_root() / f"{arg}-v{_CACHE_FORMAT}" / "config.json"
         if arg in known_models() and cached.is_file():
