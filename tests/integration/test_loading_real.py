@@ -32,7 +32,8 @@ def tmp_cache(tmp_path, monkeypatch) -> Path:
 def test_first_load_converts_into_a_fresh_cache(smollm2, tmp_cache, monkeypatch, caplog):
     """End to end (~25 s): GGUF -> float32 HF directory with manifest -> the same model as usual."""
     model = load_model("smollm2-135m-instruct")
-    target = tmp_cache / f"smollm2-135m-instruct-v{gguf_file._CACHE_FORMAT}"
+    target = bundled.cache_dir("smollm2-135m-instruct")
+    assert target.parent == tmp_cache
     manifest = json.loads((target / gguf_file._MANIFEST).read_text())
     print(f"\nconverted in {manifest['convert_seconds']} s into {target}")
     assert manifest["source"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")

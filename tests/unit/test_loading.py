@@ -346,3 +346,19 @@ def test_truncated_gguf_is_a_clear_error(tmp_path, tmp_cache):
     with pytest.raises(InputError, match="truncated, damaged"):
         load_model(cut)
     assert not list((tmp_cache / "local").glob("cut-*/config.json"))  # nothing half-written is left as a cache entry
+
+
+@pytest.mark.parametrize("tag", ["", "-tf4"])
+def test_the_pre_checks_find_a_converted_bundled_model_under_either_transformers(monkeypatch, tmp_cache, tag):
+    """The command line's and the signature store's pre-checks (which must not load anything) look where the
+    loader writes: one folder per cache format *and* transformers major version (``-tf4`` under 4.x)."""
+    from sd_lens.cli import _local_model_dir
+
+    monkeypatch.setattr(bundled, "_transformers_tag", lambda: tag)
+    name = "smollm2-135m-instruct"
+    assert _local_model_dir(name) is None  # nothing converted yet
+    folder = bundled.cache_dir(name)
+    assert folder == tmp_cache / f"{name}-v{gguf_file._CACHE_FORMAT}{tag}"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    assert _local_model_dir(name) == folder

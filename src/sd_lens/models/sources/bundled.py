@@ -95,6 +95,12 @@ def known_models() -> list[str]:
     return sorted(BUNDLED)
 
 
+def cache_dir(name: str) -> Path:
+    """Where the converted float32 directory of the bundled model ``name`` lives (or will), without
+    converting or checking it: one folder per cache format and transformers major version."""
+    return cache_root() / f"{name}-v{_CACHE_FORMAT}{_transformers_tag()}"
+
+
 def converted_model_dir(name: str) -> Path:
     """Return the cached float32 HF directory of a bundled model, converting it on first use.
 
@@ -104,7 +110,7 @@ def converted_model_dir(name: str) -> Path:
     """
     spec = BUNDLED[name]
     # Gemma-3's gguf_path verifies (or assembles) the GGUF from its chunk packages
-    return _cached_conversion(lambda: (spec.gguf_path(), cache_root() / f"{name}-v{_CACHE_FORMAT}{_transformers_tag()}"), name)
+    return _cached_conversion(lambda: (spec.gguf_path(), cache_dir(name)), name)
 
 
 def claims(name: str | os.PathLike[str]) -> bool:
