@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 
 from sd_lens.analyses.causal import CausalCheck, trigger_tokens, verify_trigger
-from sd_lens.analyses.causal_ranking import super_weight_findings
 from sd_lens.analyses.corpus_check import CorpusSummary, corpus_summary
 from sd_lens.analyses.defects import DefectReport, find_defects
 from sd_lens.analyses.dtype_check import DtypeCheck, dtype_check
@@ -333,9 +332,6 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
     findings = _findings(model, view, report, spectra, cfg, timings)
     errors: dict[str, str] = {}
     results = _late_stages(StageInputs(model, list(texts), cfg, probe, report, view, {}), errors, timings)
-    ranking, sw = results.get("ranking"), results.get("super_weights")
-    if ranking is not None and sw is not None:  # every finding in one order: the super weights ranked in
-        results["ranking"] = ranking.including(super_weight_findings(sw))
     return AnalysisResult(
         model=model_name(model),
         architecture=view.architecture,
@@ -450,8 +446,8 @@ def _late_stages(inputs: StageInputs, errors: dict[str, str], timings: _Timings)
                 stacklevel=4,
             )
         else:
-            values = value if len(stage.gives) > 1 else (value,)
-            results.update((name, v) for name, v in zip(stage.gives, values, strict=True) if v is not None)
+            values = value if len(stage.returns) > 1 else (value,)
+            results.update((name, v) for name, v in zip(stage.returns, values, strict=True) if v is not None)
         timings.tick(stage.name)
     return results
 

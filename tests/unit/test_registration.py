@@ -134,6 +134,8 @@ def test_registrations_are_checked(registries):
         register_analysis(Stage("lever", len, gives=("lever2",)))
     with pytest.raises(InputError, match="already given"):
         register_analysis(Stage("lever2", len, gives=("lever",)))
+    with pytest.raises(InputError, match="which no earlier stage gives"):
+        register_analysis(Stage("x", len, gives=("x",), revises=("not_given",)))
     with pytest.raises(InputError, match="no stage gives"):
         register_analysis(Stage("x", len, gives=("x",)), ResultEntry("y", "y"))
     with pytest.raises(InputError, match="already registered"):

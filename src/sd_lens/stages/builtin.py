@@ -16,14 +16,14 @@ import torch
 from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_outliers_pass
 from sd_lens.analyses.attention_sinks import AttentionSinks, attention_sinks_pass
 from sd_lens.analyses.attribution import component_attribution, find_lever
-from sd_lens.analyses.causal_ranking import causal_ranking
+from sd_lens.analyses.causal_ranking import CausalRanking, causal_ranking, super_weight_findings
 from sd_lens.analyses.life_cycle import life_cycle
 from sd_lens.analyses.local_jacobian import local_causal_checks
 from sd_lens.analyses.outlier_interventions import outlier_intervention
 from sd_lens.analyses.outlier_tokens import outlier_tokens
 from sd_lens.analyses.residual_identity import residual_identity
 from sd_lens.analyses.rotation_check import rotation_check
-from sd_lens.analyses.super_weights import super_weights
+from sd_lens.analyses.super_weights import SuperWeights, super_weights
 from sd_lens.analyses.weight_outliers import weight_outliers
 from sd_lens.runtime.engine import run_passes
 from sd_lens.runtime.tokens import tokenize
@@ -126,10 +126,13 @@ def _ranking(i: StageInputs) -> Any:
                           inert_kl=cfg.inert_kl, batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text)
 
 
-def _super_weights(i: StageInputs) -> Any:
+def _super_weights(i: StageInputs) -> tuple[SuperWeights, CausalRanking | None]:
+    """The super weights, and the causal ranking (when it ran) with them ranked in: every finding in one order."""
     cfg = i.config
-    return super_weights(i.model, i.defects, i.probe, i.held_out, n_seeds=cfg.super_weight_seeds, seed=cfg.seed,
-                         batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text)
+    found = super_weights(i.model, i.defects, i.probe, i.held_out, n_seeds=cfg.super_weight_seeds, seed=cfg.seed,
+                          batch_size=cfg.batch_size, max_tokens_per_text=cfg.max_tokens_per_text)
+    ranking = i.result("ranking")
+    return found, None if ranking is None else ranking.including(super_weight_findings(found))
 
 
 def _channels(cfg: Any) -> bool:
@@ -155,6 +158,6 @@ for _stage in (
     Stage("outlier_tokens", _outlier_tokens, ("outlier_tokens",), lambda cfg: cfg.outlier_tokens),
     Stage("rotation_check", _rotation, ("rotation",), lambda cfg: cfg.rotation),
     Stage("causal_ranking", _ranking, ("ranking",), lambda cfg: cfg.causal_ranking),
-    Stage("super_weights", _super_weights, ("super_weights",), lambda cfg: cfg.super_weights),
+    Stage("super_weights", _super_weights, ("super_weights",), lambda cfg: cfg.super_weights, revises=("ranking",)),
 ):
     register_analysis(_stage)

@@ -92,6 +92,8 @@ class Stage:
         gives: the names of its results: attributes of the ``AnalysisResult``.
         when: whether it runs under the options (default: always).
         needs: stages whose failure skips it (recorded as ``"skipped: needs X, which failed"``).
+        revises: earlier stages' results it replaces, returned after its own (None leaves one as it is; if
+            the stage fails, they stay as they were).
     """
 
     name: str
@@ -99,6 +101,12 @@ class Stage:
     gives: tuple[str, ...]
     when: Callable[[AnalysisConfig], bool] = _always
     needs: tuple[str, ...] = ()
+    revises: tuple[str, ...] = ()
+
+    @property
+    def returns(self) -> tuple[str, ...]:
+        """The names of what :attr:`run` returns, in order: its own results, then those it revises."""
+        return self.gives + self.revises
 
 
 def _to_dict(value: Any, result: Any) -> Any:
@@ -143,6 +151,9 @@ def register_analysis(stage: Stage, *entries: ResultEntry) -> Stage:
         raise InputError(f"stage {stage.name!r}: results {clash} are already given by another stage")
     if not callable(stage.run) or not stage.gives:
         raise InputError(f"stage {stage.name!r}: give a callable run and at least one result name")
+    unknown = sorted(set(stage.revises) - given)
+    if unknown:
+        raise InputError(f"stage {stage.name!r}: it revises {unknown}, which no earlier stage gives")
     orphans = [e.name for e in entries if e.name not in given | set(stage.gives)]
     if orphans:
         raise InputError(f"stage {stage.name!r}: no stage gives {orphans}")
