@@ -25,6 +25,7 @@ from sd_lens.analyses.residual_identity import residual_identity
 from sd_lens.analyses.rotation_check import rotation_check
 from sd_lens.analyses.super_weights import SuperWeights, super_weights
 from sd_lens.analyses.weight_outliers import weight_outliers
+from sd_lens.config import AnalysisConfig
 from sd_lens.runtime.engine import run_passes
 from sd_lens.runtime.tokens import tokenize
 from sd_lens.stages.registry import (
@@ -135,7 +136,7 @@ def _super_weights(i: StageInputs) -> tuple[SuperWeights, CausalRanking | None]:
     return found, None if ranking is None else ranking.including(super_weight_findings(found))
 
 
-def _channels(cfg: Any) -> bool:
+def _channels(cfg: AnalysisConfig) -> bool:
     return bool(cfg.channels)
 
 
