@@ -175,7 +175,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def _print_findings_summary(result: AnalysisResult, stream: Any) -> None:
     """The outlier tokens' first line, the rotation check's and causal ranking's sentences and the super weights'
     lines, when they ran."""
-    from sd_lens.report.prose import findings_summary
+    from sd_lens.report.results import findings_summary
 
     if result.outlier_tokens is not None:
         print(result.outlier_tokens.summary().splitlines()[0], file=stream)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import sd_lens.cli as cli
-import sd_lens.pipeline as pipeline
+import sd_lens.stages.builtin as stages
 from conftest import token_embedding
 from sd_lens.models.tiny import FAMILIES, tiny_model
 from sd_lens.pipeline import run_analysis
@@ -104,7 +104,7 @@ def _boom(*args, **kwargs):
 
 def test_a_failed_stage_keeps_the_others(monkeypatch):
     model = planted("llama", torch.float32)
-    monkeypatch.setattr(pipeline, "find_lever", _boom)
+    monkeypatch.setattr(stages, "find_lever", _boom)
     with pytest.warns(UserWarning, match="the lever stage failed"):
         result = run_analysis(model, TEXTS, channels=True, local_checks=True, dtype_check=False)
     assert result.errors == {"lever": "RuntimeError: planted failure"}
@@ -117,7 +117,7 @@ def test_a_failed_stage_keeps_the_others(monkeypatch):
 
 def test_a_stage_that_needs_a_failed_one_is_skipped(monkeypatch):
     model = planted("llama", torch.float32)
-    monkeypatch.setattr(pipeline, "component_attribution", _boom)
+    monkeypatch.setattr(stages, "component_attribution", _boom)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = run_analysis(model, TEXTS, channels=True, local_checks=True, dtype_check=False)
@@ -130,7 +130,7 @@ def test_a_stage_that_needs_a_failed_one_is_skipped(monkeypatch):
 def test_cli_writes_the_json_and_names_the_failed_stage(monkeypatch, tmp_path, capsys):
     model = planted("llama", torch.float32)
     monkeypatch.setattr(cli, "_load", lambda *a, **k: cli.Loaded(model, 0.0))
-    monkeypatch.setattr(pipeline, "find_lever", _boom)
+    monkeypatch.setattr(stages, "find_lever", _boom)
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS), encoding="utf-8")
     out = tmp_path / "a.json"
@@ -148,7 +148,7 @@ def test_report_names_the_failed_stage(monkeypatch, tmp_path):
     from sd_lens.report import write_report
 
     model = planted("llama", torch.float32)
-    monkeypatch.setattr(pipeline, "find_lever", _boom)
+    monkeypatch.setattr(stages, "find_lever", _boom)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = run_analysis(model, TEXTS, channels=True, dtype_check=False)

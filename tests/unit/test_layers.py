@@ -23,7 +23,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("sd_lens.models", "sd_lens.interventions")),
     ("analyses", ("sd_lens.analyses",)),
     # dry_run sizes run_analysis's stages from the analyses' own budgets: the pipeline's floor, in models/
-    ("pipeline", ("sd_lens.pipeline", "sd_lens.models.dry_run")),
+    ("pipeline", ("sd_lens.config", "sd_lens.stages", "sd_lens.pipeline", "sd_lens.models.dry_run")),
     ("report", ("sd_lens.report",)),
     ("api", ("sd_lens",)),
     ("cli_common", ("sd_lens.cli_common",)),

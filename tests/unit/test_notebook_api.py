@@ -68,6 +68,6 @@ def test_an_application_registers_its_stage():
     try:
         assert registered_stage("test-only") is len
     finally:
-        from sd_lens import pipeline
+        from sd_lens.stages import registry
 
-        pipeline._REGISTERED_STAGES.pop("test-only")
+        registry._PROVIDED.pop("test-only")

@@ -202,8 +202,9 @@ def test_ranking_order_is_by_kl_then_perplexity():
 def test_pipeline_json_report_and_cli_summary(tmp_path):
     """run_analysis with rotation and causal_ranking: the JSON keys, the report sections and the summary sentences."""
     from sd_lens.pipeline import AnalysisConfig, run_analysis
-    from sd_lens.report.build import SECTIONS
-    from sd_lens.report.prose import findings_summary, ranking_table, rotation_table
+    from sd_lens.report.build import page_sections
+    from sd_lens.report.prose import ranking_table, rotation_table
+    from sd_lens.report.results import findings_summary
 
     model, _, _, _ = planted("llama")
     result = run_analysis(model, TEXTS, rotation=True, causal_ranking=True, inert_kl=1e9)
@@ -213,9 +214,10 @@ def test_pipeline_json_report_and_cli_summary(tmp_path):
     text = findings_summary(result)
     assert "every defect survives and every massive channel vanishes" in text and "massive but inert" in text
     assert rotation_table(result)[1] and ranking_table(result)[1]
-    assert {"rotation_section", "ranking_section"} <= {s.__name__ for s in SECTIONS}
-    from sd_lens.report.build import ReportContext, ranking_section, rotation_section, summary_section
+    assert {"rotation_section", "ranking_section"} <= {s.__name__ for s in page_sections()}
+    from sd_lens.report.build import ReportContext, summary_section
     from sd_lens.report.page import Page
+    from sd_lens.report.results import ranking_section, rotation_section
 
     page = Page("t")
     ctx = ReportContext(model, result, "x", 0, {}, {}, 0.0)

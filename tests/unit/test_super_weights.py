@@ -194,8 +194,8 @@ def test_pipeline_json_report_and_cli_flag(unchanged):
     """``super_weights=True``: the result, the JSON key, the report section and summary sentence, the CLI flag."""
     from sd_lens.cli import build_parser
     from sd_lens.pipeline import run_analysis
-    from sd_lens.report.build import super_weights_section
     from sd_lens.report.page import Page
+    from sd_lens.report.results import super_weights_section
 
     model, _, _ = analysed("llama")
     with unchanged(model):

@@ -6,7 +6,9 @@ The subpackage reads as the pipeline, one job per module:
 * :mod:`~sd_lens.report.views`: the circuitsvis views, from plain arrays;
 * :mod:`~sd_lens.report.figures`: the matplotlib figures, from plain arrays;
 * :mod:`~sd_lens.report.prose`: every sentence and table about defects;
-* :mod:`~sd_lens.report.build`: the page as an ordered list of sections (:data:`SECTIONS`),
+* :mod:`~sd_lens.report.registry`: what the report shows of each late result (its section, views and
+  sentence), registered; :mod:`~sd_lens.report.results`: the built-in results' registrations;
+* :mod:`~sd_lens.report.build`: the page as an ordered list of sections (:func:`page_sections`),
   :func:`build_report` and :func:`write_report`;
 * :mod:`~sd_lens.report.page`: the offline HTML page (:class:`~sd_lens.report.page.Page`).
 """
@@ -31,7 +33,9 @@ if TYPE_CHECKING:  # pragma: no cover - the same names, imported on first use at
         trigger_text_of,
         views_for,
     )
-    from sd_lens.report.build import SECTIONS, ReportContext, Section, build_report, write_report
+    from sd_lens.report.build import build_report, page_sections, write_report
+    from sd_lens.report.registry import ReportContext, ResultReport, Section, register_report
+    from sd_lens.report.results import registered_reports
 
 #: where each public name lives; imported on first use, so that ``sd_lens.report.prose`` (which
 #: ``DefectReport.summary`` uses) does not pull in matplotlib and circuitsvis
@@ -44,7 +48,9 @@ _HOME = {
          "trigger_text_of", "views_for"],
         "sd_lens.report.adapters",
     ),
-    **dict.fromkeys(["SECTIONS", "ReportContext", "Section", "build_report", "write_report"], "sd_lens.report.build"),
+    **dict.fromkeys(["build_report", "page_sections", "write_report"], "sd_lens.report.build"),
+    **dict.fromkeys(["ReportContext", "ResultReport", "Section", "register_report"], "sd_lens.report.registry"),
+    "registered_reports": "sd_lens.report.results",  # through the module that registers the built-ins
 }
 
 
@@ -61,8 +67,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "SECTIONS",
     "ReportContext",
+    "ResultReport",
     "Section",
     "TextRun",
     "ablation_views_for",
@@ -73,8 +79,11 @@ __all__ = [
     "corpus_norm_view",
     "figures_for",
     "norm_view_for_text",
+    "page_sections",
     "patching_view_for",
     "pick_text",
+    "register_report",
+    "registered_reports",
     "run_text",
     "trigger_text_of",
     "views_for",

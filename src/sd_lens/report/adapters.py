@@ -25,12 +25,14 @@ from torch import Tensor
 
 from sd_lens.analyses.text_run import run_text
 from sd_lens.errors import InputError
+from sd_lens.report import results as _builtin_reports  # noqa: F401  (registers the built-in results' views)
 from sd_lens.report.figures import (
     decay_eigen_figure,
     defect_angle_figure,
     ffn_singular_figure,
     norm_lines_figure,
 )
+from sd_lens.report.registry import registered_reports
 from sd_lens.report.views import (
     CircuitsView,
     View,
@@ -64,9 +66,6 @@ __all__ = [
     "views_for",
 ]
 
-
-#: How many of the strongest attention-sink heads get a view in the report.
-SINK_VIEWS = 2
 
 def _block_labels(n_layers: int) -> list[str]:
     return [f"block {layer}" for layer in range(n_layers)]
@@ -232,7 +231,9 @@ def views_for(
     Keys: ``"norm_corpus"`` (the corpus text of :func:`pick_text`), ``"norm_trigger"`` (the
     trigger text of the causal checks), ``"attention_block_{l}"`` (trigger text, for each block
     of :func:`attention_layers_for` unless ``attention_layers`` is given), and per defect ``Dk``:
-    ``"coefficient_Dk"``, ``"ablation_Dk"``, ``"ablation_random_Dk"``, ``"patching_Dk"``.
+    ``"coefficient_Dk"``, ``"ablation_Dk"``, ``"ablation_random_Dk"``, ``"patching_Dk"``; then each
+    registered late result's views (:mod:`~sd_lens.report.registry`), e.g. ``"sink_head_{block}_{head}"``
+    with ``channels=True``.
 
     Args:
         model: the model the result was computed on (one hooked forward of the trigger text).
@@ -273,12 +274,9 @@ def views_for(
         views[f"ablation_{label}"] = ablated
         views[f"ablation_random_{label}"] = randomed
         views[f"patching_{label}"] = patching_view_for(f.causal, label)
-    if result.sinks is not None:  # the strongest sink heads on the trigger text
-        from sd_lens.analyses.attention_sinks import sink_head_view
-
-        for h in result.sinks.top_heads[:SINK_VIEWS]:
-            pattern = sink_head_view(model, text, h.block, h.head, max_tokens=max_tokens)
-            views[f"sink_head_{h.block}_{h.head}"] = attention_view(**pattern.view_kwargs())
+    for entry in registered_reports():  # the late results' views (the strongest sink heads, ...)
+        if entry.views is not None:
+            views.update(entry.views(model, result, text, max_tokens))
     return views
 
 

@@ -9,13 +9,15 @@ How the page is made (:func:`build_report`):
 1. :func:`~sd_lens.report.adapters.views_for` and :func:`~sd_lens.report.adapters.figures_for`
    draw every view and figure once (one hooked forward of the trigger text);
 2. they go into a :class:`ReportContext` with the model and the result;
-3. each function of :data:`SECTIONS`, in order, adds headings, prose
+3. each section of :func:`page_sections`, in order, adds headings, prose
    (:mod:`~sd_lens.report.prose`), tables, views and figures to the
-   :class:`~sd_lens.report.page.Page`.
+   :class:`~sd_lens.report.page.Page`: the core's :data:`FIRST_SECTIONS`, each registered late
+   result's section (:mod:`~sd_lens.report.registry`, the built-ins in :mod:`~sd_lens.report.results`),
+   then :data:`LAST_SECTIONS`.
 
-To add a section, write ``def my_section(page: Page, ctx: ReportContext) -> None`` here and put it
-in :data:`SECTIONS` where it belongs in the page (or pass ``sections=[...]`` to
-:func:`build_report` for one report). Sentences about defects belong in
+A late result's section is registered (``register_report``), not written here; a section of the core
+is ``def my_section(page: Page, ctx: ReportContext) -> None`` here, in the list where it belongs (or
+pass ``sections=[...]`` to :func:`build_report` for one report). Sentences about defects belong in
 :mod:`~sd_lens.report.prose`, new views and figures of a result in
 :mod:`~sd_lens.report.adapters`.
 """
@@ -23,23 +25,29 @@ in :data:`SECTIONS` where it belongs in the page (or pass ``sections=[...]`` to
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from sd_lens.outputs import output_dir
 from sd_lens.report import prose
 from sd_lens.report.adapters import defect_label, figures_for, pick_text, trigger_text_of, views_for
 from sd_lens.report.page import Page
-from sd_lens.report.views import View
+from sd_lens.report.registry import ReportContext, Section, registered_reports
+from sd_lens.report.results import findings_summary
 from sd_lens.types import HookedModel
 
 if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.figure import Figure
-
     from sd_lens.pipeline import AnalysisResult
 
-__all__ = ["SECTIONS", "ReportContext", "Section", "build_report", "write_report"]
+__all__ = [
+    "FIRST_SECTIONS",
+    "LAST_SECTIONS",
+    "ReportContext",
+    "Section",
+    "build_report",
+    "page_sections",
+    "write_report",
+]
 
 #: How many lines of the corpus the report quotes.
 CORPUS_LINES_SHOWN = 5
@@ -49,33 +57,6 @@ CORPUS_LINE_CHARS = 160
 JSON_CHARS_SHOWN = 20_000
 #: the files :func:`write_report` writes into its folder
 REPORT_FILES = ("report.html", "analysis.json")
-
-
-@dataclass(frozen=True)
-class ReportContext:
-    """What every section may use: the run, and its views and figures drawn once.
-
-    Attributes:
-        model: the model the result was computed on.
-        result: from :func:`~sd_lens.pipeline.run_analysis`.
-        trigger_text: the text of the causal checks (and of the trigger-text views).
-        text_index: the corpus text of the norm view and chart.
-        views: :func:`~sd_lens.report.adapters.views_for`, by name.
-        figures: :func:`~sd_lens.report.adapters.figures_for`, by name.
-        draw_s: seconds spent drawing the views and figures.
-    """
-
-    model: HookedModel
-    result: AnalysisResult
-    trigger_text: str
-    text_index: int
-    views: dict[str, View]
-    figures: dict[str, Figure]
-    draw_s: float
-
-
-#: A section of the report: adds its headings, text, tables, views and figures to the page.
-Section = Callable[[Page, ReportContext], None]
 
 
 def _short(text: str, limit: int) -> str:
@@ -91,7 +72,7 @@ def summary_section(page: Page, ctx: ReportContext) -> None:
     if len(ctx.result.defects):
         header, rows = prose.overview_table(ctx.result)
         page.table(rows, header=header)
-    extra = prose.findings_summary(ctx.result)
+    extra = findings_summary(ctx.result)
     if extra:
         page.paragraph(extra)
 
@@ -110,124 +91,6 @@ def minor_section(page: Page, ctx: ReportContext) -> None:
     )
     header, rows = prose.minor_table(ctx.result)
     page.table(rows, header=header)
-
-
-def channels_section(page: Page, ctx: ReportContext) -> None:
-    """Attention sinks, the per-block attention/FFN attribution and the lever (``channels=True`` only)."""
-    result = ctx.result
-    if not result.channels_measured:
-        return
-    if result.outliers is not None:
-        page.heading("Channels")
-        page.paragraph(
-            f"Massive activations (Sun et al.): a residual-stream value above {result.outliers.absolute} and at least "
-            f"{result.outliers.relative:g} times the {result.outliers.median} median. For each such channel: the defect "
-            "whose direction puts most of its weight on it, where it is massive, and what the norms around the FFN do "
-            "to it (a masked channel reaches the FFN with an effective scale of zero)."
-        )
-        header, rows = prose.outlier_channels_table(result)
-        if rows:
-            page.table(rows, header=header)
-        else:
-            page.paragraph("No channel meets the criterion on this corpus.")
-    if result.sinks is not None or result.attribution is not None:
-        page.heading("Heads and sublayers")
-    if result.sinks is not None:
-        page.paragraph(prose.sinks_paragraph(result))
-        for name, view in ctx.views.items():
-            if name.startswith("sink_head_"):
-                page.view(view)
-    if result.attribution is not None:
-        page.paragraph(
-            "What the attention and the FFN of each block add along each defect's direction (the value each "
-            "sublayer adds to the residual stream, after any post-norm), on re-run carrier prefixes. The explosion "
-            "set is the smallest set of blocks whose additions reach "
-            f"{result.attribution.fraction:.0%} of the peak component."
-        )
-        header, rows = prose.attribution_table(result)
-        page.table(rows, header=header)
-    if result.lever is not None and result.lever.levers:
-        page.paragraph(
-            "A lever chosen from the attribution: remove the defect direction from the sublayer outputs of its "
-            "explosion set (before the sublayer's post-norm, where it has one), against a control that removes a "
-            "vector of the same size along a random direction at the same hooks."
-        )
-        header, rows = prose.lever_table(result)
-        page.table(rows, header=header)
-    if result.local is not None and len(result.local):
-        page.heading("FFN inputs: Gaussian fit and local Jacobian")
-        page.paragraph(
-            "Interventions on the FFN's normalised input at the defect's carriers: the Gaussian fit's v0 projected out "
-            "(the singular-defects paper), the local Jacobian's top right singular vector, the input direction w = "
-            "J^T u that moves the output along the defect direction most per unit of edit, and the smallest edit "
-            "along w that the local linear model predicts cancels it. Each against a control removing a vector of the "
-            "same norm along random directions."
-        )
-        header, rows = prose.local_checks_table(result)
-        page.table(rows, header=header)
-    if result.interventions is not None:
-        rep = result.interventions
-        where = "; ".join(f"channel{'s' if len(c) > 1 else ''} {', '.join(map(str, c))} at block {b}"
-                          for b, c in rep.targets.items())
-        page.heading("Massive activations set to zero and to their mean")
-        page.paragraph(
-            "Sun et al.'s intervention: at the block where each massive channel emerges, set its massive entries "
-            f"to zero, or to their mean over the corpus, and measure the perplexity of {rep.held_out_texts} held-out "
-            f"texts ({rep.clean.n_tokens} predicted tokens) and the KL divergence to the clean model. Set: "
-            f"{where or 'nothing (no massive activation on this corpus)'}."
-        )
-        header, rows = prose.interventions_table(result)
-        page.table(rows, header=header)
-    if result.life is not None and len(result.life.defects):
-        page.heading("Life cycle")
-        page.paragraph(
-            "Each defect from emergence to disappearance (An et al.): the channels it rides, the blocks and "
-            "down-projection rows that write it, the norms that mask or amplify it, the sink heads that attend to "
-            "its carriers, and the blocks and rows that cancel it."
-        )
-        for d in result.life.defects:
-            page.paragraph(d.summary())
-    if result.residual_identity is not None:
-        page.heading("Residual identity")
-        page.paragraph(result.residual_identity.message() + ".")
-
-
-def quantization_section(page: Page, ctx: ReportContext) -> None:
-    """The W8A8 quantization experiment (``quantize=True`` only): its table, the summary line and the figure."""
-    from sd_lens.report.figures import quantization_figure
-
-    q = ctx.result.quantization
-    if q is None:
-        return
-
-    page.heading("W8A8 quantization and the defect blocks")
-    page.paragraph(
-        "Wang et al. (ICML 2025, sec. 6): every linear layer fake-quantized to 8 bits (weights and activations), "
-        f"perplexity of {q.n_texts} held-out texts ({q.n_tokens} predicted tokens), with the FFN down-projection (F2) "
-        f"kept in float at the defect blocks ({', '.join(map(str, q.protected)) or 'none: no major defect'}: the "
-        "explosion and decay blocks of every major defect), at as many random blocks (the control), or at every block."
-    )
-    rows = [line.strip("|").split("|") for line in q.table().splitlines()[2:]]
-    page.table([[c.strip() for c in r] for r in rows], header=["scheme", "F2 kept at blocks", "perplexity", "x float"])
-    if q.protected:
-        page.paragraph(q.summary().splitlines()[-1] + ".")
-    page.figure(quantization_figure(q), caption="Perplexity per scheme and kept set (log scale; random: mean and range).")
-
-
-def outlier_tokens_section(page: Page, ctx: ReportContext) -> None:
-    """PrefixQuant's outlier tokens and the prefix intervention (``outlier_tokens=True`` only)."""
-    ot = ctx.result.outlier_tokens
-    if ot is None:
-        return
-    page.heading("Outlier tokens and prefixes")
-    page.paragraph(prose.outlier_tokens_paragraph(ctx.result))
-    if ot.baseline is not None:
-        page.paragraph(
-            "Each prefix is put before every text (with the model's BOS once, never twice); later outlier tokens are "
-            "those at the text's own positions after its first, and the perplexity is that of the same text tokens."
-        )
-        header, rows = prose.prefix_table(ctx.result)
-        page.table(rows, header=header)
 
 
 def corpus_section(page: Page, ctx: ReportContext) -> None:
@@ -355,75 +218,17 @@ def json_section(page: Page, ctx: ReportContext) -> None:
     page.json(ctx.result.to_dict(), max_chars=JSON_CHARS_SHOWN)
 
 
-def super_weights_section(page: Page, ctx: ReportContext) -> None:
-    """The super weights of each defect (``super_weights=True`` only): the table and one paragraph per defect."""
-    sw = ctx.result.super_weights
-    if sw is None:
-        return
-    page.heading("Super weights")
-    page.paragraph(
-        "Yu et al. (2024): single down-projection entries W_down[row, col] whose input spike writes (or cancels) a "
-        "defect's channel at its carriers, ranked by what reaches the residual (after any post-FFN norm's gain), "
-        f"verified on {sw.held_out_texts} held-out texts: zeroed, against zeroing {sw.n_seeds} random entries of the "
-        "same magnitude in the same matrix, and against zeroing it but restoring the activation it writes."
-    )
-    header, rows = prose.super_weights_table(ctx.result)
-    page.table(rows, header=header)
-    for d in sw:
-        page.paragraph(d.summary())
+#: The report's first sections, before the late results' (the core: summary, corpus, norms, defects).
+FIRST_SECTIONS: list[Section] = [summary_section, corpus_section, norms_section, defects_section, minor_section]
+#: The report's last sections, after the late results'.
+LAST_SECTIONS: list[Section] = [angles_section, attention_section, timings_section, json_section]
 
 
-def rotation_section(page: Page, ctx: ReportContext) -> None:
-    """The rotation check (``rotation=True`` only): defects' norms and massive channels under two rotations."""
-    rc = ctx.result.rotation
-    if rc is None:
-        return
-    page.heading("Rotation: directions survive, channels vanish")
-    page.paragraph(
-        "QuaRot/SpinQuant: the residual stream in another orthonormal basis (a random orthogonal and a randomized "
-        "Hadamard rotation, as hooks; the logits are unchanged up to rounding). A token's norm cannot change, a "
-        f"channel outlier is spread over every channel. On {rc.n_texts} texts ({rc.n_tokens} tokens): "
-        + "; ".join(f"{r.kind}: {r.construction}, logits max error {r.logits_max_error:.2g}" for r in rc.runs) + "."
-    )
-    header, rows = prose.rotation_table(ctx.result)
-    page.table(rows, header=header)
-
-
-def ranking_section(page: Page, ctx: ReportContext) -> None:
-    """The causal ranking (``causal_ranking=True`` only): every finding by what removing it does."""
-    cr = ctx.result.ranking
-    if cr is None:
-        return
-    page.heading("Causal ranking: which findings matter")
-    page.paragraph(
-        "Each defect (its direction projected out at its carriers, over its blocks) and each massive activation "
-        "(zeroed at its emergence block) — and, with the super weights, each verified super weight (zeroed) — removed on "
-        "its own; perplexity ratio and KL to the clean model on "
-        f"{cr.held_out_texts} held-out texts, against matched random controls. Below {cr.inert_kl:g} nats per token a "
-        "finding is \"massive but inert\"."
-    )
-    header, rows = prose.ranking_table(ctx.result)
-    page.table(rows, header=header)
-
-
-#: The sections of the report, in page order.
-SECTIONS: list[Section] = [
-    summary_section,
-    corpus_section,
-    norms_section,
-    defects_section,
-    minor_section,
-    channels_section,
-    quantization_section,
-    outlier_tokens_section,
-    super_weights_section,
-    rotation_section,
-    ranking_section,
-    angles_section,
-    attention_section,
-    timings_section,
-    json_section,
-]
+def page_sections() -> list[Section]:
+    """The sections of the report in page order: :data:`FIRST_SECTIONS`, the section of each registered late
+    result (:func:`~sd_lens.report.registry.registered_reports`, in registration order), :data:`LAST_SECTIONS`."""
+    registered = [r.section for r in registered_reports() if r.section is not None]
+    return [*FIRST_SECTIONS, *registered, *LAST_SECTIONS]
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,7 +252,7 @@ def build_report(
         text_index: corpus text shown in the norm view (default :func:`~sd_lens.report.adapters.pick_text`).
         attention_layers: blocks of the attention views (default
             :func:`~sd_lens.report.adapters.attention_layers_for`).
-        sections: the sections to lay out, in order (default :data:`SECTIONS`).
+        sections: the sections to lay out, in order (default :func:`page_sections`).
     """
     t0 = time.perf_counter()
     text = trigger_text or trigger_text_of(result)
@@ -467,7 +272,7 @@ def build_report(
         subtitle=f"sd_lens report \u00b7 {result.architecture}, {result.n_layers} blocks, d_model {result.d_model} "
         f"\u00b7 FFN fit: {result.fit_method} \u00b7 seed {result.seed}",
     )
-    for section in SECTIONS if sections is None else sections:
+    for section in page_sections() if sections is None else sections:
         section(page, ctx)
     return page
 

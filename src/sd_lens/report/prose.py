@@ -452,11 +452,6 @@ def ranking_sentence(result: AnalysisResult) -> str:
     return f"Removed one at a time, the findings rank {order}{tail}."
 
 
-def findings_summary(result: AnalysisResult) -> str:
-    """The rotation and ranking sentences (empty when neither ran): the report's summary and the CLI print them."""
-    return " ".join(s for s in (rotation_sentence(result), ranking_sentence(result)) if s)
-
-
 def rotation_table(result: AnalysisResult) -> Table:
     """One row per (rotation, defect or massive channel)."""
     header = ["rotation", "finding", "block", "before", "after", "verdict"]
