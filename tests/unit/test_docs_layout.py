@@ -25,16 +25,17 @@ def layout() -> dict[str, str]:
     section = text[text.index("## Layout"):]
     section = section[: section.index("\n## ", 4)]
     out: dict[str, str] = {}
-    package, last = "", None
+    packages: list[tuple[int, str]] = []  # the open packages: (indent of their line, their path)
+    last = None
     for line in section.split("\n"):
         m = ENTRY.match(line)
         if m:
-            name = m["name"]
-            if m["indent"] == "":
-                package = name if name.endswith("/") else ""
-                last = name
-            else:
-                last = package + name
+            name, indent = m["name"], len(m["indent"])
+            while packages and packages[-1][0] >= indent:
+                packages.pop()
+            last = (packages[-1][1] if packages else "") + name
+            if name.endswith("/"):
+                packages.append((indent, last))
             assert last not in out, f"contributing.md lists {last} twice"
             out[last] = m["text"]
         elif last is not None and line.startswith("  ") and line.strip() and not line.lstrip().startswith("*"):
@@ -96,4 +97,5 @@ def test_each_line_agrees_with_its_module():
 def test_the_parser_reads_nested_and_wrapped_lines():
     entries = layout()
     assert "analyses/probe.py" in entries and "runtime/" in entries and "cli.py" in entries
+    assert "analyses/causal/" in entries and "analyses/causal/engine.py" in entries  # a package in a package
     assert entries["runtime/tokens.py"].endswith("one token decoder.")
