@@ -7,16 +7,10 @@ typed result; every intervention is a forward hook you can pass to ``run_with_ho
 from sd_lens.analyses.activation_outliers import ActivationOutliers, OutlierEntry, activation_outliers
 from sd_lens.analyses.attention_matrix import AttentionMatrix, attention_matrix
 from sd_lens.analyses.attention_sinks import AttentionSinks, SinkHead, attention_sinks
-from sd_lens.analyses.attribution import (
-    ComponentAttribution,
-    DefectAttribution,
-    Lever,
-    LeverReport,
-    component_attribution,
-    find_lever,
-)
+from sd_lens.analyses.attribution import ComponentAttribution, DefectAttribution, component_attribution
 from sd_lens.analyses.carriers import carrier_mask
 from sd_lens.analyses.causal import CausalCheck, verify_trigger
+from sd_lens.analyses.causal.lever import Lever, LeverReport, find_lever
 from sd_lens.analyses.causal_ranking import CausalRanking, RankedFinding, causal_ranking
 from sd_lens.analyses.causal_score import CausalScore, ranked
 from sd_lens.analyses.corpus_check import CorpusSummary, corpus_summary

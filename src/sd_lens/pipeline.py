@@ -26,8 +26,9 @@ from torch import Tensor
 
 from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_outliers_pass
 from sd_lens.analyses.attention_sinks import AttentionSinks, attention_sinks_pass
-from sd_lens.analyses.attribution import ComponentAttribution, LeverReport, component_attribution, find_lever
+from sd_lens.analyses.attribution import ComponentAttribution, component_attribution
 from sd_lens.analyses.causal import CausalCheck, trigger_tokens, verify_trigger
+from sd_lens.analyses.causal.lever import LeverReport, find_lever
 from sd_lens.analyses.causal_ranking import CausalRanking, causal_ranking, super_weight_findings
 from sd_lens.analyses.causal_score import INERT_KL
 from sd_lens.analyses.corpus_check import CorpusSummary, corpus_summary
