@@ -29,6 +29,7 @@ from sd_lens.analyses.attention_sinks import AttentionSinks, attention_sinks_pas
 from sd_lens.analyses.attribution import ComponentAttribution, component_attribution
 from sd_lens.analyses.causal import CausalCheck, trigger_tokens, verify_trigger
 from sd_lens.analyses.causal.lever import LeverReport, find_lever
+from sd_lens.analyses.causal.local_checks import LocalCausalReport, local_causal_checks
 from sd_lens.analyses.causal.massive import OutlierIntervention, outlier_intervention
 from sd_lens.analyses.causal_ranking import CausalRanking, causal_ranking, super_weight_findings
 from sd_lens.analyses.causal_score import INERT_KL
@@ -46,7 +47,6 @@ from sd_lens.analyses.explosion import (
 from sd_lens.analyses.ffn_fit import METHODS, Method
 from sd_lens.analyses.ffn_inputs import collect_ffn_inputs
 from sd_lens.analyses.life_cycle import LifeCycle, life_cycle
-from sd_lens.analyses.local_jacobian import LocalCausalReport, local_causal_checks
 from sd_lens.analyses.outlier_tokens import DEFAULT_ETA, OutlierTokens, outlier_tokens
 from sd_lens.analyses.probe import NormProbe, probe_norms
 from sd_lens.analyses.residual_identity import ResidualIdentity, residual_identity

@@ -3,6 +3,8 @@
 * :mod:`~sd_lens.analyses.causal.engine` — :func:`sweep`: sites × edits × matched random controls ×
   seeds, through the runtime, into a typed :class:`Sweep` over named axes;
 * :mod:`~sd_lens.analyses.causal.trigger` — does v₀ trigger the defect? (:func:`verify_trigger`);
+* :mod:`~sd_lens.analyses.causal.jacobian` — the FFN's local Jacobian at a defect token (math only);
+* :mod:`~sd_lens.analyses.causal.local_checks` — interventions at the FFN input from it;
 * :mod:`~sd_lens.analyses.causal.lever` — a lever on the sublayer outputs, from the attribution;
 * :mod:`~sd_lens.analyses.causal.massive` — massive activations set to zero or to their mean.
 
