@@ -9,10 +9,16 @@ from typing import Any, Iterator
 import pytest
 import torch
 
-from sd_lens.analyses.causal import Sweep, Trial, random_direction, sweep
-from sd_lens.errors import InputError
+import sd_lens
+from conftest import planted_bos_model
+from sd_lens.analyses.attribution import component_attribution
+from sd_lens.analyses.causal import Sweep, Trial, engine, random_direction, sweep
+from sd_lens.analyses.defects import find_defects
+from sd_lens.analyses.probe import probe_norms
+from sd_lens.errors import InputError, SdLensError
 from sd_lens.interventions import project_out, remove_matched
 from sd_lens.models.tiny import tiny_model
+from sd_lens.quantize import evaluate
 from sd_lens.runtime import act_name, run
 from sd_lens.runtime.reducers import first_row, token_norms
 
@@ -179,7 +185,7 @@ def test_a_leaked_hook_is_removed_and_reported(llama, unchanged):
         llama.hook_dict[act_name("resid_post", 0)].add_hook(lambda act, hook: None)
         return 0
 
-    with unchanged(llama), pytest.raises(InputError, match="left 1 hook"):
+    with unchanged(llama), pytest.raises(SdLensError, match="left 1 hook"):
         sweep(llama, {"edit": ("x",)}, lambda edit: Trial(), measure=leaky, clean=False)
 
 
@@ -190,3 +196,62 @@ def test_bad_arguments(llama):
         sweep(llama, {"seed": (1,)}, lambda seed: Trial(), measure=lambda iv: 0)
     with pytest.raises(InputError):
         sweep(llama, {"edit": ("x",)}, lambda edit: Trial(), measure=lambda iv: 0, seeds=[1, 1])
+
+
+@pytest.fixture(scope="module")
+def planted() -> Any:
+    model = planted_bos_model()
+    texts = ["the cat sat on the mat", "a dog ran far away", "hello there world", "one two three four"]
+    probe = probe_norms(model, texts)
+    report = find_defects(model, probe)
+    return model, probe, report, component_attribution(model, report, probe), texts
+
+
+def test_every_causal_experiment_is_a_specialisation_of_the_engine(planted, monkeypatch, unchanged):
+    """verify_trigger, find_lever, local_causal_checks, outlier_intervention and quantization_experiment each
+    run through sweep, and leave the model as they found it."""
+    model, probe, report, att, texts = planted
+    calls: list[tuple[str, ...]] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Sweep:
+        calls.append(tuple(args[1]))
+        return engine.sweep(*args, **kwargs)
+
+    from sd_lens.analyses.causal import lever, local_checks, massive, trigger
+
+    for mod in (trigger, lever, local_checks, massive, evaluate):
+        monkeypatch.setattr(mod, "sweep", counting)
+    held = ["an apple fell from the tree", "rain again today"]
+    runs = {
+        "verify_trigger": lambda: sd_lens.verify_trigger(model, 1, random_direction(int(model.cfg.d_model), 9)),
+        "find_lever": lambda: sd_lens.find_lever(model, report, att, n_seeds=2),
+        "local_causal_checks": lambda: sd_lens.local_causal_checks(model, report, probe, att, n_seeds=2,
+                                                                   kinds=("local_steer",), patch=False),
+        "outlier_intervention": lambda: sd_lens.outlier_intervention(
+            model, {1: [3]}, held, texts=texts, relative=1.0, absolute=None),
+        "quantization_experiment": lambda: evaluate.quantization_experiment(
+            model, texts, held, analysis=report, schemes=("rtn",), seeds=(0, 1)),
+    }
+    expected = {"verify_trigger": ("edit",), "find_lever": ("candidate",), "local_causal_checks": ("carrier", "plan"),
+                "outlier_intervention": ("mode",), "quantization_experiment": ("scheme", "kept")}
+    for name, fn in runs.items():
+        calls.clear()
+        with unchanged(model):
+            fn()
+        assert calls and set(calls) == {expected[name]}, name
+
+
+def test_the_quantization_experiment_restores_the_weights_when_a_row_fails(planted, monkeypatch, unchanged):
+    """The engine leaves fake_quantize's context when the measurement inside it raises."""
+    model, _, report, _, texts = planted
+    real, n = evaluate.perplexity, [0]
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        n[0] += 1
+        if n[0] == 3:  # inside the second quantized row
+            raise RuntimeError("out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "perplexity", failing)
+    with unchanged(model), pytest.raises(RuntimeError, match="out of memory"):
+        evaluate.quantization_experiment(model, texts, ["an apple fell from the tree"], analysis=report, schemes=("rtn",))

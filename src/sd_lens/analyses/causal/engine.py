@@ -17,7 +17,7 @@ also on error); a weight edit is a context manager (``Trial.weights``) that the 
 around the one measurement that needs it and leaves even when the measurement raises (e.g.
 :func:`sd_lens.quantize.fake.fake_quantize`, which restores every weight it changed); and after each
 measurement the engine checks that the model carries no hook it did not carry before
-(:class:`~sd_lens.errors.InputError` otherwise, after removing them).
+(:class:`~sd_lens.errors.SdLensError` otherwise, after removing them).
 
 The random controls are drawn by :func:`random_direction`: seed ``s`` gives the same unit vector
 whatever else runs (its own generator), so a control depends only on its seed.
@@ -41,7 +41,7 @@ from typing import Any, Callable, Generic, Mapping, Sequence, TypeVar
 import torch
 from torch import Tensor
 
-from sd_lens.errors import InputError
+from sd_lens.errors import InputError, SdLensError
 from sd_lens.linalg import unit
 from sd_lens.types import HookedModel, HookFn
 
@@ -193,7 +193,7 @@ def _check_clean(model: HookedModel, before: dict[str, tuple[int, ...]]) -> None
                 n += 1
                 getattr(getattr(x, "hook", None), "remove", lambda: None)()
             handles[:] = [x for x in handles if id(x) in keep]
-    raise InputError(f"a measurement left {n} hook(s) on the model (now removed); run models through "
+    raise SdLensError(f"a measurement left {n} hook(s) on the model (now removed); run models through "
                      "sd_lens.runtime, which removes them")
 
 
