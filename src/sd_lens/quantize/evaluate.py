@@ -315,10 +315,7 @@ def _rows(
     n_layers = int(model.cfg.n_layers)
     first = plan[0].name
     random_controls = controls and bool(protected) and len(protected) < n_layers
-    n_runs = 1 + sum(1 + bool(protected) for _ in plan) + (
-        (len(seeds) if random_controls else 0) + 1 if controls else 0
-    )
-    bar = _bar(n_runs, progress)
+    bar = _bar(1 + len(plan) * (1 + bool(protected)) + (1 + len(seeds) * random_controls if controls else 0), progress)
 
     def quantized(sch: Scheme, kept: str, blocks: tuple[int, ...], seed: int | None = None) -> Trial:
         record: dict[str, Any] = {"scheme": sch.name, "kept": kept, "blocks": blocks, "seed": seed}
@@ -341,16 +338,11 @@ def _rows(
             return None
         return quantized(scheme, "random", tuple(random_blocks(n_layers, len(protected), seed, protected)), seed)
 
-    def measure(trial: Trial) -> QuantRow:
-        t1 = trial.record.get("t0", time.perf_counter())
-        hooks = list(trial.hooks)
-        p: Perplexity = (
-            perplexity(model, tok, hooks, kl=False, batch_size=batch_size) if "scheme" in trial.record
-            else perplexity(model, tok, batch_size=batch_size)
-        )
+    def measure(trial: Trial) -> QuantRow:  # the float model: no hooks, no weight edit, no record
+        r, t1 = trial.record, trial.record.get("t0", time.perf_counter())
+        p: Perplexity = perplexity(model, tok, list(trial.hooks), kl=False, batch_size=batch_size)
         if bar is not None:
             bar.update(1)
-        r = trial.record
         return QuantRow(
             scheme=r.get("scheme", FLOAT), kept=r.get("kept", "none"), kept_blocks=r.get("blocks", ()),
             perplexity=p.perplexity, mean_nll=p.mean_nll, tokens=p.n_tokens, seed=r.get("seed"),
