@@ -75,7 +75,6 @@ __all__ = [
 
 Split = Literal["auto", "hooks", "differences"]
 Sublayer = Literal["attn", "ffn"]
-_SUBLAYER_HOOK = {"attn": "attn_out", "ffn": "mlp_out"}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -731,25 +731,29 @@ def _patches(
     peak_block = lo + int(clean[lo : hi + 1, carrier.pos].argmax())
     pos = min(cand, key=lambda p: float(clean[peak_block, p]))
     _, own = _reads(model, tokens, pos, lo, blocks)
-    out = []
-    for layer in blocks:
-        loc = carrier.local[layer]
-        n_c = reads[layer][0]  # the carrier's input in this sequence
-        for kind in _PATCH_KINDS:
-            e = _edit(kind, loc, fits.get(layer))
-            if e is None:
-                continue
-            v = unit(e[0].double())
-            target_coef = float(n_c @ v)
-            res = _quiet_run(
-                model, tokens[None],
-                {act_name("resid_post", x): first_row(token_norms) for x in range(window[1] + 1)},
-                [(ffn_input(layer), set_coefficient(v.float(), target_coef, [pos]))],
-            )
-            norms = torch.stack([res[act_name("resid_post", x)] for x in range(window[1] + 1)])
-            out.append(Patch(
-                kind=kind, layer=layer, position=pos, carrier_position=carrier.pos, coefficient_before=float(own[layer][0] @ v), coefficient_after=target_coef,
-                peak_block=peak_block, norm_before=float(clean[peak_block, pos]), norm_after=float(norms[peak_block, pos]),
-                carrier_norm=float(clean[peak_block, carrier.pos]),
-            ))
-    return out
+
+    def patch(layer: int, kind: str) -> Trial | None:  # the carrier's coefficient (in this sequence) at pos
+        e = _edit(kind, carrier.local[layer], fits.get(layer))
+        if e is None:
+            return None
+        v = unit(e[0].double())
+        target_coef = float(reads[layer][0] @ v)
+        hooks = [(ffn_input(layer), set_coefficient(v.float(), target_coef, [pos]))]
+        return Trial(hooks, record={"v": v, "coefficient": target_coef})
+
+    def measure(trial: Trial) -> Tensor:
+        names = [act_name("resid_post", x) for x in range(window[1] + 1)]
+        res = _quiet_run(model, tokens[None], {n: first_row(token_norms) for n in names}, trial.hooks)
+        return torch.stack([res[n] for n in names])
+
+    out = sweep(model, {"layer": blocks, "kind": _PATCH_KINDS}, patch, measure=measure, clean=False)
+    return [
+        Patch(
+            kind=kind, layer=layer, position=pos, carrier_position=carrier.pos,
+            coefficient_before=float(own[layer][0] @ out.trials[(layer, kind)].record["v"]),
+            coefficient_after=out.trials[(layer, kind)].record["coefficient"],
+            peak_block=peak_block, norm_before=float(clean[peak_block, pos]),
+            norm_after=float(norms[peak_block, pos]), carrier_norm=float(clean[peak_block, carrier.pos]),
+        )
+        for (layer, kind), norms in out.values.items()
+    ]
