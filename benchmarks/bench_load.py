@@ -45,7 +45,7 @@ CHILD = textwrap.dedent(
     t1 = time.perf_counter()
     libs = None
     if sys.argv[2] == "libs":
-        sd_lens.models.loading._import_backends()
+        sd_lens.models.sources.gguf_file._import_backends()
         libs = time.perf_counter() - t1
         t1 = time.perf_counter()
     c1 = time.process_time()

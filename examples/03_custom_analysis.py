@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from sd_lens.models.loading import model_name
+from sd_lens.models.metadata import model_name
 from sd_lens.runtime import act_name, stream, tokenize
 from sd_lens.runtime.reducers import token_norms
 from sd_lens.types import HookedModel

@@ -356,11 +356,12 @@ def _tier_rules(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     from dataclasses import replace
 
     from sd_lens.models import loading
+    from sd_lens.models.sources import bundled
 
     def forbid(name: str, spec: Any) -> Callable[[], Path]:
         def forbidden() -> Path:
             # a missing model package still raises its own error (tests of that message are unit tests)
-            loading._package_dir(spec.package, spec.pip_install)
+            bundled._package_dir(spec.package, spec.pip_install)
             pytest.fail(
                 f"a unit test loaded the real model {name!r}: move it to tests/integration "
                 "(docs/contributing.md, 'Tests'), or build a tiny model with sd_lens.models.tiny.tiny_model()",

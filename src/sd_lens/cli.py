@@ -90,13 +90,14 @@ def config_from_args(args: argparse.Namespace) -> AnalysisConfig:
 def _local_model_dir(model: str) -> Path | None:
     """The folder holding ``model``'s config.json without loading or downloading anything: a model
     folder, a bundled model already converted, a Hugging Face snapshot already cached; else None."""
-    from sd_lens.models.loading import _CACHE_FORMAT, _cached_snapshot, cache_root, is_hub_id, known_models
+    from sd_lens.models.sources.bundled import cache_dir, known_models
+    from sd_lens.models.sources.hub import _cached_snapshot, is_hub_id
 
     path = Path(model)
     if path.is_dir():
         return path if (path / "config.json").is_file() else None
     if model in known_models():
-        cached = cache_root() / f"{model}-v{_CACHE_FORMAT}"
+        cached = cache_dir(model)
         return cached if (cached / "config.json").is_file() else None
     if is_hub_id(model):
         try:

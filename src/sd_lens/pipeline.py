@@ -61,7 +61,7 @@ from sd_lens.analyses.super_weights import SuperWeights, super_weights
 from sd_lens.analyses.weight_outliers import WeightOutliers, weight_outliers
 from sd_lens.corpus import held_out_texts, read_texts
 from sd_lens.errors import InputError, SdLensError
-from sd_lens.models.loading import FLOAT16_WARNING, model_dtype, model_name
+from sd_lens.models.metadata import FLOAT16_WARNING, model_dtype, model_name
 from sd_lens.models.view import model_view
 from sd_lens.outputs import atomic_write_text
 from sd_lens.runtime.engine import run_passes

@@ -14,6 +14,7 @@ from sd_lens.models.loading import (
     cache_root,
     load_model,
 )
+from sd_lens.models.sources import bundled, gguf_file
 
 # `sd-lens demo`'s default sentence, and another one.
 DEMO_TEXTS = ["The cat sat on the mat because it was warm.", "The quick brown fox jumps over the lazy dog."]
@@ -31,8 +32,9 @@ def tmp_cache(tmp_path, monkeypatch) -> Path:
 def test_first_load_converts_into_a_fresh_cache(smollm2, tmp_cache, monkeypatch, caplog):
     """End to end (~25 s): GGUF -> float32 HF directory with manifest -> the same model as usual."""
     model = load_model("smollm2-135m-instruct")
-    target = tmp_cache / f"smollm2-135m-instruct-v{loading._CACHE_FORMAT}"
-    manifest = json.loads((target / loading._MANIFEST).read_text())
+    target = bundled.cache_dir("smollm2-135m-instruct")
+    assert target.parent == tmp_cache
+    manifest = json.loads((target / gguf_file._MANIFEST).read_text())
     print(f"\nconverted in {manifest['convert_seconds']} s into {target}")
     assert manifest["source"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
     assert set(manifest["weights_sha256"]) == {p.name for p in target.glob("*.safetensors")}
@@ -43,12 +45,12 @@ def test_first_load_converts_into_a_fresh_cache(smollm2, tmp_cache, monkeypatch,
         torch.testing.assert_close(model(text), smollm2(text), rtol=0, atol=1e-5)
 
     calls: list[Path] = []
-    monkeypatch.setattr(loading, "_convert_gguf", lambda gguf, t: calls.append(t))
+    monkeypatch.setattr(gguf_file, "_convert_gguf", lambda gguf, t: calls.append(t))
     assert loading.converted_model_dir("smollm2-135m-instruct") == target and calls == []
     with open(target / "model.safetensors", "r+b") as f:
         f.seek(-16, 2)
         f.write(bytes(16))
-    with caplog.at_level(logging.WARNING, logger="sd_lens.models.loading"):
+    with caplog.at_level(logging.WARNING, logger="sd_lens.models.sources.gguf_file"):
         loading.converted_model_dir("smollm2-135m-instruct")
     assert calls == [target] and "failed its checksum" in caplog.text
 
@@ -84,7 +86,7 @@ def test_damaged_gemma3_assembly_is_redone(tmp_cache, caplog):
     damaged = cache_root() / "gguf" / g.MODEL_NAME
     damaged.parent.mkdir(parents=True)
     damaged.write_bytes(b"GGUF" + bytes(100))
-    with caplog.at_level(logging.WARNING, logger="sd_lens.models.loading"):
-        path = loading._gemma3_gguf()
+    with caplog.at_level(logging.WARNING, logger="sd_lens.models.sources.bundled"):
+        path = bundled._gemma3_gguf()
     assert path == damaged and path.stat().st_size > 100_000_000
     assert "assembling again" in caplog.text

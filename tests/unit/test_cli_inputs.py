@@ -94,13 +94,13 @@ def test_verify_trigger_refuses_a_nan_direction(tiny):
 
 
 def test_results_are_written_through_atomic_write_text():
-    """No result file is written in place (models/loading.py writes its manifest inside a temporary
+    """No result file is written in place (models/sources/gguf_file.py writes its manifest inside a temporary
     folder that is renamed as a whole)."""
     src = Path(sd_lens.__file__).parent
     offenders = [
         p.relative_to(src).as_posix() for p in src.rglob("*.py") if ".write_text(" in p.read_text(encoding="utf-8")
     ]
-    assert offenders == ["models/loading.py"], offenders
+    assert offenders == ["models/sources/gguf_file.py"], offenders
 
 
 def test_truncation_is_counted_and_warned(tiny):

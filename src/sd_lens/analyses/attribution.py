@@ -56,7 +56,7 @@ from sd_lens.analyses.residual_identity import closure as identity_closure
 from sd_lens.errors import InputError, UnsupportedArchitectureError
 from sd_lens.interventions import project_out, remove_matched
 from sd_lens.linalg import unit
-from sd_lens.models.loading import model_dtype
+from sd_lens.models.metadata import model_dtype
 from sd_lens.runtime.engine import stream
 from sd_lens.runtime.hooks import act_name, require_hooks
 from sd_lens.runtime.reducers import last_token

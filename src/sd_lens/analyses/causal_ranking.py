@@ -47,7 +47,7 @@ from sd_lens.analyses.metrics import Perplexity, perplexity
 from sd_lens.corpus import check_held_out, default_corpus, held_out_texts
 from sd_lens.errors import InputError
 from sd_lens.linalg import unit
-from sd_lens.models.loading import model_name
+from sd_lens.models.metadata import model_name
 from sd_lens.runtime.engine import real_mask
 from sd_lens.runtime.hooks import act_name
 from sd_lens.runtime.reducers import resident

@@ -27,7 +27,7 @@ from torch import Tensor
 from sd_lens.analyses.defects import Defect, DefectReport, find_defects
 from sd_lens.analyses.probe import NormProbe, probe_norms
 from sd_lens.errors import InputError
-from sd_lens.models.loading import model_dtype
+from sd_lens.models.metadata import model_dtype
 from sd_lens.runtime.precision import forward_dtype, parse_dtype
 from sd_lens.types import HookedModel
 

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from sd_lens.analyses.text_run import run_text
 from sd_lens.errors import InputError
-from sd_lens.models.loading import model_name
+from sd_lens.models.metadata import model_name
 from sd_lens.types import HookedModel
 
 __all__ = ["NormTable", "first_token_norms"]

@@ -60,7 +60,7 @@ from sd_lens.analyses.defects import DefectReport
 from sd_lens.analyses.metrics import Perplexity, perplexity
 from sd_lens.corpus import default_corpus
 from sd_lens.errors import InputError, NonFiniteActivationError
-from sd_lens.models.loading import model_name
+from sd_lens.models.metadata import model_name
 from sd_lens.runtime.engine import Batch, stream
 from sd_lens.runtime.hooks import act_name, require_hooks
 from sd_lens.runtime.tokens import Tokenized, bos_token_id, decode_one, encode, prepends_bos, tokenize

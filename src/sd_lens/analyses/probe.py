@@ -21,7 +21,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from sd_lens.errors import InputError, NonFiniteActivationError
-from sd_lens.models.loading import model_dtype, model_name
+from sd_lens.models.metadata import model_dtype, model_name
 from sd_lens.runtime.engine import stream
 from sd_lens.runtime.hooks import act_name
 from sd_lens.runtime.reducers import token_norms

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from sd_lens.corpus import default_corpus
 from sd_lens.errors import InputError, UnsupportedArchitectureError
-from sd_lens.models.loading import model_dtype, model_name
+from sd_lens.models.metadata import model_dtype, model_name
 from sd_lens.runtime.engine import Batch, run, stream
 from sd_lens.runtime.hooks import act_name, require_hooks
 from sd_lens.runtime.reducers import first_row, keep

@@ -62,7 +62,7 @@ from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_
 from sd_lens.analyses.defects import DefectReport
 from sd_lens.corpus import default_corpus
 from sd_lens.errors import InputError
-from sd_lens.models.loading import model_dtype, model_name
+from sd_lens.models.metadata import model_dtype, model_name
 from sd_lens.runtime.engine import Batch, Pass, make_batch, run_batch, run_passes
 from sd_lens.runtime.hooks import LOGITS, act_name, require_hooks
 from sd_lens.runtime.reducers import resident

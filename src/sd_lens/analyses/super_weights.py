@@ -68,7 +68,7 @@ from sd_lens.analyses.probe import NormProbe
 from sd_lens.corpus import held_out_texts
 from sd_lens.errors import InputError, UnsupportedArchitectureError
 from sd_lens.models.linears import linear_weights
-from sd_lens.models.loading import model_name
+from sd_lens.models.metadata import model_name
 from sd_lens.models.registry import get_family
 from sd_lens.models.view import model_view
 from sd_lens.runtime.engine import Batch, make_batch, run_batch, stream

@@ -37,7 +37,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sd_lens.errors import InputError
-from sd_lens.models.loading import model_name
+from sd_lens.models.metadata import model_name
 from sd_lens.models.view import BlockView, ModelView, model_view
 from sd_lens.types import HookedModel
 

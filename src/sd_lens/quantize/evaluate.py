@@ -39,7 +39,7 @@ from sd_lens.analyses.metrics import Perplexity, perplexity
 from sd_lens.analyses.probe import probe_norms
 from sd_lens.corpus import check_held_out, default_corpus, held_out_texts, validate_texts
 from sd_lens.errors import InputError
-from sd_lens.models.loading import model_name
+from sd_lens.models.metadata import model_name
 from sd_lens.outputs import atomic_write_text
 from sd_lens.quantize.fake import SCHEMES, Scheme, fake_quantize
 from sd_lens.quantize.protect import defect_blocks, random_blocks

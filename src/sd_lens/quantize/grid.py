@@ -24,7 +24,7 @@ from torch import Tensor
 
 from sd_lens.corpus import validate_texts
 from sd_lens.errors import InputError
-from sd_lens.models.loading import model_name
+from sd_lens.models.metadata import model_name
 from sd_lens.quantize.fake import SITES, site_hook
 from sd_lens.runtime.engine import Batch, stream
 from sd_lens.runtime.tokens import Tokenized, tokenize

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sd_lens.models.loading import FLOAT16_WARNING
+from sd_lens.models.metadata import FLOAT16_WARNING
 
 if TYPE_CHECKING:  # pragma: no cover
     from sd_lens.analyses.defects import Defect, DefectReport

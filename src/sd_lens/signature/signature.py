@@ -52,7 +52,7 @@ from sd_lens.analyses.spectra import linearize_block, top_singular
 from sd_lens.corpus import read_texts, validate_texts
 from sd_lens.errors import InputError
 from sd_lens.linalg import acute_angle_deg, unit
-from sd_lens.models.loading import model_name
+from sd_lens.models.metadata import model_name
 from sd_lens.models.view import model_view
 from sd_lens.types import HookedModel
 

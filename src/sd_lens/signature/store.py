@@ -141,9 +141,9 @@ def signature_width(arg: str) -> int | None:
     if path.is_dir() and (path / "config.json").is_file():
         config = path / "config.json"
     else:
-        from sd_lens.models.loading import _CACHE_FORMAT, cache_root, known_models
+        from sd_lens.models.sources.bundled import cache_dir, known_models
 
-        cached = cache_root() / f"{arg}-v{_CACHE_FORMAT}" / "config.json"
+        cached = cache_dir(arg) / "config.json"
         if arg in known_models() and cached.is_file():
             config = cached
     if config is None:

@@ -47,7 +47,7 @@ from torch import Tensor
 from sd_lens.analyses.ffn_fit import FFNFit, Method, fit_ffn
 from sd_lens.errors import InputError
 from sd_lens.linalg import acute_angle_deg, svd_signed, unit
-from sd_lens.models.loading import model_dtype
+from sd_lens.models.metadata import model_dtype
 from sd_lens.models.view import BlockView, ModelView, model_view
 from sd_lens.runtime.engine import Batch, run
 from sd_lens.runtime.hooks import act_name, ffn_input, require_hooks

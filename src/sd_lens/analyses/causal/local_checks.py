@@ -85,7 +85,7 @@ from sd_lens.analyses.probe import NormProbe
 from sd_lens.errors import InputError
 from sd_lens.interventions import set_coefficient
 from sd_lens.linalg import unit
-from sd_lens.models.loading import model_dtype
+from sd_lens.models.metadata import model_dtype
 from sd_lens.models.view import BlockView, ModelView, model_view
 from sd_lens.runtime.hooks import act_name, ffn_input, require_hooks
 from sd_lens.runtime.precision import closure_rtol

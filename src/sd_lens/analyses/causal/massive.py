@@ -61,7 +61,7 @@ from sd_lens.analyses.causal.engine import Trial, sweep
 from sd_lens.analyses.metrics import Perplexity, held_out_corpus, perplexity
 from sd_lens.corpus import check_held_out, default_corpus
 from sd_lens.errors import InputError
-from sd_lens.models.loading import model_name
+from sd_lens.models.metadata import model_name
 from sd_lens.runtime.engine import Batch, real_mask, stream
 from sd_lens.runtime.hooks import act_name, require_hooks
 from sd_lens.runtime.reducers import resident
