@@ -7,16 +7,13 @@ typed result; every intervention is a forward hook you can pass to ``run_with_ho
 from sd_lens.analyses.activation_outliers import ActivationOutliers, OutlierEntry, activation_outliers
 from sd_lens.analyses.attention_matrix import AttentionMatrix, attention_matrix
 from sd_lens.analyses.attention_sinks import AttentionSinks, SinkHead, attention_sinks
-from sd_lens.analyses.attribution import (
-    ComponentAttribution,
-    DefectAttribution,
-    Lever,
-    LeverReport,
-    component_attribution,
-    find_lever,
-)
+from sd_lens.analyses.attribution import ComponentAttribution, DefectAttribution, component_attribution
 from sd_lens.analyses.carriers import carrier_mask
 from sd_lens.analyses.causal import CausalCheck, verify_trigger
+from sd_lens.analyses.causal.jacobian import LocalJacobian, local_jacobian
+from sd_lens.analyses.causal.lever import Lever, LeverReport, find_lever
+from sd_lens.analyses.causal.local_checks import LocalCausalReport, local_causal_checks
+from sd_lens.analyses.causal.massive import OutlierIntervention, outlier_intervention
 from sd_lens.analyses.causal_ranking import CausalRanking, RankedFinding, causal_ranking
 from sd_lens.analyses.causal_score import CausalScore, ranked
 from sd_lens.analyses.corpus_check import CorpusSummary, corpus_summary
@@ -33,9 +30,8 @@ from sd_lens.analyses.explosion import (
 from sd_lens.analyses.ffn_fit import FFNFit, fit_ffn
 from sd_lens.analyses.ffn_inputs import collect_ffn_inputs
 from sd_lens.analyses.life_cycle import DefectLifeCycle, LifeCycle, life_cycle
-from sd_lens.analyses.local_jacobian import LocalCausalReport, LocalJacobian, local_causal_checks, local_jacobian
+from sd_lens.analyses.metrics import Perplexity, perplexity
 from sd_lens.analyses.norm_table import NormTable, first_token_norms
-from sd_lens.analyses.outlier_interventions import OutlierIntervention, Perplexity, outlier_intervention, perplexity
 from sd_lens.analyses.outlier_tokens import OutlierToken, OutlierTokens, outlier_tokens
 from sd_lens.analyses.probe import NormProbe, probe_norms
 from sd_lens.analyses.residual_identity import Closure, ResidualIdentity, residual_identity

@@ -4,9 +4,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import attributed
-from sd_lens.analyses.attribution import (
-    find_lever,
-)
+from sd_lens.analyses.causal.lever import find_lever
 
 
 # ------------------------------------------------------------------------------------------------

@@ -12,13 +12,11 @@ from conftest import planted_bos_model
 from sd_lens.analyses.attribution import (
     component_attribution,
     explosion_set,
-    find_lever,
-    lever_candidates,
-    lever_sites,
     remove_along,
     remove_matched,
     sublayer_components,
 )
+from sd_lens.analyses.causal.lever import find_lever, lever_candidates, lever_sites
 from sd_lens.analyses.defects import find_defects, residual_trajectories
 from sd_lens.analyses.probe import probe_norms
 from sd_lens.errors import InputError

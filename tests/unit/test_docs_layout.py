@@ -96,4 +96,5 @@ def test_each_line_agrees_with_its_module():
 def test_the_parser_reads_nested_and_wrapped_lines():
     entries = layout()
     assert "analyses/probe.py" in entries and "runtime/" in entries and "cli.py" in entries
+    assert "analyses/causal/" in entries and "analyses/causal/engine.py" in entries  # a package in a package
     assert entries["runtime/tokens.py"].endswith("one token decoder.")

@@ -19,6 +19,7 @@ import sd_lens.analyses
 _PASS = "one pass of its analysis, shared by the pipeline (the analysis itself is exported)"
 _PART = "a part of an exported result (reached through it)"
 _HELPER = "a building block of its module's analysis, for who extends it"
+_ENGINE = "the causal experiment engine, for who writes a causal experiment (sd_lens.analyses.causal)"
 
 #: public names of sd_lens.analyses.* that are deliberately not top-level, with the reason
 NOT_TOP_LEVEL: dict[str, str] = {
@@ -38,6 +39,12 @@ NOT_TOP_LEVEL: dict[str, str] = {
     "lever_sites": _HELPER,
     "sublayer_components": _HELPER,
     "trigger_tokens": "the trigger text's tokens as verify_trigger reads them",
+    "ControlStats": _ENGINE,
+    "Sweep": _ENGINE,
+    "Trial": _ENGINE,
+    "attached_hooks": _ENGINE,
+    "random_direction": _ENGINE,
+    "sweep": _ENGINE,
     "remove_defect": _HELPER,
     "super_weight_findings": _HELPER,
     "zero_like_massive": _HELPER,
@@ -106,8 +113,8 @@ NOT_TOP_LEVEL: dict[str, str] = {
 def public_analysis_names() -> dict[str, str]:
     """``{name: module}`` of every public function and class defined in an ``sd_lens.analyses`` module."""
     out = {}
-    for info in pkgutil.iter_modules(sd_lens.analyses.__path__):
-        mod = importlib.import_module(f"sd_lens.analyses.{info.name}")
+    for info in pkgutil.walk_packages(sd_lens.analyses.__path__, prefix="sd_lens.analyses."):
+        mod = importlib.import_module(info.name)
         names = getattr(mod, "__all__", None) or [n for n in vars(mod) if not n.startswith("_")]
         for name in names:
             obj = getattr(mod, name)

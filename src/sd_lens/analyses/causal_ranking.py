@@ -15,7 +15,7 @@ finding whose removal moves the model by less than ``inert_kl`` nats per token i
   projected out instead (one per seed).
 * **A massive activation** (``"c507@11"``): its channel set to zero at its emergence block in the entries
   that are massive by Sun et al.'s criterion, decided per sequence at run time
-  (:func:`~sd_lens.analyses.outlier_interventions.set_massive`, as the ``interventions`` stage does, one
+  (:func:`~sd_lens.analyses.causal.massive.set_massive`, as the ``interventions`` stage does, one
   channel at a time). Control: the same entries of a random channel that is not an outlier channel set to
   zero instead (one per seed).
 * **A super weight** (``"W[507,1229]@11"``), when :func:`~sd_lens.analyses.super_weights.super_weights` ran:
@@ -23,7 +23,7 @@ finding whose removal moves the model by less than ``inert_kl`` nats per token i
   matrix, on the same held-out texts), ranked in by :meth:`CausalRanking.including` with
   :func:`super_weight_findings` (the pipeline does it when both stages run).
 
-Perplexity and KL come from :func:`~sd_lens.analyses.outlier_interventions.perplexity` (each batch run
+Perplexity and KL come from :func:`~sd_lens.analyses.metrics.perplexity` (each batch run
 once doubled: clean rows, then the edited rows). ``n_edited`` says how many entries (defect: positions x
 blocks) the removal touched on the held-out texts; a finding absent from them has 0 and a KL of 0.
 """
@@ -40,9 +40,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_outliers
+from sd_lens.analyses.causal.massive import emergence_targets, massive_mask, set_massive
 from sd_lens.analyses.causal_score import INERT_KL, CausalScore, ranked
 from sd_lens.analyses.defects import DefectReport
-from sd_lens.analyses.outlier_interventions import Perplexity, emergence_targets, massive_mask, perplexity, set_massive
+from sd_lens.analyses.metrics import Perplexity, perplexity
 from sd_lens.corpus import check_held_out, default_corpus, held_out_texts
 from sd_lens.errors import InputError
 from sd_lens.linalg import unit

@@ -36,7 +36,7 @@ prefix alone: every sequence holds BOS at most once.
 For each candidate: the outlier tokens at the text's *later* positions (every token of the text the
 baseline predicts: after its BOS, or after its first token without one) and their largest ratio, the
 outliers inside the context, and the perplexity of the same text tokens
-(:func:`~sd_lens.analyses.outlier_interventions.perplexity` with ``score_from``: the context is read,
+(:func:`~sd_lens.analyses.metrics.perplexity` with ``score_from``: the context is read,
 not scored) against the baseline's. The medians of a prefixed sequence include its prefix, as in
 PrefixQuant.
 
@@ -57,7 +57,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sd_lens.analyses.defects import DefectReport
-from sd_lens.analyses.outlier_interventions import Perplexity, perplexity
+from sd_lens.analyses.metrics import Perplexity, perplexity
 from sd_lens.corpus import default_corpus
 from sd_lens.errors import InputError, NonFiniteActivationError
 from sd_lens.models.metadata import model_name

@@ -36,7 +36,7 @@ input and output on one prompt. Here it is data-driven, per singular defect of
   (one per seed, the mean reported), plus the control that zeroes the weight but **restores its
   activation** (the entry still writes at the positions where its input spikes, at least
   ``restore_fraction`` of the carriers' spike): weight → activation → model, or something else. The
-  perplexity and KL are those of :func:`~sd_lens.analyses.outlier_interventions.perplexity`, with every edit
+  perplexity and KL are those of :func:`~sd_lens.analyses.metrics.perplexity`, with every edit
   of one weight in the same forward as a single clean copy of the texts (rows ``[clean | zeroed | restored |
   control 1 | ...]``); the zeroing is applied as hooks on its rows (``y[..., row] -= h[..., col] ·
   W_down[row, col]`` at the down-projection's output, before any post-norm), the same function as the zeroed
@@ -63,7 +63,7 @@ from sd_lens.analyses.attribution import carrier_prefixes
 from sd_lens.analyses.causal_score import INERT_KL, CausalScore
 from sd_lens.analyses.defects import Defect, DefectReport
 from sd_lens.analyses.life_cycle import ffn_output
-from sd_lens.analyses.outlier_interventions import LOGITS_HOOK, kl_sum, nll_sum
+from sd_lens.analyses.metrics import LOGITS_HOOK, kl_sum, nll_sum
 from sd_lens.analyses.probe import NormProbe
 from sd_lens.corpus import held_out_texts
 from sd_lens.errors import InputError, UnsupportedArchitectureError
@@ -635,7 +635,7 @@ def _edited_perplexities(
 ) -> tuple[float, list[tuple[float, float]]]:
     """Clean perplexity and, per edit, ``(perplexity, KL(clean || edited))`` of ``held``, every edit in the same
     forward as one clean copy of its texts (rows ``[clean | edit 1 | edit 2 | ...]``): the perplexity and KL of
-    :func:`~sd_lens.analyses.outlier_interventions.perplexity`, with the clean half computed once for all edits."""
+    :func:`~sd_lens.analyses.metrics.perplexity`, with the clean half computed once for all edits."""
     k = len(edits)
     per = max(1, batch_size // (k + 1))  # texts per forward: (k + 1) copies of each
     clean = n_tok = 0.0

@@ -19,7 +19,7 @@ SmoothQuant + F2 kept 6.78.
 The defects come from :func:`sd_lens.run_analysis` / :func:`~sd_lens.analyses.defects.find_defects` on
 the analysis corpus; SmoothQuant is calibrated on the same corpus; the perplexity texts are held out
 (:func:`sd_lens.corpus.held_out_texts`). Perplexity is
-:func:`~sd_lens.analyses.outlier_interventions.perplexity` (``exp`` of the mean next-token NLL) with
+:func:`~sd_lens.analyses.metrics.perplexity` (``exp`` of the mean next-token NLL) with
 ``kl=False`` (the weights are quantized for the whole forward, so a clean half cannot share it).
 """
 
@@ -31,10 +31,11 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
+from sd_lens.analyses.causal.engine import Trial, sweep
 from sd_lens.analyses.defects import DefectReport, find_defects
-from sd_lens.analyses.outlier_interventions import Perplexity, perplexity
+from sd_lens.analyses.metrics import Perplexity, perplexity
 from sd_lens.analyses.probe import probe_norms
 from sd_lens.corpus import check_held_out, default_corpus, held_out_texts, validate_texts
 from sd_lens.errors import InputError
@@ -43,7 +44,7 @@ from sd_lens.outputs import atomic_write_text
 from sd_lens.quantize.fake import SCHEMES, Scheme, fake_quantize
 from sd_lens.quantize.protect import defect_blocks, random_blocks
 from sd_lens.quantize.smoothquant import SmoothScales, smoothquant_scales
-from sd_lens.runtime.tokens import tokenize
+from sd_lens.runtime.tokens import Tokenized, tokenize
 from sd_lens.types import HookedModel
 
 __all__ = ["KEPT", "QuantRow", "QuantizationResult", "quantization_experiment"]
@@ -228,15 +229,6 @@ def _schemes(schemes: Sequence[str | Scheme]) -> tuple[Scheme, ...]:
     return tuple(out)
 
 
-def _progress(items: list[Any], progress: bool | str) -> Iterator[Any]:
-    if not progress:
-        yield from items
-        return
-    from tqdm.auto import tqdm
-
-    yield from tqdm(items, desc=progress if isinstance(progress, str) else "quantized perplexity", unit="run")
-
-
 def quantization_experiment(
     model: HookedModel,
     texts: Sequence[str] | None = None,
@@ -285,7 +277,6 @@ def quantization_experiment(
         analysis = find_defects(model, probe, batch_size=batch_size)
     report = analysis if isinstance(analysis, DefectReport) else getattr(analysis, "defects", None)
     protected = tuple(defect_blocks(analysis))
-    n_layers = int(model.cfg.n_layers)
     smooth = None
     alphas = {s.smooth_alpha for s in plan if s.smooth_alpha is not None}
     if len(alphas) > 1:
@@ -295,29 +286,7 @@ def quantization_experiment(
                                     max_tokens_per_text=max_tokens_per_text)
     tok = tokenize(model, held, max_tokens_per_text=max_tokens_per_text)
 
-    runs: list[tuple[Scheme | None, str, tuple[int, ...], int | None]] = [(None, "none", (), None)]
-    for i, sch in enumerate(plan):
-        runs.append((sch, "none", (), None))
-        if protected:
-            runs.append((sch, "defects", protected, None))
-        if i == 0 and controls:
-            if protected and len(protected) < n_layers:
-                for seed in seeds:
-                    runs.append((sch, "random", tuple(random_blocks(n_layers, len(protected), seed, protected)), seed))
-            runs.append((sch, "all", tuple(range(n_layers)), None))
-
-    rows = []
-    for sch, kept, blocks, seed in _progress(runs, progress):
-        t1 = time.perf_counter()
-        if sch is None:
-            p: Perplexity = perplexity(model, tok, batch_size=batch_size)
-        else:
-            with fake_quantize(model, sch, keep=blocks, smooth=smooth if sch.smooth_alpha is not None else None) as hooks:
-                p = perplexity(model, tok, hooks, kl=False, batch_size=batch_size)
-        rows.append(QuantRow(
-            scheme=FLOAT if sch is None else sch.name, kept=kept, kept_blocks=blocks, perplexity=p.perplexity,
-            mean_nll=p.mean_nll, tokens=p.n_tokens, seed=seed, seconds=time.perf_counter() - t1,
-        ))
+    rows = _rows(model, tok, plan, protected, seeds, controls, smooth, batch_size, progress)
     majors = [] if report is None else [
         {"index": int(d.index), "explosion": int(d.explosion_layer), "decay": [int(b) for b in d.decay_layers]}
         for d in report.defects
@@ -327,3 +296,79 @@ def quantization_experiment(
         seeds=seeds if controls and protected else (), n_texts=len(tok.sequences), n_tokens=rows[0].tokens,
         smooth=smooth, seconds=time.perf_counter() - t0,
     )
+
+
+def _rows(
+    model: HookedModel,
+    tok: Tokenized,
+    plan: tuple[Scheme, ...],
+    protected: tuple[int, ...],
+    seeds: tuple[int, ...],
+    controls: bool,
+    smooth: SmoothScales | None,
+    batch_size: int,
+    progress: bool | str,
+) -> list[QuantRow]:
+    """Every row, on the causal experiment engine: the float model is the clean measurement, each scheme
+    a site, what F2 keeps an edit (``"none"``, ``"defects"``, ``"all"``), and the random blocks of the
+    first scheme's ``"defects"`` row its matched controls (as many blocks, one draw per seed)."""
+    n_layers = int(model.cfg.n_layers)
+    first = plan[0].name
+    random_controls = controls and bool(protected) and len(protected) < n_layers
+    bar = _bar(1 + len(plan) * (1 + bool(protected)) + (1 + len(seeds) * random_controls if controls else 0), progress)
+
+    def quantized(sch: Scheme, kept: str, blocks: tuple[int, ...], seed: int | None = None) -> Trial:
+        record: dict[str, Any] = {"scheme": sch.name, "kept": kept, "blocks": blocks, "seed": seed}
+
+        def weights() -> Any:
+            record["t0"] = time.perf_counter()
+            return fake_quantize(model, sch, keep=blocks, smooth=smooth if sch.smooth_alpha is not None else None)
+
+        return Trial(weights=weights, record=record)
+
+    def edit(scheme: Scheme, kept: str) -> Trial | None:
+        if kept == "defects" and not protected:
+            return None
+        if kept == "all" and not (scheme.name == first and controls):
+            return None
+        return quantized(scheme, kept, protected if kept == "defects" else tuple(range(n_layers)) if kept == "all" else ())
+
+    def control(trial: Trial, seed: int, scheme: Scheme, kept: str) -> Trial | None:
+        if not (random_controls and scheme.name == first and kept == "defects"):
+            return None
+        return quantized(scheme, "random", tuple(random_blocks(n_layers, len(protected), seed, protected)), seed)
+
+    def measure(trial: Trial) -> QuantRow:  # the float model: no hooks, no weight edit, no record
+        r, t1 = trial.record, trial.record.get("t0", time.perf_counter())
+        p: Perplexity = perplexity(model, tok, list(trial.hooks), kl=False, batch_size=batch_size)
+        if bar is not None:
+            bar.update(1)
+        return QuantRow(
+            scheme=r.get("scheme", FLOAT), kept=r.get("kept", "none"), kept_blocks=r.get("blocks", ()),
+            perplexity=p.perplexity, mean_nll=p.mean_nll, tokens=p.n_tokens, seed=r.get("seed"),
+            seconds=time.perf_counter() - t1,
+        )
+
+    try:
+        out = sweep(model, {"scheme": plan, "kept": ("none", "defects", "all")}, edit, measure=measure, control=control,
+                    seeds=seeds)
+    finally:
+        if bar is not None:
+            bar.close()
+    assert out.clean is not None
+    rows = [out.clean]  # the order of the table: float, then each scheme's none, defects, random, all
+    for sch in plan:
+        for kept in ("none", "defects", "all"):
+            if kept == "all":
+                rows.extend(out.control_values(scheme=sch, kept="defects"))
+            if (sch, kept) in out.values:
+                rows.append(out.values[(sch, kept)])
+    return rows
+
+
+def _bar(total: int, progress: bool | str) -> Any:
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=progress if isinstance(progress, str) else "quantized perplexity", unit="run")

@@ -253,7 +253,7 @@ def fake_quantize(
 
     Inside the ``with`` block the weights the forward uses hold quantized copies; the yielded
     ``fwd_hooks`` quantize the linears' inputs (pass them to :mod:`sd_lens.runtime` /
-    :func:`~sd_lens.analyses.outlier_interventions.perplexity`; they compose with other hooks). The
+    :func:`~sd_lens.analyses.metrics.perplexity`; they compose with other hooks). The
     linears of ``keep_sites`` (default: the down-projection F2) in the blocks ``keep`` stay in full
     precision, weights and input. On exit — normally or through an exception — every weight gets its
     original tensor back (bit for bit) and the hooks refuse to run.

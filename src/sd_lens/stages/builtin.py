@@ -15,11 +15,12 @@ import torch
 
 from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_outliers_pass
 from sd_lens.analyses.attention_sinks import AttentionSinks, attention_sinks_pass
-from sd_lens.analyses.attribution import component_attribution, find_lever
+from sd_lens.analyses.attribution import component_attribution
+from sd_lens.analyses.causal.lever import find_lever
+from sd_lens.analyses.causal.local_checks import local_causal_checks
+from sd_lens.analyses.causal.massive import outlier_intervention
 from sd_lens.analyses.causal_ranking import CausalRanking, causal_ranking, super_weight_findings
 from sd_lens.analyses.life_cycle import life_cycle
-from sd_lens.analyses.local_jacobian import local_causal_checks
-from sd_lens.analyses.outlier_interventions import outlier_intervention
 from sd_lens.analyses.outlier_tokens import outlier_tokens
 from sd_lens.analyses.residual_identity import residual_identity
 from sd_lens.analyses.rotation_check import rotation_check

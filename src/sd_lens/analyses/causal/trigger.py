@@ -4,7 +4,9 @@
 input — v₀ projected out (ablation), a random unit direction projected out (control), and one
 non-initial token's v₀ coefficient set to the initial token's (patching) — and reports the
 resid_post norms of that block. The interventions themselves are ordinary TransformerLens hooks
-from :mod:`sd_lens.interventions`, usable on their own with ``run_with_hooks``.
+from :mod:`sd_lens.interventions`, usable on their own with ``run_with_hooks``. It is a specialisation
+of the experiment engine (:func:`~sd_lens.analyses.causal.engine.sweep`): one site (the block), two
+edits (ablation, patching), one random control of the ablation.
 
 Reference: Wang et al., *Demystifying Singular Defects in Large Language Models* (ICML 2025),
 observation (iv), tested by intervening on activations as Sun et al., *Massive Activations in Large
@@ -21,6 +23,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from sd_lens.analyses.causal.engine import Trial, random_direction, sweep
 from sd_lens.errors import InputError
 from sd_lens.interventions import ablation_hooks, patching_hooks
 from sd_lens.linalg import unit
@@ -149,18 +152,29 @@ def verify_trigger(
             f"v0 must be a finite, non-zero vector of d_model={model.cfg.d_model} numbers (e.g. fit_ffn(...).v0); "
             f"got shape {tuple(v0.shape)}" + ("" if bool(torch.isfinite(v0).all()) else " with NaN or inf entries")
         )
-    clean, coefs = _norms_and_coefs(model, tokens, layer, v, [])
+
+    def measure(iv: Trial) -> tuple[Tensor, Tensor]:
+        return _norms_and_coefs(model, tokens, layer, v, list(iv.hooks))
+
+    clean, coefs = clean_run = measure(Trial())
     if position is None:
         cand = list(range(1, min(4, tokens.shape[1])))
         position = min(cand, key=lambda p: float(clean[p]))
     if not 0 < position < tokens.shape[1]:
         raise InputError(f"position {position} is not a non-initial token of a {tokens.shape[1]}-token input")
-    gen = torch.Generator().manual_seed(seed)
-    rand = unit(torch.randn(v.shape[0], generator=gen))
-    ablated, _ = _norms_and_coefs(model, tokens, layer, v, ablation_hooks(layer, v))
-    randomed, _ = _norms_and_coefs(model, tokens, layer, v, ablation_hooks(layer, rand))
     init_coef = float(coefs[0])
-    patched, _ = _norms_and_coefs(model, tokens, layer, v, patching_hooks(layer, v, init_coef, position))
+    edits = {"ablation": ablation_hooks(layer, v), "patching": patching_hooks(layer, v, init_coef, position)}
+    def control(trial: Trial, seed: int, edit: str) -> Trial | None:
+        """The ablation's control: a random unit direction projected out instead of v0."""
+        return Trial(ablation_hooks(layer, random_direction(v.shape[0], seed))) if edit == "ablation" else None
+
+    out = sweep(
+        model, {"edit": tuple(edits)}, lambda edit: Trial(edits[edit]), measure=measure, clean=clean_run,
+        control=control, seeds=[seed],
+    )
+    ablated, _ = out.value(edit="ablation")
+    patched, _ = out.value(edit="patching")
+    randomed, _ = out.control_values(edit="ablation")[0]
     strs = decode(model, tokens[0])
     return CausalCheck(
         layer=layer,
