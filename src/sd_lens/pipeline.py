@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor
@@ -77,6 +77,21 @@ __all__ = [
     "run_analysis",
 ]
 
+if TYPE_CHECKING:  # the built-in late results' types, for mypy and editors (AnalysisResult's declarations)
+    from sd_lens.analyses.activation_outliers import ActivationOutliers
+    from sd_lens.analyses.attention_sinks import AttentionSinks
+    from sd_lens.analyses.attribution import ComponentAttribution
+    from sd_lens.analyses.causal.lever import LeverReport
+    from sd_lens.analyses.causal.local_checks import LocalCausalReport
+    from sd_lens.analyses.causal.massive import OutlierIntervention
+    from sd_lens.analyses.causal_ranking import CausalRanking
+    from sd_lens.analyses.life_cycle import LifeCycle
+    from sd_lens.analyses.outlier_tokens import OutlierTokens
+    from sd_lens.analyses.residual_identity import ResidualIdentity
+    from sd_lens.analyses.rotation_check import RotationCheck
+    from sd_lens.analyses.super_weights import SuperWeights
+    from sd_lens.analyses.weight_outliers import WeightOutliers
+
 SCHEMA_VERSION = 2
 _log = logging.getLogger(__name__)
 
@@ -126,6 +141,36 @@ class AnalysisResult:
     errors: dict[str, str] = field(default_factory=dict)
     #: each late stage's results by the names its stage gives (only those that ran and did not fail)
     results: dict[str, Any] = field(default_factory=dict)
+
+    if TYPE_CHECKING:  # the built-in late results, typed for mypy and editors; at run time __getattr__ serves them
+        @property
+        def outliers(self) -> ActivationOutliers | None: ...
+        @property
+        def sinks(self) -> AttentionSinks | None: ...
+        @property
+        def weights(self) -> WeightOutliers | None: ...
+        @property
+        def residual_identity(self) -> ResidualIdentity | None: ...
+        @property
+        def attribution(self) -> ComponentAttribution | None: ...
+        @property
+        def lever(self) -> LeverReport | None: ...
+        @property
+        def life(self) -> LifeCycle | None: ...
+        @property
+        def local(self) -> LocalCausalReport | None: ...
+        @property
+        def interventions(self) -> OutlierIntervention | None: ...
+        @property
+        def quantization(self) -> Any: ...
+        @property
+        def outlier_tokens(self) -> OutlierTokens | None: ...
+        @property
+        def rotation(self) -> RotationCheck | None: ...
+        @property
+        def ranking(self) -> CausalRanking | None: ...
+        @property
+        def super_weights(self) -> SuperWeights | None: ...
 
     def __getattr__(self, name: str) -> Any:
         """A late stage's result: ``result.outliers`` is ``result.results["outliers"]`` (None when not run)."""

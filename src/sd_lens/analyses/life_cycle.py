@@ -51,6 +51,9 @@ post-FFN norm gives it.
 
 Reference code: github.com/an-yongqi/systematic-outliers (read for the method; their layers and
 channels are hand-picked per model, nothing here is).
+
+Why one file over 600 lines: one job, a defect's life cycle; its three stages are read on the same
+channels and the same explosion and decay blocks of the defect, from the same computed results.
 """
 
 from __future__ import annotations

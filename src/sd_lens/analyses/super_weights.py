@@ -47,6 +47,9 @@ input and output on one prompt. Here it is data-driven, per singular defect of
   in words (e.g. "build-up over blocks 4-8").
 
 Reference: Yu et al., *The Super Weight in Large Language Models* (arXiv 2411.07191, 2024), §3.
+
+Why one file over 600 lines: one job, the super weights of each defect: the search (emitters and
+cancellers) and its verification share the carriers' trace and the in-place edit that must be undone.
 """
 
 from __future__ import annotations

@@ -56,6 +56,10 @@ one forward, and all their controls as the rows of one more.
 References: Wang et al., *Demystifying Singular Defects in Large Language Models* (ICML 2025)
 (the least-squares linearisation, observation (iv) and its ablation/patching test); Sun et al.,
 *Massive Activations in Large Language Models* (2024) (interventions on activations).
+
+Why one file over 600 lines: one job, the local-Jacobian interventions at a defect's carriers with
+their matched controls and patching, as a specialisation of the engine (the math is in ``jacobian.py``);
+most of the length is the typed result rows and their summaries.
 """
 
 from __future__ import annotations
