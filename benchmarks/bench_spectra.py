@@ -3,9 +3,10 @@ decay eigen-checks) with the exact float64 decompositions (``exact=True``, sd_le
 with the default iterative route, on one model; and how far apart their answers are.
 
 Prints, for each thread count asked: the wall time of ``layer_spectra`` (as ``run_analysis`` calls it:
-Gaussian fit, R² on 1 024 held-out samples, every block) for both routes, the time of the decompositions
+Gaussian fit, R² on 256 held-out samples, every block) for both routes, the time of the decompositions
 alone (the fits precomputed), the decay checks' time, the solvers used (fallbacks named), and the largest
-differences: angle of u0/v0 (L and F) in degrees, relative s0, relative decay eigenvalue.
+differences: angle of u0/v0 (L and F) in degrees, relative s0, relative decay eigenvalue; and the stage against
+the norm probe with the FFN fits' R² on 1 024, 256 (the default) and 0 held-out inputs.
 
 Usage: python benchmarks/bench_spectra.py [--model NAME] [--threads 2,1] [--repeats 2]
 
@@ -79,6 +80,13 @@ def main() -> None:
               f"{row['exact_decomp_s']:.2f} s -> {row['fast_decomp_s']:.2f} s "
               f"({row['exact_decomp_s'] / row['fast_decomp_s']:.1f}x); decay checks {row['exact_decay_s']:.3f} s -> "
               f"{row['fast_decay_s']:.3f} s")
+    # the stage against the norm probe (issue 21's goal: spectra <= 0.5x the probe on the CPU), by R² sample count
+    torch.set_num_threads(int(args.threads.split(",")[0]))
+    probe_s = min(_timed(lambda: probe_norms(model, default_corpus())) for _ in range(args.repeats))
+    print(f"\n{torch.get_num_threads()} thread(s): norm probe {probe_s:.2f} s; layer_spectra as run_analysis calls it:")
+    for n_eval in (1024, 256, 0):
+        t = min(_timed(lambda: layer_spectra(view, dirs, keep=decay, seed=0, n_eval=n_eval)) for _ in range(args.repeats))
+        print(f"  ffn_r2_samples={n_eval:>4}: {t:.2f} s = {t / probe_s:.2f}x the probe")
     ang = max(
         max(float(acute_angle_deg(getattr(f, k), getattr(e, k))) for k in ("u0", "v0", "ffn_u0", "ffn_v0"))
         for f, e in zip(fast.blocks, ref.blocks)
@@ -93,6 +101,12 @@ def main() -> None:
           f"closest blocks {[fast.closest_block(k) for k in range(len(dirs))]} vs {[ref.closest_block(k) for k in range(len(dirs))]}")
     print("triplet solvers:", solvers)
     print("decay-check solvers:", [f"block {c.layer}: {c.solver}" for c in fast_checks])
+
+
+def _timed(fn) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

@@ -37,6 +37,11 @@ class AnalysisConfig:
 
     seed: int = _option(0, "seeds every random choice (Monte-Carlo fit, random control direction)")
     fit_method: Method = _option("gaussian", "FFN linearisation for the spectra", flag="--fit")
+    ffn_r2_samples: int = _option(
+        256,
+        "held-out Gaussian inputs per block for the R^2 of its FFN fit, reported with its standard error (ffn_r2, "
+        "ffn_r2_se); each costs a forward of the FFN: 0 skips R^2, 1024 halves its error (the Gaussian fits only)",
+    )
     vocab: bool = _option(False, "also sweep the whole vocabulary at each explosion block (slow)")
     vocab_limit: int | None = _option(None, "sweep only the first N token ids")
     trigger_text: str = _option(DEFAULT_TRIGGER_TEXT, "the text of the causal checks")
@@ -128,6 +133,9 @@ class AnalysisConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(name, "give a positive integer" + ("" if name == "batch_size" else " (or None for no limit)"))
+        n_r2 = self.ffn_r2_samples
+        if isinstance(n_r2, bool) or not isinstance(n_r2, int) or not (n_r2 == 0 or n_r2 >= 2 * 16):
+            raise bad("ffn_r2_samples", "give 0 (no R^2) or at least 32 held-out inputs (the default is 256)")
         seeds = self.super_weight_seeds
         if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
             raise bad("super_weight_seeds", "give a positive integer (the default is 5)")

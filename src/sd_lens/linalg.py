@@ -125,7 +125,13 @@ class MatrixOp:
         """The products of a dense matrix, in float32 on ``device`` (default: ``m``'s)."""
         dev = torch.device(device) if device is not None else m.device
         md = m.detach().to(dev, torch.float32)
-        return cls((int(m.shape[0]), int(m.shape[1])), md.__matmul__, lambda y: md.T @ y, lambda: m.detach(), dev)
+        return cls((int(m.shape[0]), int(m.shape[1])), lambda x: apply(md, x), lambda y: apply(md.T, y), lambda: m.detach(), dev)
+
+
+def apply(m: Tensor, x: Tensor) -> Tensor:
+    """``m @ x`` for a narrow block of columns ``x``, computed as ``(xᵀ mᵀ)ᵀ``: the same products, and on the
+    CPU's BLAS about 3x faster for the 1-8 columns of a Krylov block (a wide-times-narrow GEMM is a slow path)."""
+    return (x.T @ m.T).T
 
 
 @dataclass(frozen=True)

@@ -225,6 +225,7 @@ class AnalysisResult:
             "d_model": self.d_model,
             "seed": self.seed,
             "fit_method": self.fit_method,
+            "ffn_r2_samples": self.config.ffn_r2_samples,
             "corpus": {"n_texts": len(self.texts), "n_tokens": self.probe.n_tokens,
                        **(self.corpus.to_dict() if self.corpus is not None else {})},
             "corpus_warnings": list(self.corpus.warnings) if self.corpus is not None else [],
@@ -369,8 +370,10 @@ def _run_analysis(model: HookedModel, texts: list[str], cfg: AnalysisConfig) -> 
     if cfg.fit_method == "real":
         inputs = collect_ffn_inputs(model, probe.sequences, list(range(view.n_layers)), progress=cfg.progress)
         timings.tick("collect_ffn_inputs")
+    r2_samples: dict[str, Any] = {} if cfg.fit_method == "real" else {"n_eval": cfg.ffn_r2_samples}
     spectra = layer_spectra(
         view, [d.direction for d in report], method=cfg.fit_method, keep=keep, inputs_by_layer=inputs, seed=cfg.seed,
+        **r2_samples,
         progress=cfg.progress and "block spectra", exact=cfg.exact_spectra,
     )
     timings.tick("spectra")

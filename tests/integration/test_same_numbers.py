@@ -11,7 +11,12 @@ replaced by ``spread_deg`` (within-block) and ``turn_deg``, ``peak_ratio``, ``ma
 and ``minor_groups`` added. Gemma-3 — the block-0 group carried by ',' and ' and' lies within 1 deg of the
 initial token's block-0 direction, so it is part of the initial token's defect (now D0: explosion 5,
 decay 16 as before; predicted angle 18.6 deg instead of 20.8). Issue #24 added the corpus summary
-(``corpus.tokens_per_text`` … ``top_token``) and ``corpus_warnings`` (empty) to both files; no number moved. Regenerate only for a change that is
+(``corpus.tokens_per_text`` … ``top_token``) and ``corpus_warnings`` (empty) to both files; no number moved. Issue #21
+(spectra at the cost of a forward) evaluates each block's FFN-fit R² on 256 held-out Gaussian inputs instead of
+1 024 and reports its jackknife standard error beside it: ``ffn_r2`` was replaced by the new run's value in both
+files (it moved by up to 0.05 on SmolLM2's block 11, within two standard errors), ``ffn_r2_se`` and
+``ffn_r2_samples`` (256) added; every other number of the new run was within the tolerances of the old files
+(largest: angles 0.3 of tol, norms 0.02) and was left as it was. Regenerate only for a change that is
 meant to move numbers, and say what moved here.
 
 Measured (2-core machine, 2026-12-04; threads 1 and 2, batch sizes 16, 8 and 5, against the committed files):

@@ -199,7 +199,35 @@ def test_r2_is_at_most_one_and_near_one_for_a_near_linear_ffn(tiny, method):
 
 def test_r2_can_be_skipped(tiny):
     fit = fit_ffn(model_view(tiny).block(0), None, "gaussian", n_eval=0)
-    assert math.isnan(fit.r2) and fit.n_eval == 0
+    assert math.isnan(fit.r2) and fit.n_eval == 0 and math.isnan(fit.r2_se)
+
+
+def test_r2_standard_error_tracks_the_spread_over_seeds_and_shrinks_with_samples(tiny):
+    """The jackknife standard error of R² is an honest error bar: of the order of the seed-to-seed spread, and
+    about half as large with four times the held-out inputs."""
+    view = model_view(tiny).block(1)
+    fits = [fit_ffn(view, None, "gaussian", n_eval=256, seed=s) for s in range(12)]
+    spread = float(torch.tensor([f.r2 for f in fits]).std())
+    se = sum(f.r2_se for f in fits) / len(fits)
+    assert spread > 0 and 1 / 3 < se / spread < 3, (se, spread)
+    big = sum(fit_ffn(view, None, "gaussian", n_eval=1024, seed=s).r2_se for s in range(12)) / 12
+    assert 0.3 < big / se < 0.75, (big, se)
+
+
+def test_r2_does_not_depend_on_how_the_output_is_predicted(tiny):
+    """The prediction ``F n + W_outᵀ b`` (what the fits use) is ``W_outᵀ (M n + b)`` summed in another order."""
+    from sd_lens.analyses.ffn_fit import _evaluate, _gaussian_batches
+
+    view = model_view(tiny).block(1)
+    fit = fit_ffn(view, None, "gaussian", n_eval=0)
+
+    def batches():
+        return _gaussian_batches(512, view.d_model, None, torch.Generator().manual_seed(3), 200, torch.device("cpu"))
+
+    via_f, via_m = _evaluate(view, fit.M, fit.b_hidden, batches(), fit.F), _evaluate(view, fit.M, fit.b_hidden, batches())
+    assert via_f[3] == via_m[3] == 512
+    assert via_f[0] == pytest.approx(via_m[0], abs=1e-5) and via_f[1] == pytest.approx(via_m[1], abs=1e-5)
+    assert via_f[2] == via_m[2]  # the hidden R² is computed the same way
 
 
 def test_real_fit_with_intercept_recovers_affine_map_on_shifted_inputs(tiny, identity_act):

@@ -36,6 +36,9 @@ class _NoModel:
         ({"seed": -1}, "seed"),
         ({"fit_method": "exact"}, "fit_method"),
         ({"trigger_text": "  "}, "trigger_text"),
+        ({"ffn_r2_samples": 10}, "ffn_r2_samples"),
+        ({"ffn_r2_samples": -1}, "ffn_r2_samples"),
+        ({"ffn_r2_samples": True}, "ffn_r2_samples"),
     ],
 )
 def test_bad_options_are_refused_before_the_model_runs(options, field):
