@@ -78,8 +78,10 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "sd_lens.cli", "analyze", "--model", args.model, "--text-file",
                         str(texts), "--json", str(out)], check=True, capture_output=True)
         ours = time.perf_counter() - t0
-        stages = json.loads(out.read_text())["timings_s"]
-        print(f"sd-lens analyze: {ours:.1f} s wall ({', '.join(f'{k} {v:.2f}' for k, v in stages.items())})")
+        data = json.loads(out.read_text())
+        stages = data["timings_s"]
+        print(f"sd-lens analyze: {ours:.1f} s wall, {data['corpus']['n_tokens']} tokens "
+              f"({', '.join(f'{k} {v:.2f}' for k, v in stages.items())})")
         if args.skip_reference:
             return
         t0 = time.perf_counter()

@@ -48,7 +48,7 @@ def acute_angle_deg(a: Float[Tensor, "*a d"], b: Float[Tensor, "*b d"], dim: int
 
     Batched: ``a`` and ``b`` broadcast against each other, the vectors lie along ``dim``
     (e.g. ``a`` of shape ``[k, d]`` and ``b`` of shape ``[d]`` give ``k`` angles). Computed in
-    float64 with the cosine clamped to [0, 1]; returns a float64 tensor (0-dim for two vectors,
+    float64 from the unit vectors' distance (accurate near 0° and 90°, exactly 0 for one direction); returns a float64 tensor (0-dim for two vectors,
     so ``float(acute_angle_deg(u, v))`` works). An angle involving a zero vector is NaN.
     """
     a64 = torch.as_tensor(a).detach().to(torch.float64)
@@ -56,8 +56,12 @@ def acute_angle_deg(a: Float[Tensor, "*a d"], b: Float[Tensor, "*b d"], dim: int
     # Normalise first: the dot product of two unit vectors cannot overflow whatever the norms.
     na = torch.linalg.vector_norm(a64, dim=dim, keepdim=True)
     nb = torch.linalg.vector_norm(b64, dim=dim, keepdim=True)
-    cos = ((a64 / na) * (b64 / nb)).sum(dim).abs().clamp(0.0, 1.0)
-    return torch.rad2deg(torch.arccos(cos))
+    ua, ub = a64 / na, b64 / nb
+    # 2·atan2(‖â − b̂‖, ‖â + b̂‖), not arccos(â·b̂): arccos is ill-conditioned near 0°, where a cosine rounded
+    # to 1 − 1e-16 reads as 8.5e-7°; this form is accurate at every angle and exactly 0 for one direction
+    minus = torch.linalg.vector_norm(ua - ub, dim=dim)
+    plus = torch.linalg.vector_norm(ua + ub, dim=dim)
+    return torch.rad2deg(2.0 * torch.atan2(torch.minimum(minus, plus), torch.maximum(minus, plus)))
 
 
 def svd_signed(
