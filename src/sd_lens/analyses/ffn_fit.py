@@ -554,9 +554,8 @@ def fit_ffn(
                 ne = int(round(holdout * n_samples)) if method == "monte_carlo" else _GAUSSIAN_N_EVAL
             batches = _gaussian_batches(ne, k, Q, eval_gen, chunk_size, dev)
         M = _center_rows(view, M)
-        # on the device, like the fit. Accumulated in float64 and rounded: a float32 product's last bits depend on
-        # the BLAS's blocking and the operands' alignment, and the same weights must give the same F bit for bit
-        # (a weights signature is compared exactly across corpora)
+        # on the device, like the fit. Accumulated in float64 and rounded: a float32 product's last bits may depend
+        # on the BLAS's blocking and thread count, and the same weights should give the same F bit for bit
         F = (view_d.W_out.T.double() @ M.double()).float()
         if method == "reference":  # R² where the reference fits: isotropic z at the MLP input
             r2, r2_se, r2_hidden, count = _evaluate(ref_view, M_z, b, _gaussian_batches(ne, view.d_model, None, eval_gen, chunk_size, dev))
