@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from sd_lens.analyses.causal_score import INERT_KL
-from sd_lens.analyses.ffn_fit import METHODS, Method
+from sd_lens.analyses.ffn_fit import METHODS, R2_GROUPS, Method
 from sd_lens.analyses.outlier_tokens import DEFAULT_ETA
 from sd_lens.errors import InputError
 from sd_lens.runtime.precision import DTYPES
@@ -134,7 +134,7 @@ class AnalysisConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(name, "give a positive integer" + ("" if name == "batch_size" else " (or None for no limit)"))
         n_r2 = self.ffn_r2_samples
-        if isinstance(n_r2, bool) or not isinstance(n_r2, int) or not (n_r2 == 0 or n_r2 >= 2 * 16):
+        if isinstance(n_r2, bool) or not isinstance(n_r2, int) or not (n_r2 == 0 or n_r2 >= 2 * R2_GROUPS):
             raise bad("ffn_r2_samples", "give 0 (no R^2) or at least 32 held-out inputs (the default is 256)")
         seeds = self.super_weight_seeds
         if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:

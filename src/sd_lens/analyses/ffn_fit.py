@@ -176,7 +176,7 @@ def _center_rows(view: BlockView, M: Tensor) -> Tensor:
 class _R2:
     """Streaming, pooled, centred R² of hidden and output, with a jackknife standard error.
 
-    Samples are dealt round-robin into :data:`_R2_GROUPS` groups; each group keeps ``Σy`` (vector), ``Σ‖y‖²``
+    Samples are dealt round-robin into :data:`R2_GROUPS` groups; each group keeps ``Σy`` (vector), ``Σ‖y‖²``
     and ``Σ‖y − ŷ‖²`` in float64 (each batch's sums are float32 reductions, ~1e-7 relative: far below the
     sampling noise the standard error measures). R² leaving one group out, for every group, gives the
     delete-a-group jackknife estimate of R²'s sampling standard error.
@@ -187,7 +187,7 @@ class _R2:
         self.sums: dict[str, list[Tensor]] = {}
 
     def add(self, key: str, y: Tensor, y_hat: Tensor, offset: int) -> None:
-        k = _R2_GROUPS
+        k = R2_GROUPS
         group = (torch.arange(y.shape[0], device=y.device) + offset) % k
         r = y - y_hat
         parts = tuple(
@@ -204,7 +204,7 @@ class _R2:
         if s is None or n == 0:
             return float("nan"), float("nan")
         sy, syy, srr = (t.cpu() for t in s)
-        counts = torch.tensor([len(range(g, n, _R2_GROUPS)) for g in range(_R2_GROUPS)], dtype=torch.float64)
+        counts = torch.tensor([len(range(g, n, R2_GROUPS)) for g in range(R2_GROUPS)], dtype=torch.float64)
 
         def r2(sy_: Tensor, syy_: float, srr_: float, n_: float) -> float:
             ss_tot = syy_ - float((sy_ * sy_).sum()) / n_
@@ -212,13 +212,13 @@ class _R2:
                 return float("nan") if srr_ > 0 else 1.0
             return 1.0 - srr_ / ss_tot
 
-        full = r2(sy.sum(0), float(syy.sum()), float(srr.sum()), float(n))
-        groups = [g for g in range(_R2_GROUPS) if counts[g] > 0]
+        ty, tyy, trr = sy.sum(0), syy.sum(), srr.sum()
+        full = r2(ty, float(tyy), float(trr), float(n))
+        groups = [g for g in range(R2_GROUPS) if counts[g] > 0]
         if len(groups) < 2:
             return full, float("nan")
         loo = torch.tensor([
-            r2(sy.sum(0) - sy[g], float(syy.sum() - syy[g]), float(srr.sum() - srr[g]), float(n - counts[g]))
-            for g in groups
+            r2(ty - sy[g], float(tyy - syy[g]), float(trr - srr[g]), float(n - counts[g])) for g in groups
         ])
         m = len(groups)
         se = math.sqrt((m - 1) / m * float(((loo - loo.mean()) ** 2).sum()))
@@ -226,7 +226,7 @@ class _R2:
 
 
 #: groups of the jackknife standard error of R² (samples dealt round-robin)
-_R2_GROUPS = 16
+R2_GROUPS = 16
 
 
 def _evaluate(
