@@ -506,13 +506,15 @@ def _bfloat16_analysis(name: str) -> Any:
         warnings.simplefilter("ignore")
         model = sd_lens.load_model(name, dtype=torch.bfloat16)
         return run_analysis(
-            model, sd_lens.default_corpus()[:16], channels=True, local_checks=True, interventions=True, seed=0
+            model, sd_lens.default_corpus()[:16], channels=True, local_checks=True, interventions=True, seed=0,
+            held_out_lines=8,
         )
 
 
 def bfloat16_analysis(name: str) -> Any:
     """A bundled model loaded in bfloat16 and analysed on the first 16 default-corpus texts with every channel
-    option, once per session: the half-precision tests read the stages, the dtype tests its float32 check."""
+    option (the interventions on 8 held-out lines), once per session: the half-precision tests read the stages,
+    the dtype tests its float32 check."""
     key = ("bfloat16_analysis", name)
     if key not in _shared_calls:
         _shared_calls[key] = _bfloat16_analysis(name)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from sd_lens.analyses.causal_score import INERT_KL
 from sd_lens.analyses.ffn_fit import METHODS, R2_GROUPS, Method
 from sd_lens.analyses.outlier_tokens import DEFAULT_ETA
+from sd_lens.corpus import DEFAULT_N_LINES
 from sd_lens.errors import InputError
 from sd_lens.runtime.precision import DTYPES
 
@@ -116,6 +117,12 @@ class AnalysisConfig:
         "same-size entries and against restoring the activation (slow)",
     )
     super_weight_seeds: int = _option(5, "random same-magnitude entries zeroed as the super weights' control")
+    held_out_lines: int = _option(
+        DEFAULT_N_LINES,
+        "lines of the default corpus, none of them among the analysed texts, on which the perplexity and KL "
+        "experiments measure (interventions, quantization, causal ranking, super weights); their cost grows with "
+        "it, their noise shrinks",
+    )
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> InputError:
@@ -136,6 +143,9 @@ class AnalysisConfig:
         n_r2 = self.ffn_r2_samples
         if isinstance(n_r2, bool) or not isinstance(n_r2, int) or not (n_r2 == 0 or n_r2 >= 2 * R2_GROUPS):
             raise bad("ffn_r2_samples", "give 0 (no R^2) or at least 32 held-out inputs (the default is 256)")
+        n_held = self.held_out_lines
+        if isinstance(n_held, bool) or not isinstance(n_held, int) or n_held < 1:
+            raise bad("held_out_lines", f"give a positive number of lines (the default is {DEFAULT_N_LINES})")
         seeds = self.super_weight_seeds
         if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
             raise bad("super_weight_seeds", "give a positive integer (the default is 5)")

@@ -1,7 +1,7 @@
 """SmolLM2's two defects (explosion blocks 2 and 11) are found on any corpus of real prose that meets
 the documented minimum of ``sd_lens.analyses.corpus_check`` — without a corpus warning — and a corpus
 below it is warned (issue 24, item 3). Real model: SmolLM2-135M (about 30 s on two cores; whole lines
-of other prose, 400 and 1 200 of them, are tests/test_corpus_invariance.py's)."""
+of other prose, 400 of them, are tests/integration/test_corpus_invariance.py's)."""
 
 from __future__ import annotations
 

@@ -64,7 +64,7 @@ def test_every_reducer_of_the_full_analysis_stays_on_the_device(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = run_analysis(planted_bos_model(), TEXTS, channels=True, local_checks=True, interventions=True,
-                              quantize=True, vocab=True, vocab_limit=64)
+                              quantize=True, vocab=True, vocab_limit=64, held_out_lines=8)
     assert len(result.defects) >= 1  # the planted defect: the defect-dependent analyses ran too
     # the hook points read: norms, FFN inputs and outputs, patterns, the quantizer's sites, and the logits
     # (a HookedTransformer has no hook on them: the engine reads its output, outside any hook)

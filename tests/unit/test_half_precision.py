@@ -55,7 +55,7 @@ def test_every_option_runs_in_every_dtype(family, dtype, unchanged):
         warnings.simplefilter("ignore")
         result = run_analysis(
             model, TEXTS, channels=True, local_checks=True, interventions=True, quantize=quantize, vocab=True,
-            outlier_tokens=True, rotation=True, causal_ranking=True, super_weights=True,
+            outlier_tokens=True, rotation=True, causal_ranking=True, super_weights=True, held_out_lines=8,
         )
     assert result.errors == {}
     assert result.dtype == str(dtype).removeprefix("torch.")
@@ -69,12 +69,14 @@ def test_every_option_runs_in_every_dtype(family, dtype, unchanged):
     assert check.interventions
     assert result.interventions is not None
     assert (result.quantization is not None) == quantize
+    assert not quantize or result.quantization.n_texts == 8
     assert result.findings[0].vocab is not None and result.findings[0].pathway is not None
     # the weight lens: outlier tokens, the rotation (defect norms kept within the dtype's rounding), the
     # causal ranking and the super weights
     assert result.outlier_tokens is not None and result.rotation is not None
     assert all(d.survives for r in result.rotation.runs for d in r.defects)
     assert result.ranking is not None and len(result.ranking) >= 1
+    assert result.ranking.held_out_texts == 8  # the perplexity experiments measure on held_out_lines lines
     assert result.super_weights is not None
     data = json.loads(result.to_json())
     assert "failed_stages" not in data and _finite_numbers(data)

@@ -137,3 +137,22 @@ def test_held_out_texts_are_disjoint_from_any_corpus():
     assert len(held) == 48 and not set(held) & set(big)
     mine = ["my own text", default_corpus(60)[50]]
     assert len(held_out_texts(mine)) == 48 and mine[1] not in held_out_texts(mine)
+
+
+def test_held_out_lines_reach_every_perplexity_stage():
+    """``held_out_lines`` (``--held-out-lines``): the stages measure on that many held-out lines of the default
+    corpus, none of them among the analysed texts; a bad count is refused before any work."""
+    from sd_lens.cli import build_parser, config_from_args
+    from sd_lens.corpus import held_out_texts
+    from sd_lens.errors import InputError
+    from sd_lens.pipeline import AnalysisConfig
+    from sd_lens.stages.registry import StageInputs
+
+    cfg = config_from_args(build_parser().parse_args(["analyze", "--held-out-lines", "12"]))
+    assert cfg.held_out_lines == 12 and AnalysisConfig().held_out_lines == 48
+    texts = ["my own text", "another text"]
+    inputs = StageInputs(None, texts, cfg, None, None, None, {})  # type: ignore[arg-type]
+    assert inputs.held_out == held_out_texts(texts, 12) and len(inputs.held_out) == 12
+    for bad in (0, -3, True, 2.5):
+        with pytest.raises(InputError, match="held_out_lines"):
+            AnalysisConfig(held_out_lines=bad)

@@ -498,7 +498,7 @@ def test_run_analysis_quantize_option_writes_json_and_a_report_section(tmp_path)
 
     model = planted_bos_model()
     texts = ["the cat sat on the mat", "a b c d e f g", "hello there"]
-    result = run_analysis(model, texts, quantize=True)
+    result = run_analysis(model, texts, quantize=True, held_out_lines=8)
     q = json.loads(result.to_json())["quantization"]
     assert q["protected_blocks"] == sorted({b for d in result.defects for b in [d.explosion_layer, *d.decay_layers]})
     assert [r["scheme"] for r in q["rows"]][0] == "float" and len(q["rows"]) > 4

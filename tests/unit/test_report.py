@@ -171,7 +171,7 @@ def test_channel_lens_in_json_and_report(tmp_path, unchanged):
     """channels=True: attention sinks, attribution and the lever are in the JSON and the report; off by default."""
     model = planted_model()
     with unchanged(model):
-        result = run_analysis(model, TEXTS, channels=True, local_checks=True, interventions=True)
+        result = run_analysis(model, TEXTS, channels=True, local_checks=True, interventions=True, held_out_lines=8)
     assert result.sinks is not None and result.attribution is not None and result.lever is not None
     assert result.outliers is not None and result.weights is not None and result.life is not None
     data = json.loads(result.to_json())

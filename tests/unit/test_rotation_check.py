@@ -207,7 +207,7 @@ def test_pipeline_json_report_and_cli_summary(tmp_path):
     from sd_lens.report.results import findings_summary
 
     model, _, _, _ = planted("llama")
-    result = run_analysis(model, TEXTS, rotation=True, causal_ranking=True, inert_kl=1e9)
+    result = run_analysis(model, TEXTS, rotation=True, causal_ranking=True, inert_kl=1e9, held_out_lines=8)
     js = result.to_dict()
     assert js["rotation_check"]["separates"] is True
     assert [f["label"] for f in js["causal_ranking"]["findings"]] == ["massive but inert"] * 2

@@ -254,7 +254,9 @@ def test_the_causal_ranking_ranks_the_super_weights_in(unchanged):
 
     model, _, _ = analysed("llama")
     with unchanged(model):
-        result = run_analysis(model, TEXTS, super_weights=True, super_weight_seeds=5, causal_ranking=True, inert_kl=1e9)
+        result = run_analysis(
+            model, TEXTS, super_weights=True, super_weight_seeds=5, causal_ranking=True, inert_kl=1e9, held_out_lines=8
+        )
     assert result.errors == {} and result.ranking is not None and result.super_weights is not None
     name = f"W[{ROW},{COL}]@{BLOCK}"
     found = result.ranking.find(name)

@@ -70,8 +70,9 @@ class StageInputs:
 
     @property
     def held_out(self) -> list[str]:
-        """Texts of the default corpus that are not in :attr:`texts` (for the perplexity experiments)."""
-        return held_out_texts(self.texts)
+        """``config.held_out_lines`` lines of the default corpus that are not in :attr:`texts` (for the
+        perplexity experiments)."""
+        return held_out_texts(self.texts, self.config.held_out_lines)
 
     def result(self, name: str) -> Any:
         """An earlier stage's result (None when that stage did not run, or failed)."""
