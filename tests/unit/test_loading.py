@@ -362,3 +362,34 @@ def test_the_pre_checks_find_a_converted_bundled_model_under_either_transformers
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
     assert _local_model_dir(name) == folder
+
+
+def test_the_conversion_parses_the_gguf_file_once(tmp_path):
+    """``_parse_once``: inside it, every GGUFReader of one file is the same object and the tensor-name map is built
+    once per architecture and depth (transformers otherwise parses the file three times and the map per module);
+    on exit, even after an error, the gguf module has its own functions back. (The bundled models' conversions
+    came out bit for bit the same files with it: tests/integration/test_loading_real.py converts SmolLM2.)"""
+    gguf_module = pytest.importorskip("gguf")
+    import numpy as np
+
+    source = tmp_path / "tiny.gguf"
+    writer = gguf_module.GGUFWriter(source, "llama")
+    writer.add_block_count(2)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    real_reader, real_map = gguf_module.GGUFReader, gguf_module.get_tensor_name_map
+    arch = gguf_module.MODEL_ARCH.LLAMA
+    with gguf_file._parse_once():
+        from gguf import GGUFReader, get_tensor_name_map  # as transformers imports them, inside its functions
+
+        first = GGUFReader(source)
+        assert GGUFReader(str(source)) is first and first.fields
+        assert get_tensor_name_map(arch, 30) is get_tensor_name_map(arch, 30)
+        assert get_tensor_name_map(arch, 2) is not get_tensor_name_map(arch, 30)
+    assert (gguf_module.GGUFReader, gguf_module.get_tensor_name_map) == (real_reader, real_map)
+    with pytest.raises(RuntimeError), gguf_file._parse_once():
+        raise RuntimeError("a failed conversion")
+    assert (gguf_module.GGUFReader, gguf_module.get_tensor_name_map) == (real_reader, real_map)
