@@ -164,6 +164,34 @@ def test_perplexity_does_not_depend_on_the_batch_size_even_with_run_time_detecti
     assert a.mean_nll == pytest.approx(b.mean_nll, abs=1e-5) and a.kl == pytest.approx(b.kl, abs=1e-6)
 
 
+
+@pytest.mark.parametrize("batch_size", [2, 16])
+def test_edited_perplexities_are_each_edits_own_perplexity(batch_size):
+    """Every edit in shared forwards with one clean copy (rows [clean | edit 1 | ... | edit k]) gives what
+    perplexity() gives for it alone — also an edit that reads real_mask() (the run-time median of set_massive),
+    an empty edit (KL 0), and more edits than one forward holds (2 * batch_size - 1: split into several calls)."""
+    from sd_lens.analyses.metrics import edited_perplexities
+
+    model = tiny_model("llama", seed=1, n_layers=2)
+    edits = [
+        [(act_name("resid_post", 0), set_entries([1, 5, 9], [0, 1], 3.0))],
+        [(act_name("resid_post", 0), set_massive(list(range(0, 64, 2)), relative=2.0, absolute=None))],
+        [],
+        [(act_name("resid_post", 1), set_entries([2], [0], -4.0)), (act_name("resid_post", 0), set_entries([3], [1], 2.0))],
+    ] * 3
+    clean, runs = edited_perplexities(model, TEXTS, edits, batch_size=batch_size)
+    alone = perplexity(model, TEXTS, batch_size=4)
+    assert clean.mean_nll == pytest.approx(alone.mean_nll, abs=1e-6) and clean.kl == 0.0
+    assert clean.n_tokens == alone.n_tokens and len(runs) == len(edits)
+    for edit, p in zip(edits, runs):
+        own = perplexity(model, TEXTS, edit, batch_size=4)
+        assert p.mean_nll == pytest.approx(own.mean_nll, abs=1e-5)
+        assert p.kl == pytest.approx(own.kl, abs=1e-6)
+        assert p.clean_mean_nll == pytest.approx(alone.mean_nll, abs=1e-6) and p.n_tokens == own.n_tokens
+    assert runs[2].kl == pytest.approx(0.0, abs=1e-7) and runs[0].kl > 0
+    with pytest.raises(InputError, match="batch_size"):
+        edited_perplexities(model, TEXTS, edits, batch_size=0)
+
 # ------------------------------------------------------------------------------------------------
 # means and the analysis
 # ------------------------------------------------------------------------------------------------

@@ -23,8 +23,9 @@ finding whose removal moves the model by less than ``inert_kl`` nats per token i
   matrix, on the same held-out texts), ranked in by :meth:`CausalRanking.including` with
   :func:`super_weight_findings` (the pipeline does it when both stages run).
 
-Perplexity and KL come from :func:`~sd_lens.analyses.metrics.perplexity` (each batch run
-once doubled: clean rows, then the edited rows). ``n_edited`` says how many entries (defect: positions x
+Perplexity and KL come from :func:`~sd_lens.analyses.metrics.edited_perplexities`: every removal and
+every control of every finding in shared forwards, each with one clean copy of its texts (rows ``[clean |
+edit 1 | ... | edit k]``), as :func:`~sd_lens.analyses.metrics.perplexity` would measure each alone. ``n_edited`` says how many entries (defect: positions x
 blocks) the removal touched on the held-out texts; a finding absent from them has 0 and a KL of 0.
 """
 
@@ -43,7 +44,7 @@ from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_
 from sd_lens.analyses.causal.massive import emergence_targets, massive_mask, set_massive
 from sd_lens.analyses.causal_score import INERT_KL, CausalScore, ranked
 from sd_lens.analyses.defects import DefectReport
-from sd_lens.analyses.metrics import Perplexity, perplexity
+from sd_lens.analyses.metrics import Perplexity, edited_perplexities
 from sd_lens.corpus import check_held_out, default_corpus, held_out_texts
 from sd_lens.errors import InputError
 from sd_lens.linalg import unit
@@ -56,6 +57,9 @@ from sd_lens.types import HookedModel, HookFn
 
 if TYPE_CHECKING:
     from sd_lens.analyses.super_weights import SuperWeights
+
+#: one edit: the forward hooks that make it
+_Hooks = list[tuple[str, HookFn]]
 
 __all__ = [
     "CausalRanking", "RankedFinding", "causal_ranking", "remove_defect", "super_weight_findings", "zero_like_massive",
@@ -242,54 +246,51 @@ def causal_ranking(
         outliers = activation_outliers(model, texts, batch_size=batch_size, max_tokens_per_text=max_tokens_per_text,
                                        sites=("resid_post",))
     tok = tokenize(model, held, max_tokens_per_text=max_tokens_per_text)
-    clean = perplexity(model, tok, batch_size=batch_size)
     d = int(model.cfg.d_model)
     control_seeds = tuple(range(seed, seed + seeds))
+    # every finding's removal and its controls first; then all of them measured in shared forwards
+    # (edited_perplexities: one clean copy of the texts per forward for every edit)
+    pending: list[tuple[str, str, tuple[int, ...], int | None, dict[str, int], list[_Hooks]]] = []
 
-    def measure(hooks: list[tuple[str, HookFn]]) -> Perplexity:
-        return perplexity(model, tok, hooks, batch_size=batch_size)
-
-    def controls(make: Any) -> tuple[float | None, float | None]:
-        runs = [measure(make(s)) for s in control_seeds]
-        if not runs:
-            return None, None
-        return (sum(_ratio(p, clean) for p in runs) / len(runs), sum(float(p.kl or 0.0) for p in runs) / len(runs))
-
-    found: list[RankedFinding] = []
     for defect in report:
         blocks = tuple(range(defect.first_layer, defect.last_layer + 1))
         lows = {b: report.threshold / 2 * float(report.typical_norm[b]) for b in blocks}
         u = defect.direction.float()
         tally: dict[str, int] = {}
-        p = measure([(act_name("resid_post", b), remove_defect(u, lows[b], tally=tally)) for b in blocks])
+        main: _Hooks = [(act_name("resid_post", b), remove_defect(u, lows[b], tally=tally)) for b in blocks]
 
-        def remove_random(s: int, u: Tensor = u, blocks: tuple[int, ...] = blocks, lows: dict[int, float] = lows) -> list[tuple[str, HookFn]]:
+        def remove_random(s: int, u: Tensor = u, blocks: tuple[int, ...] = blocks, lows: dict[int, float] = lows) -> _Hooks:
             r = torch.randn(d, generator=torch.Generator().manual_seed(s))
             return [(act_name("resid_post", b), remove_defect(u, lows[b], remove=r)) for b in blocks]
 
-        c_ratio, c_kl = controls(remove_random)
-        found.append(RankedFinding(
-            CausalScore(defect.label, _ratio(p, clean), float(p.kl or 0.0), c_ratio, c_kl, float(inert_kl)),
-            "defect", blocks, None, tally.get("entries", 0), control_seeds,
-        ))
+        pending.append(("defect", defect.label, blocks, None, tally,
+                        [main, *(remove_random(s) for s in control_seeds)]))
     channels = outliers.channels("resid_post") if "resid_post" in outliers.sites else []
     rel, ab = outliers.relative, outliers.absolute
     for b, cs in emergence_targets(outliers).items() if channels else ():
         for c in cs:
             tally = {}
-            p = measure([(act_name("resid_post", b), set_massive([c], initial=0.0, relative=rel, absolute=ab, tally=tally))])
+            main = [(act_name("resid_post", b), set_massive([c], initial=0.0, relative=rel, absolute=ab, tally=tally))]
             others = [k for k in range(d) if k not in set(channels)]
 
-            def zero_random(s: int, b: int = b, c: int = c, others: list[int] = others) -> list[tuple[str, HookFn]]:
+            def zero_random(s: int, b: int = b, c: int = c, others: list[int] = others) -> _Hooks:
                 g = torch.Generator().manual_seed(s)
                 target = others[int(torch.randint(len(others), (1,), generator=g))]
                 return [(act_name("resid_post", b), zero_like_massive(c, target, relative=rel, absolute=ab))]
 
-            c_ratio, c_kl = controls(zero_random) if others else (None, None)
-            found.append(RankedFinding(
-                CausalScore(f"c{c}@{b}", _ratio(p, clean), float(p.kl or 0.0), c_ratio, c_kl, float(inert_kl)),
-                "massive activation", (b,), c, tally.get("initial", 0) + tally.get("other", 0), control_seeds,
-            ))
+            pending.append(("massive activation", f"c{c}@{b}", (b,), c, tally, [main, *(zero_random(s) for s in control_seeds if others)]))
+    clean, runs = edited_perplexities(model, tok, [e for *_, edits in pending for e in edits], batch_size=batch_size)
+    found: list[RankedFinding] = []
+    at = 0
+    for kind, name, blocks, channel, tally, edits in pending:
+        p, controls = runs[at], runs[at + 1 : at + len(edits)]
+        at += len(edits)
+        c_ratio = sum(_ratio(q, clean) for q in controls) / len(controls) if controls else None
+        c_kl = sum(float(q.kl or 0.0) for q in controls) / len(controls) if controls else None
+        found.append(RankedFinding(
+            CausalScore(name, _ratio(p, clean), float(p.kl or 0.0), c_ratio, c_kl, float(inert_kl)),
+            kind, blocks, channel, sum(tally.values()), control_seeds,
+        ))
     by_name = {f.name: f for f in found}
     order = tuple(by_name[s.name] for s in ranked(f.score for f in found))
     return CausalRanking(

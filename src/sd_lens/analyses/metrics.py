@@ -8,7 +8,9 @@ texts of a corpus, each truncated to ``max_tokens_per_text``). With intervention
 ``KL(clean || intervened)`` of the next-token distributions, averaged over the same tokens: each
 batch runs once, doubled — the clean copy in the first half, the intervened copy in the second (the
 hooks see only the second half) — and is reduced to per-token numbers at ``unembed.hook_out``, so
-no logits outlive their batch.
+no logits outlive their batch. An experiment with several edits of the same texts takes them all at
+once (:func:`edited_perplexities`): rows ``[clean | edit 1 | ... | edit k]`` per forward, so the clean copy
+runs once for all of them instead of once per edit.
 
 **Held-out texts.** :func:`held_out_corpus` gives the default: the prose lines of
 :func:`sd_lens.corpus.default_corpus` that follow its first ``skip`` lines in the same order
@@ -32,7 +34,7 @@ from sd_lens.runtime.hooks import LOGITS, require_hooks
 from sd_lens.runtime.tokens import Tokenized, length_sorted_batches, tokenize
 from sd_lens.types import HookedModel, HookFn
 
-__all__ = ["LOGITS_HOOK", "Perplexity", "held_out_corpus", "kl_sum", "nll_sum", "perplexity"]
+__all__ = ["LOGITS_HOOK", "Perplexity", "edited_perplexities", "held_out_corpus", "kl_sum", "nll_sum", "perplexity"]
 
 #: the hook whose output is the logits (TransformerLens's unembedding; :data:`sd_lens.runtime.hooks.LOGITS`)
 LOGITS_HOOK = LOGITS
@@ -220,3 +222,85 @@ def perplexity(
         clean_mean_nll=clean_nll / n_tok if doubled else (mean if not hooks else None),
         seconds=seconds,
     )
+
+
+def _rows(fn: HookFn, lo: int, hi: int) -> HookFn:
+    """``fn`` applied to rows ``lo:hi`` only (one copy in a batch of copies), :func:`real_mask` narrowed to them."""
+
+    def hook(act: Tensor, hook: Any) -> Tensor:
+        real = real_mask()
+        with with_real_mask(None if real is None else real[lo:hi]):
+            edited = fn(act[lo:hi], hook)
+        return torch.cat([act[:lo], edited, act[hi:]], dim=0)
+
+    return hook
+
+
+def edited_perplexities(
+    model: HookedModel,
+    texts: Sequence[str] | Tokenized,
+    edits: Sequence[Sequence[tuple[str, HookFn]]],
+    *,
+    batch_size: int = 16,
+    max_tokens_per_text: int | None = 64,
+) -> tuple[Perplexity, list[Perplexity]]:
+    """``perplexity(model, texts)`` and, for every edit (a list of forward hooks),
+    ``perplexity(model, texts, edit)`` with its KL to the clean model — in shared forwards.
+
+    Each forward holds one clean copy of some texts and one copy per edit (rows ``[clean | edit 1 | ... |
+    edit k]``; each edit's hooks see only its rows), about ``2 * batch_size`` rows as a doubled batch of
+    :func:`perplexity` holds: ``k + 1`` copies of the texts run instead of ``2k`` (and ``k + 1`` with the clean
+    perplexity measured alone). The numbers are :func:`perplexity`'s up to the last digits that another batch
+    composition moves. Every edit's ``clean_mean_nll`` is the clean copy's, and the seconds are the shared
+    forwards' (each edit's ``seconds`` and ``n_input_tokens`` are the whole call's).
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    edits = [list(e) for e in edits]
+    require_hooks(model, [LOGITS_HOOK] + [n for e in edits for n, _ in e])
+    tok = _tokens(model, texts, max_tokens_per_text)
+    if all(len(s) < 2 for s in tok.sequences):
+        raise InputError("every text has fewer than 2 tokens: there is nothing to predict")
+    k = len(edits)
+    cap = 2 * batch_size - 1  # edits per forward: more would hold more rows than a doubled batch
+    if k > cap:
+        parts = [edited_perplexities(model, tok, edits[i : i + cap], batch_size=batch_size) for i in range(0, k, cap)]
+        return parts[0][0], [p for _, runs in parts for p in runs]
+    per = max(1, (2 * batch_size) // (k + 1))  # texts per forward: k + 1 copies of each
+    clean = 0.0
+    nll = [0.0] * k
+    kl = [0.0] * k
+    n_tok = n_in = 0
+    t0 = time.perf_counter()
+    for idx in length_sorted_batches(tok.sequences, per):
+        seqs = [tok.sequences[i] for i in idx]
+        n = len(seqs)
+        batch = make_batch(model, seqs * (k + 1), idx * (k + 1))
+        hooks = [(name, _rows(fn, (e + 1) * n, (e + 2) * n)) for e, edit in enumerate(edits) for name, fn in edit]
+
+        def reduce(act: Tensor, b: Batch) -> list[float]:
+            s_clean, c = nll_sum(act[:n], b.tokens[:n], b.mask[:n])
+            out = [s_clean, float(c)]
+            for e in range(k):
+                lo, hi = (e + 1) * n, (e + 2) * n
+                out.append(nll_sum(act[lo:hi], b.tokens[lo:hi], b.mask[lo:hi])[0])
+                out.append(kl_sum(act[:n], act[lo:hi], b.mask[:n]))
+            return out
+
+        vals = run_batch(model, batch, {LOGITS_HOOK: reduce}, fwd_hooks=hooks)[LOGITS_HOOK]
+        clean += vals[0]
+        n_tok += int(vals[1])
+        for e in range(k):
+            nll[e] += vals[2 + 2 * e]
+            kl[e] += vals[3 + 2 * e]
+        n_in += int(batch.lengths[:n].sum())
+    seconds = time.perf_counter() - t0
+    clean_mean = clean / n_tok
+
+    def result(mean: float, kl_mean: float) -> Perplexity:
+        return Perplexity(
+            mean_nll=mean, perplexity=_exp(mean), n_tokens=n_tok, n_texts=len(tok.sequences), n_input_tokens=n_in,
+            kl=kl_mean, clean_mean_nll=clean_mean, seconds=seconds,
+        )
+
+    return result(clean_mean, 0.0), [result(x / n_tok, y / n_tok) for x, y in zip(nll, kl)]

@@ -40,9 +40,11 @@ texts that are not in it. :func:`held_out_corpus` gives the default: the prose l
 :func:`sd_lens.corpus.default_corpus` that follow its first ``skip`` lines in the same order
 (``default_corpus(skip + n)[skip:]``), disjoint from ``default_corpus(skip)``.
 
-**Perplexity** and the KL to the clean model are :func:`sd_lens.analyses.metrics.perplexity`'s; each mode
-is one edit of the experiment engine (:func:`~sd_lens.analyses.causal.engine.sweep`), the clean
-perplexity its clean measurement.
+**Perplexity** and the KL to the clean model are :func:`sd_lens.analyses.metrics.perplexity`'s, measured by
+:func:`~sd_lens.analyses.metrics.edited_perplexities`: each mode is one edit of the experiment engine
+(:func:`~sd_lens.analyses.causal.engine.sweep`, one batched measurement for all modes), every forward holds
+one clean copy of its texts and one per mode (rows ``[clean | zero | mean]``), and the clean perplexity is the
+clean copy's.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from torch import Tensor
 
 from sd_lens.analyses.activation_outliers import ActivationOutliers, activation_outliers
 from sd_lens.analyses.causal.engine import Trial, sweep
-from sd_lens.analyses.metrics import Perplexity, held_out_corpus, perplexity
+from sd_lens.analyses.metrics import Perplexity, edited_perplexities, held_out_corpus, perplexity
 from sd_lens.corpus import check_held_out, default_corpus
 from sd_lens.errors import InputError
 from sd_lens.models.metadata import model_name
@@ -519,11 +521,16 @@ def outlier_intervention(
         tally: dict[str, int] = {"initial": 0, "other": 0}
         return Trial(intervention_hooks(means, mode, relative=rel, absolute=ab, tally=tally), record=tally)
 
-    out = sweep(
-        model, {"mode": () if found_none else modes}, edit,
-        measure=lambda trial: perplexity(model, held_tok, trial.hooks, batch_size=batch_size),
-    )
-    clean = cast(Perplexity, out.clean)
+    measured: dict[str, Perplexity] = {}
+
+    def measure_rows(trials: list[Trial]) -> list[Perplexity]:
+        """Every mode in shared forwards with one clean copy of the texts (edited_perplexities)."""
+        measured["clean"], runs = edited_perplexities(model, held_tok, [list(t.hooks) for t in trials],
+                                                      batch_size=batch_size)
+        return runs
+
+    out = sweep(model, {"mode": () if found_none else modes}, edit, measure_rows=measure_rows, clean=False)
+    clean = measured["clean"] if "clean" in measured else perplexity(model, held_tok, batch_size=batch_size)
     runs = {mode: out.values[(mode,)] for mode in (() if found_none else modes)}
     n_set = {mode: out.trials[(mode,)].record for mode in runs}
     return OutlierIntervention(
