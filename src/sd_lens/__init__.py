@@ -30,7 +30,7 @@ from sd_lens.analyses.explosion import (
 from sd_lens.analyses.ffn_fit import FFNFit, fit_ffn
 from sd_lens.analyses.ffn_inputs import collect_ffn_inputs
 from sd_lens.analyses.life_cycle import DefectLifeCycle, LifeCycle, life_cycle
-from sd_lens.analyses.metrics import Perplexity, perplexity
+from sd_lens.analyses.metrics import Perplexity, edited_perplexities, perplexity
 from sd_lens.analyses.norm_table import NormTable, first_token_norms
 from sd_lens.analyses.outlier_tokens import OutlierToken, OutlierTokens, outlier_tokens
 from sd_lens.analyses.probe import NormProbe, probe_norms
@@ -177,6 +177,7 @@ __all__ = [
     "Perplexity",
     "outlier_intervention",
     "perplexity",
+    "edited_perplexities",
     "OutlierToken",
     "Closure",
     "DefectRotation",
