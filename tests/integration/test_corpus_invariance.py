@@ -49,9 +49,10 @@ def test_the_same_major_defects_on_400_lines(smollm2, reference):
 def test_gemma3_one_turning_defect_on_both_corpora(gemma3, gemma3_analysis):
     """Gemma-3: one defect of the initial token (explosion 5, decay 16) whose direction turns ~89 deg over
     blocks 0-16; the block-0 spike of ',' and ' and' lies within 1 deg of it and belongs to it.
-    Measured: 0.2 deg between the directions from the default corpus and from 400 other lines."""
+    Measured: 0.2 deg between the directions from the default corpus and from 400 other lines; here 200 (four
+    times the default corpus; SmolLM2 above takes 400)."""
     ref = gemma3_analysis.defects
-    other = find_defects(gemma3, probe_norms(gemma3, other_prose(400)))
+    other = find_defects(gemma3, probe_norms(gemma3, other_prose(200)))
     for report in (ref, other):
         assert len(report) == 1
         (d,) = report
