@@ -66,7 +66,7 @@ from sd_lens.analyses.attribution import carrier_prefixes
 from sd_lens.analyses.causal_score import INERT_KL, CausalScore
 from sd_lens.analyses.defects import Defect, DefectReport
 from sd_lens.analyses.life_cycle import ffn_output
-from sd_lens.analyses.metrics import LOGITS_HOOK, kl_sum, nll_sum
+from sd_lens.analyses.metrics import edited_perplexities
 from sd_lens.analyses.probe import NormProbe
 from sd_lens.corpus import held_out_texts
 from sd_lens.errors import InputError, UnsupportedArchitectureError
@@ -74,11 +74,11 @@ from sd_lens.models.linears import linear_weights
 from sd_lens.models.metadata import model_name
 from sd_lens.models.registry import get_family
 from sd_lens.models.view import model_view
-from sd_lens.runtime.engine import Batch, make_batch, run_batch, stream
+from sd_lens.runtime.engine import stream
 from sd_lens.runtime.hooks import act_name, require_hooks
 from sd_lens.runtime.lock import model_lock
 from sd_lens.runtime.reducers import last_token
-from sd_lens.runtime.tokens import Tokenized, length_sorted_batches, tokenize
+from sd_lens.runtime.tokens import Tokenized, tokenize
 from sd_lens.types import HookedModel, HookFn
 
 __all__ = [
@@ -624,52 +624,6 @@ def _controls(model: HookedModel, w: SuperWeight, exclude: set[tuple[int, int, i
     return [(int(i) // mat.shape[1], int(i) % mat.shape[1], float(mat.flatten()[i])) for i in pick]
 
 
-def _rows(fn: HookFn, lo: int, hi: int) -> HookFn:
-    """``fn`` applied to rows ``lo:hi`` of the batch only."""
-
-    def hook(act: Tensor, hook: Any) -> Tensor:
-        return torch.cat([act[:lo], fn(act[lo:hi], hook), act[hi:]], dim=0)
-
-    return hook
-
-
-def _edited_perplexities(
-    model: HookedModel, held: Tokenized, edits: Sequence[Sequence[tuple[str, HookFn]]], batch_size: int
-) -> tuple[float, list[tuple[float, float]]]:
-    """Clean perplexity and, per edit, ``(perplexity, KL(clean || edited))`` of ``held``, every edit in the same
-    forward as one clean copy of its texts (rows ``[clean | edit 1 | edit 2 | ...]``): the perplexity and KL of
-    :func:`~sd_lens.analyses.metrics.perplexity`, with the clean half computed once for all edits."""
-    k = len(edits)
-    per = max(1, batch_size // (k + 1))  # texts per forward: (k + 1) copies of each
-    clean = n_tok = 0.0
-    nll = [0.0] * k
-    kl = [0.0] * k
-    for idx in length_sorted_batches(held.sequences, per):
-        seqs = [held.sequences[i] for i in idx]
-        n = len(seqs)
-        batch = make_batch(model, seqs * (k + 1), idx * (k + 1))
-        hooks = [(name, _rows(fn, (e + 1) * n, (e + 2) * n)) for e, edit in enumerate(edits) for name, fn in edit]
-
-        def reduce(act: Tensor, b: Batch) -> list[float]:
-            s_clean, c = nll_sum(act[:n], b.tokens[:n], b.mask[:n])
-            out = [s_clean, float(c)]
-            for e in range(k):
-                lo, hi = (e + 1) * n, (e + 2) * n
-                out.append(nll_sum(act[lo:hi], b.tokens[lo:hi], b.mask[lo:hi])[0])
-                out.append(kl_sum(act[:n], act[lo:hi], b.mask[:n]))
-            return out
-
-        vals = run_batch(model, batch, {LOGITS_HOOK: reduce}, fwd_hooks=hooks)[LOGITS_HOOK]
-        clean += vals[0]
-        n_tok += vals[1]
-        for e in range(k):
-            nll[e] += vals[2 + 2 * e]
-            kl[e] += vals[3 + 2 * e]
-    if not n_tok:
-        raise InputError("the held-out texts have fewer than 2 tokens each: there is nothing to predict")
-    return math.exp(clean / n_tok), [(math.exp(min(x / n_tok, 709.0)), y / n_tok) for x, y in zip(nll, kl)]
-
-
 def _verify(model: HookedModel, w: SuperWeight, held: Tokenized, exclude: set[tuple[int, int, int]], n_seeds: int,
             seed: int, restore_fraction: float, batch_size: int) -> Verification:
     value = down_entry(model, w.block, w.row, w.col)
@@ -681,7 +635,9 @@ def _verify(model: HookedModel, w: SuperWeight, held: Tokenized, exclude: set[tu
                          tally=tally),
         *[zero_entry_hooks(model, w.block, r, c, v) for r, c, v in picks],
     ]
-    clean, runs = _edited_perplexities(model, held, edits, batch_size)
+    clean_p, edited = edited_perplexities(model, held, edits, batch_size=batch_size)  # one clean copy per forward
+    clean = clean_p.perplexity
+    runs = [(p.perplexity, float(p.kl or 0.0)) for p in edited]
     (ppl, kl), (r_ppl, r_kl) = runs[0], runs[1]
     controls = [(r, c, v, p / clean, k) for (r, c, v), (p, k) in zip(picks, runs[2:])]
     score = CausalScore(
