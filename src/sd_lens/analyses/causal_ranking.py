@@ -25,8 +25,9 @@ finding whose removal moves the model by less than ``inert_kl`` nats per token i
 
 Perplexity and KL come from :func:`~sd_lens.analyses.metrics.edited_perplexities`: every removal and
 every control of every finding in shared forwards, each with one clean copy of its texts (rows ``[clean |
-edit 1 | ... | edit k]``), as :func:`~sd_lens.analyses.metrics.perplexity` would measure each alone. ``n_edited`` says how many entries (defect: positions x
-blocks) the removal touched on the held-out texts; a finding absent from them has 0 and a KL of 0.
+edit 1 | ... | edit k]``), as :func:`~sd_lens.analyses.metrics.perplexity` would measure each alone.
+``n_edited`` says how many entries (defect: positions x blocks) the removal touched on the held-out texts; a
+finding absent from them has 0 and a KL of 0.
 """
 
 from __future__ import annotations

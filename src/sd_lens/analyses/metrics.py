@@ -144,16 +144,17 @@ def kl_sum(clean: Tensor, inter: Tensor, mask: Tensor) -> float:
     return total
 
 
-def _second_half(fn: HookFn, n: int) -> HookFn:
-    """``fn`` applied to rows ``n:`` only (the intervened copy of a doubled batch)."""
+def _rows(fn: HookFn, lo: int, hi: int) -> HookFn:
+    """``fn`` applied to rows ``lo:hi`` only (one copy in a batch of copies), :func:`real_mask` narrowed to them."""
 
     def hook(act: Tensor, hook: Any) -> Tensor:
         real = real_mask()
-        with with_real_mask(None if real is None else real[n:]):
-            edited = fn(act[n:], hook)
-        return torch.cat([act[:n], edited], dim=0)
+        with with_real_mask(None if real is None else real[lo:hi]):
+            edited = fn(act[lo:hi], hook)
+        return torch.cat([act[:lo], edited, act[hi:]], dim=0)
 
     return hook
+
 
 
 def perplexity(
@@ -206,7 +207,7 @@ def perplexity(
             s_int, _ = nll_sum(act[n:], b.tokens[n:], scored[n:])
             return s_int, s_clean, kl_sum(act[:n], act[n:], scored[:n]), c
 
-        run_hooks = [(name, _second_half(fn, n)) for name, fn in hooks] if doubled else hooks
+        run_hooks = [(name, _rows(fn, n, 2 * n)) for name, fn in hooks] if doubled else hooks
         out = run_batch(model, batch, {LOGITS_HOOK: reduce}, fwd_hooks=run_hooks)
         s, sc, k, c = out[LOGITS_HOOK]
         nll += s
@@ -222,18 +223,6 @@ def perplexity(
         clean_mean_nll=clean_nll / n_tok if doubled else (mean if not hooks else None),
         seconds=seconds,
     )
-
-
-def _rows(fn: HookFn, lo: int, hi: int) -> HookFn:
-    """``fn`` applied to rows ``lo:hi`` only (one copy in a batch of copies), :func:`real_mask` narrowed to them."""
-
-    def hook(act: Tensor, hook: Any) -> Tensor:
-        real = real_mask()
-        with with_real_mask(None if real is None else real[lo:hi]):
-            edited = fn(act[lo:hi], hook)
-        return torch.cat([act[:lo], edited, act[hi:]], dim=0)
-
-    return hook
 
 
 def edited_perplexities(
